@@ -1,0 +1,42 @@
+# `make run` and `make test` work on a fresh machine with Python 3.11 and make: they create .venv
+# when missing and reinstall only when pyproject.toml changed.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+MLFLOW_PORT ?= 5000
+
+.PHONY: install run test test-slow test-all bench ui lint clean-cache
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/dvc repro
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+test-all: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_prepare.py
+	$(PY) benchmarks/bench_engine.py
+
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
+		--backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root mlruns/artifacts
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pipeline tests benchmarks
+	$(VENV)/bin/mypy pipeline

@@ -1,0 +1,42 @@
+"""Shared plumbing for the stage commands: logging set-up and user-error handling."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from pipeline.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr; tqdm bars also draw on stderr, so log lines go through ``tqdm.write``."""
+    from tqdm.contrib.logging import _TqdmLoggingHandler
+
+    handler = _TqdmLoggingHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Third-party libraries are chatty at INFO; keep their warnings.
+    for name in ("mlflow", "alembic", "optuna", "urllib3", "git", "matplotlib", "PIL"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def run(body: Callable[[], int | None]) -> int:
+    """Run a stage body, turning user errors into one line on stderr and a non-zero exit code."""
+    try:
+        return body() or 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

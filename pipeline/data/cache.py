@@ -1,0 +1,157 @@
+"""The tensor cache: what ``prepare`` writes and every later stage reads.
+
+Layout of ``data/cache/<dataset>/``::
+
+    train_x.npy   uint8 [N, C, H, W] images or float32 [N, F] features (the search/training pool)
+    train_y.npy   int64 class ids or float32 regression targets
+    test_x.npy    the fixed held-out test split, same dtypes; never seen by a search
+    test_y.npy
+    meta.json     see :class:`CacheMeta`
+
+``.npy`` is memory-mappable and loads with ``allow_pickle=False``. The folder is written to a
+temporary sibling and renamed into place, so an interrupted ``prepare`` leaves the old cache or
+none, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+META_FILE = "meta.json"
+ARRAYS = ("train_x", "train_y", "test_x", "test_y")
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CacheMeta:
+    """Everything a later stage needs to know about a cached dataset."""
+
+    name: str
+    task: Literal["classification", "regression"]
+    kind: Literal["image", "tabular"]
+    input_shape: list[int]  # [C, H, W] for images, [F] for features
+    class_names: list[str]  # classification only; index = class id
+    feature_names: list[str]  # tabular only
+    target_name: str
+    n_train: int
+    n_test: int
+    counts: dict[str, dict[str, int]]  # {"train": {class: n}, "test": {...}}; empty for regression
+    # Normalisation computed on the training part only. Images: per-channel mean/std of pixel
+    # values scaled to [0, 1]; features: per-feature mean/std.
+    mean: list[float]
+    std: list[float]
+    # Regression targets are standardised for training with these (train part only).
+    target_mean: float
+    target_std: float
+    split_seed: int  # test split (when carved out) and fold / holdout assignment
+    fingerprint: str  # sha256 over the raw inputs (names, labels, bytes) and the prepare params
+    source_format: str
+    skipped: list[dict[str, str]] = field(default_factory=list)  # on_bad_file: skip
+    version: int = CACHE_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CacheMeta:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Cache:
+    """A loaded cache: numpy arrays (memory-mapped) and their metadata."""
+
+    meta: CacheMeta
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+
+def write_cache(
+    folder: Path,
+    meta: CacheMeta,
+    arrays: dict[str, np.ndarray],
+    *,
+    _before_rename: Any = None,
+) -> None:
+    """Write a cache atomically: a temp folder beside ``folder``, then rename over it.
+
+    ``_before_rename`` is a test hook called with the temp folder just before the swap.
+    """
+    missing = set(ARRAYS) - set(arrays)
+    if missing:
+        raise ValueError(f"write_cache: missing arrays {sorted(missing)}")
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        for name in ARRAYS:
+            arr = np.ascontiguousarray(arrays[name])
+            with open(tmp / f"{name}.npy", "wb") as fh:
+                np.save(fh, arr, allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+        (tmp / META_FILE).write_text(meta.to_json())
+        if _before_rename is not None:
+            _before_rename(tmp)
+        # Swap: move the old cache aside, rename the new one in, then delete the old one.
+        old = None
+        if folder.exists():
+            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("wrote cache %s (%d train, %d test)", folder, meta.n_train, meta.n_test)
+
+
+def read_meta(folder: Path) -> CacheMeta:
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        raise UserError(
+            f"{folder}: no tensor cache here (missing {META_FILE}); run `dvc repro prepare` "
+            "or `python -m pipeline.prepare` first"
+        )
+    try:
+        return CacheMeta.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise UserError(f"{path}: unreadable cache metadata ({exc}); rerun prepare") from None
+
+
+def load_cache(folder: Path, *, mmap: bool = True) -> Cache:
+    """Load a cache written by :func:`write_cache` (no pickle, memory-mapped by default)."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    mode: Literal["r"] | None = "r" if mmap else None
+    arrays = {}
+    for name in ARRAYS:
+        path = folder / f"{name}.npy"
+        if not path.is_file():
+            raise UserError(f"{path}: missing from the cache; rerun prepare")
+        arrays[name] = np.load(path, mmap_mode=mode, allow_pickle=False)
+    return Cache(meta=meta, **arrays)
