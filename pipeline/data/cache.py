@@ -61,6 +61,11 @@ class CacheMeta:
     fingerprint: str  # sha256 over the raw inputs (names, labels, bytes) and the prepare params
     source_format: str
     skipped: list[dict[str, str]] = field(default_factory=list)  # on_bad_file: skip
+    # Images: how an image of another size is handled (predict applies the same policy).
+    size_policy: str = "resize"
+    # Raw file (relative to the dataset root) or CSV row number of each test item, in cache
+    # order, so raw inputs can be matched to cached ones (predict vs evaluate).
+    test_sources: list[str] = field(default_factory=list)
     version: int = CACHE_VERSION
 
     @property
