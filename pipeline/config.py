@@ -100,8 +100,9 @@ class DatasetEntry:
 
     name: str
     source: DatasetConfig
-    # Dotted-path overrides applied when training on this dataset (e.g. a smaller batch size for
-    # a small CSV); they are laid over the defaults before a study's sampled values.
+    # Dotted-path overrides (top-level `overrides.<name>` in params.yaml) applied when training on
+    # this dataset (e.g. a smaller batch for a small CSV), before a study's sampled values. They
+    # live outside `datasets` so that changing them does not re-run `prepare`.
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -250,7 +251,7 @@ class Params:
     def for_dataset(self, name: str | None) -> Params:
         """The params a run on ``name`` uses: defaults plus the dataset's own overrides."""
         entry = self.dataset_entry(name)
-        out = self.with_overrides(entry.overrides, origin=f"datasets.{entry.name}.overrides")
+        out = self.with_overrides(entry.overrides, origin=f"overrides.{entry.name}")
         raw = copy.deepcopy(out.raw)
         raw["dataset"] = entry.name
         return parse_params(raw, root=self.root, source=self.source)
@@ -474,14 +475,10 @@ _SECTIONS: dict[str, type] = {
 _SCALARS = {"seed": int, "device": str, "dataset": str}
 
 
-def _parse_dataset(name: str, data: Any, source: str) -> DatasetEntry:
+def _parse_dataset(name: str, data: Any, overrides: Any, source: str) -> DatasetEntry:
     where = f"{source}: datasets.{name}"
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping, got {data!r}")
-    data = dict(data)
-    overrides = data.pop("overrides", {}) or {}
-    if not isinstance(overrides, dict):
-        raise UserError(f"{where}.overrides: expected a mapping of dotted keys, got {overrides!r}")
     fmt = data.get("format")
     if fmt not in _DATASET_FORMATS:
         raise UserError(
@@ -497,10 +494,15 @@ def _parse_dataset(name: str, data: Any, source: str) -> DatasetEntry:
                 f"{where}.test_part: {source_cfg.test_part!r} is not one of the parts "
                 f"{sorted(source_cfg.parts)}"
             )
+    overrides = overrides or {}
+    if not isinstance(overrides, dict):
+        raise UserError(
+            f"{source}: overrides.{name}: expected a mapping of dotted keys, got {overrides!r}"
+        )
     for key in overrides:
         if not has_dotted_field(str(key)):
             raise UserError(
-                f"{where}.overrides.{key}: not a key of {source}"
+                f"{source}: overrides.{name}.{key}: not a key of {source}"
                 + _suggest(str(key), _all_dotted_fields())
             )
     return DatasetEntry(name=name, source=source_cfg, overrides=dict(overrides))
@@ -510,7 +512,7 @@ def parse_params(raw: Mapping[str, Any], *, root: Path, source: str = PARAMS_FIL
     """Check a params mapping and build :class:`Params`. Raises UserError on any problem."""
     if not isinstance(raw, Mapping):
         raise UserError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
-    allowed = set(_SECTIONS) | set(_SCALARS) | {"datasets"}
+    allowed = set(_SECTIONS) | set(_SCALARS) | {"datasets", "overrides"}
     for key in raw:
         if key not in allowed:
             raise UserError(f"{source}: {key}: unknown key" + _suggest(str(key), allowed))
@@ -525,7 +527,19 @@ def parse_params(raw: Mapping[str, Any], *, root: Path, source: str = PARAMS_FIL
     datasets_raw = raw.get("datasets") or {}
     if not isinstance(datasets_raw, dict):
         raise UserError(f"{source}: datasets: expected a mapping of dataset name to its source")
-    datasets = {str(n): _parse_dataset(str(n), d, source) for n, d in datasets_raw.items()}
+    overrides_raw = raw.get("overrides") or {}
+    if not isinstance(overrides_raw, dict):
+        raise UserError(f"{source}: overrides: expected a mapping of dataset name to dotted keys")
+    for name in overrides_raw:
+        if name not in datasets_raw:
+            raise UserError(
+                f"{source}: overrides.{name}: no dataset of that name"
+                + _suggest(str(name), [str(n) for n in datasets_raw])
+            )
+    datasets = {
+        str(n): _parse_dataset(str(n), d, overrides_raw.get(n), source)
+        for n, d in datasets_raw.items()
+    }
     dataset = _convert(raw.get("dataset", next(iter(datasets), "")), str, f"{source}: dataset")
     if datasets and dataset not in datasets:
         raise UserError(
