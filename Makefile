@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 MLFLOW_PORT ?= 5000
 
-.PHONY: install run test test-slow test-all bench ui lint clean-cache
+.PHONY: install run test test-slow test-all bench ui serve lint
 
 install: $(STAMP)
 
@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 # dvc.yaml's commands say `python`: put the venv first on PATH so they use it.
 run: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+	$(PY) -m pipeline.evaluate --summary
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow"
@@ -37,6 +38,12 @@ bench: $(STAMP)
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
 		--backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root mlruns/artifacts
+
+# Serve the champion of the default dataset over HTTP on 127.0.0.1 (see README).
+SERVE_MODEL ?= models:/pipeline-digits@champion
+serve: $(STAMP)
+	MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db $(VENV)/bin/mlflow models serve \
+		-m $(SERVE_MODEL) --env-manager local --host 127.0.0.1 -p 5001
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline tests benchmarks

@@ -190,6 +190,7 @@ class RegistryConfig:
     # Compared on the test split; lower is better for loss/mae/rmse, higher for accuracy/r2.
     classification_metric: Literal["accuracy", "loss"] = "accuracy"
     regression_metric: Literal["rmse", "mae", "r2"] = "rmse"
+    reports_dir: str = "reports/promote"  # one decision record per study
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,451 @@
+"""The MLflow Model Registry side of the pipeline: scoring, registering, the champion gate.
+
+Registry stages are deprecated in MLflow 3, so the pipeline uses aliases and tags only:
+
+- one registered model per dataset, named by ``registry.model_name`` (``pipeline-{dataset}``);
+- alias ``champion``: the model users serve (``models:/pipeline-digits@champion``);
+- alias ``challenger``: the latest registered candidate that did not beat the champion;
+- tags on each version: study, trial, run id, data fingerprint, test metrics, the gate's
+  decision and reason, ``forced`` (and ``forced_by``) when a human overrode the gate.
+
+The gate: a candidate takes ``champion`` only if it strictly beats the current champion on the
+*current* test split by the configured metric. The champion is evaluated again on that split
+rather than trusted from old tags. When the champion was trained on other data (its data
+fingerprint differs from the current cache's), the two cannot be compared fairly: the current
+test items may have been in the old champion's training data, so its score would be inflated.
+In that case the candidate, trained on the current data, replaces it, and the reason says so.
+
+Registering is idempotent: a run that already has a version of the registered model is not
+registered again; the existing version goes through the gate again instead.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline import metrics as M
+from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.pyfunc import PyFuncModel
+
+    from pipeline.config import Params
+    from pipeline.data.cache import Cache
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREDICT_BATCH = 1024  # items per pyfunc call: bounded memory on big test splits
+
+# Tags that summarise a version's test metrics (per-class accuracies stay in the record file).
+_TAGGED_METRICS = ("accuracy", "loss", "mae", "rmse", "r2")
+
+
+# --------------------------------------------------------------------------------------------
+# Names and metrics
+# --------------------------------------------------------------------------------------------
+def registered_model_name(params: Params, dataset: str) -> str:
+    """``registry.model_name`` with ``{dataset}`` filled in."""
+    template = params.registry.model_name
+    try:
+        return template.format(dataset=dataset)
+    except (KeyError, IndexError, ValueError):
+        raise UserError(
+            f"{params.source}: registry.model_name: {template!r} is not a valid name template; "
+            "only {dataset} may appear in braces, e.g. 'pipeline-{dataset}'"
+        ) from None
+
+
+def gate_metric(params: Params, task: str) -> str:
+    """The test metric the champion gate compares for ``task``."""
+    if task == "classification":
+        return params.registry.classification_metric
+    return params.registry.regression_metric
+
+
+def model_uri(name: str, version: str | int) -> str:
+    return f"models:/{name}/{version}"
+
+
+def alias_uri(name: str, alias: str = CHAMPION) -> str:
+    return f"models:/{name}@{alias}"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and scoring a logged model
+# --------------------------------------------------------------------------------------------
+def quiet_downloads() -> None:
+    """No per-file download progress bars on stderr while a stage loads models."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def load_model(uri: str) -> PyFuncModel:
+    """Load a logged or registered model as a pyfunc; a missing model is a UserError."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except MlflowException as exc:
+        raise UserError(f"cannot load model {uri!r}: {_first_line(exc)}") from None
+    except OSError as exc:
+        raise UserError(f"cannot load model {uri!r}: {exc}") from None
+
+
+def model_metadata(model: PyFuncModel) -> dict[str, Any]:
+    """What the pipeline stored with the model (task, input_shape, class_names, ...)."""
+    return dict(model.metadata.metadata or {})
+
+
+def predict(model: PyFuncModel, x: np.ndarray, *, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """Run the pyfunc on raw float32 inputs in batches; concatenate the outputs."""
+    outputs: list[np.ndarray] = []
+    for start in range(0, len(x), batch_size):
+        batch = np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)
+        outputs.append(np.asarray(model.predict(batch)))
+    if not outputs:
+        return np.zeros((0,), dtype=np.float32)
+    return np.concatenate(outputs, axis=0)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A model's outputs and metrics on a cache's test split."""
+
+    metrics: dict[str, float]
+    outputs: np.ndarray  # probabilities [N, K] or predictions [N]
+
+
+def score(model: PyFuncModel, cache: Cache) -> Scored:
+    """Evaluate ``model`` on ``cache``'s held-out test split (raw values through the pyfunc)."""
+    meta = cache.meta
+    outputs = predict(model, np.asarray(cache.test_x))
+    y = np.asarray(cache.test_y)
+    if meta.task == "classification":
+        if outputs.ndim != 2 or outputs.shape[1] != meta.num_classes:
+            raise UserError(
+                f"model outputs have shape {tuple(outputs.shape)}, but dataset {meta.name!r} "
+                f"has {meta.num_classes} classes: the model was not trained on this dataset"
+            )
+        return Scored(M.classification_metrics(y, outputs, meta.class_names), outputs)
+    outputs = outputs.reshape(len(y), -1)[:, 0] if outputs.ndim > 1 else outputs
+    return Scored(M.regression_metrics(y, outputs), outputs)
+
+
+# --------------------------------------------------------------------------------------------
+# The gate (pure)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Verdict:
+    take_champion: bool
+    reason: str
+    forced: bool = False  # the gate said no and --force overrode it
+
+
+def decide(
+    *,
+    metric: str,
+    candidate: dict[str, float],
+    champion_version: str | None,
+    champion: dict[str, float] | None,
+    same_data: bool,
+    force: bool,
+) -> Verdict:
+    """Whether the candidate takes ``champion``, and why, in one sentence.
+
+    ``champion`` holds the current champion's metrics on the same test split (None when there
+    is no champion, or when it was trained on other data: ``same_data`` False).
+    """
+    value = candidate.get(metric, math.nan)
+    if champion_version is None:
+        return Verdict(True, f"no champion yet: the candidate becomes champion ({metric} "
+                             f"{_fmt(value)})")
+    if not same_data:
+        return Verdict(True, f"champion v{champion_version} was trained on other data (its "
+                             "fingerprint differs from the current cache), so it cannot be "
+                             "compared on this test split; the candidate replaces it")
+    assert champion is not None
+    old = champion.get(metric, math.nan)
+    better = M.is_better(metric, value, old)
+    relation = ">" if M.HIGHER_IS_BETTER[metric] else "<"
+    if better:
+        return Verdict(True, f"{metric} {_fmt(value)} {relation} {_fmt(old)} of champion "
+                             f"v{champion_version} on the same test split")
+    why = (f"{metric} {_fmt(value)} does not beat {_fmt(old)} of champion v{champion_version} "
+           "on the same test split")
+    if force:
+        return Verdict(True, f"forced by --force although {why}", forced=True)
+    return Verdict(False, why)
+
+
+# --------------------------------------------------------------------------------------------
+# Registry operations
+# --------------------------------------------------------------------------------------------
+def find_version(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    """The version of ``name`` already registered from ``run_id``, if any (oldest first)."""
+    query = f"name = '{_quote(name)}' and run_id = '{_quote(run_id)}'"
+    found = client.search_model_versions(query)
+    if not found:
+        return None
+    return min(found, key=lambda v: int(v.version))
+
+
+def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version ``alias`` points at, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def ensure_registered_model(client: MlflowClient, name: str, *, dataset: str) -> None:
+    """Create the registered model unless it exists."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+        return
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            raise
+    client.create_registered_model(
+        name,
+        tags={"dataset": dataset},
+        description=(
+            f"Models trained on dataset {dataset!r} by pipeline.search. Alias 'champion' is the "
+            "best on the held-out test split (serve models:/<name>@champion); 'challenger' is "
+            "the latest candidate that did not beat it."
+        ),
+    )
+    logger.info("created registered model %s", name)
+
+
+def register(
+    client: MlflowClient, *, name: str, source_uri: str, run_id: str, tags: dict[str, str]
+) -> tuple[ModelVersion, bool]:
+    """Register ``source_uri`` (``runs:/<run_id>/model``) as a version of ``name``, once.
+
+    Returns the version and whether it was created now (False: the run was registered before).
+    """
+    existing = find_version(client, name, run_id)
+    if existing is not None:
+        logger.info("run %s is already version %s of %s", run_id, existing.version, name)
+        return existing, False
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    # MLflow 3 keeps a model logged in a run as a LoggedModel (models:/<model_id>); register
+    # that, with the run id for lineage. Anything else is registered by the URI as given.
+    source, model_id = source_uri, None
+    try:
+        model_id = mlflow.models.get_model_info(source_uri).model_id
+    except (MlflowException, OSError) as exc:
+        raise UserError(f"cannot read model {source_uri!r}: {_first_line(exc)}") from None
+    if model_id:
+        source = f"models:/{model_id}"
+    version = client.create_model_version(
+        name=name, source=source, run_id=run_id, tags=tags, model_id=model_id
+    )
+    logger.info("registered %s as version %s of %s", source_uri, version.version, name)
+    return version, True
+
+
+# --------------------------------------------------------------------------------------------
+# Promotion
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidate:
+    """The study's best trial, as ``reports/studies/<study>.json`` names it."""
+
+    study: str
+    dataset: str
+    run_id: str
+    model_uri: str  # runs:/<run_id>/model
+    trial: int | None = None
+    value: float | None = None  # the study's objective value (validation)
+
+
+@dataclass
+class Decision:
+    """What ``promote`` did and why; written to ``reports/promote/<study>.json``."""
+
+    registered_model: str
+    metric: str
+    higher_is_better: bool
+    candidate_version: str
+    new_version: bool
+    candidate_metrics: dict[str, float]
+    alias: str  # the alias the candidate holds now: champion or challenger
+    moved: bool  # whether the champion alias moved in this call
+    forced: bool
+    reason: str
+    fingerprint: str
+    previous_champion: dict[str, Any] | None = None  # version, run_id, metrics, same_data
+    champion_version: str = ""
+
+
+def promote(
+    client: MlflowClient,
+    *,
+    name: str,
+    candidate: Candidate,
+    cache: Cache,
+    metric: str,
+    force: bool = False,
+) -> Decision:
+    """Register the candidate (once), run the gate, move the aliases, tag the version."""
+    fingerprint = cache.meta.fingerprint
+    model = load_model(candidate.model_uri)
+    meta = model_metadata(model)
+    model_fp = meta.get("fingerprint")
+    if model_fp and model_fp != fingerprint:
+        raise UserError(
+            f"the best trial of study {candidate.study!r} (run {candidate.run_id}) was trained on "
+            f"data with fingerprint {str(model_fp)[:12]}…, but the cache for dataset "
+            f"{cache.meta.name!r} now has {fingerprint[:12]}…; rerun the search "
+            f"(dvc repro or python -m pipeline.search --study {candidate.study})"
+        )
+    if metric not in M.HIGHER_IS_BETTER:
+        raise UserError(f"registry: unknown gate metric {metric!r}")
+    scored = score(model, cache)
+    logger.info("candidate run %s: %s", candidate.run_id, _fmt_metrics(scored.metrics))
+
+    ensure_registered_model(client, name, dataset=candidate.dataset)
+    base_tags = {
+        "study": candidate.study,
+        "trial": "" if candidate.trial is None else str(candidate.trial),
+        "run_id": candidate.run_id,
+        "dataset": candidate.dataset,
+        "fingerprint": fingerprint,
+        "gate_metric": metric,
+        **{f"test/{k}": _fmt(v) for k, v in scored.metrics.items() if k in _TAGGED_METRICS},
+    }
+    version, created = register(
+        client, name=name, source_uri=candidate.model_uri, run_id=candidate.run_id,
+        tags=base_tags,
+    )
+    if not created:  # refresh the summary tags: the test split may have been rebuilt
+        for key, value in base_tags.items():
+            client.set_model_version_tag(name, version.version, key, value)
+
+    current = get_alias(client, name, CHAMPION)
+    previous: dict[str, Any] | None = None
+    if current is not None and current.version == version.version:
+        verdict = Verdict(True, f"v{version.version} is already the champion")
+        moved = False
+    else:
+        champ_metrics: dict[str, float] | None = None
+        same_data = True
+        if current is not None:
+            # Our versions carry the fingerprint as a tag; one registered by hand may only
+            # have it in the model's metadata (or nowhere: then assume the same data).
+            champ_model = None
+            champ_fp = (current.tags or {}).get("fingerprint")
+            if not champ_fp:
+                champ_model = load_model(model_uri(name, current.version))
+                champ_fp = model_metadata(champ_model).get("fingerprint")
+            same_data = not champ_fp or champ_fp == fingerprint
+            if same_data:
+                champ_model = champ_model or load_model(model_uri(name, current.version))
+                champ_metrics = score(champ_model, cache).metrics
+                logger.info("champion v%s: %s", current.version, _fmt_metrics(champ_metrics))
+            previous = {
+                "version": current.version,
+                "run_id": current.run_id,
+                "same_data": same_data,
+                "metrics": champ_metrics,
+            }
+        verdict = decide(
+            metric=metric,
+            candidate=scored.metrics,
+            champion_version=None if current is None else current.version,
+            champion=champ_metrics,
+            same_data=same_data,
+            force=force,
+        )
+        moved = verdict.take_champion
+
+    forced = moved and verdict.forced
+    if moved:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        challenger = get_alias(client, name, CHALLENGER)
+        if challenger is not None and challenger.version == version.version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+        logger.info("alias %s -> v%s: %s", CHAMPION, version.version, verdict.reason)
+    elif not verdict.take_champion:
+        client.set_registered_model_alias(name, CHALLENGER, version.version)
+        logger.info("alias %s -> v%s: %s", CHALLENGER, version.version, verdict.reason)
+    alias = CHAMPION if verdict.take_champion else CHALLENGER
+
+    decision_tags = {
+        "decision": alias,
+        "decision_reason": verdict.reason,
+        "promoted_by": "pipeline.promote",
+    }
+    # `forced` says how the version last took champion: by the gate or by a human's --force.
+    if moved or "forced" not in (version.tags or {}):
+        decision_tags["forced"] = "true" if forced else "false"
+    if forced:
+        decision_tags["forced_by"] = _user()
+    for key, value in decision_tags.items():
+        client.set_model_version_tag(name, version.version, key, value)
+
+    champion_now = get_alias(client, name, CHAMPION)
+    return Decision(
+        registered_model=name,
+        metric=metric,
+        higher_is_better=M.HIGHER_IS_BETTER[metric],
+        candidate_version=str(version.version),
+        new_version=created,
+        candidate_metrics=scored.metrics,
+        alias=alias,
+        moved=moved,
+        forced=forced,
+        reason=verdict.reason,
+        fingerprint=fingerprint,
+        previous_champion=previous,
+        champion_version="" if champion_now is None else str(champion_now.version),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    return f"{value:.6g}"
+
+
+def _fmt_metrics(values: dict[str, float]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in values.items() if k in _TAGGED_METRICS)
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "\\'")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

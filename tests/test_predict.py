@@ -1,0 +1,177 @@
+"""``python -m pipeline.predict`` on raw JPEGs and CSVs agrees with evaluation on the cache.
+
+Tiny JPEGs are written in the ``jpeg_labels`` layout, ``pipeline.prepare`` builds the cache, a
+model is trained and logged, then ``predict`` on the raw test files must match the pyfunc on the
+cache's ``test_x`` for the same items (``meta.test_sources`` maps one to the other).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import predict, prepare, registry
+from pipeline.config import Params, load_params
+from pipeline.data.cache import Cache, load_cache
+from tests.conftest import REPO, SMALL, _deep_update, make_tabular_cache
+from tests.test_registry import error_line, setup_store, train_and_log
+
+SIZE = 12
+CLASSES = 3
+
+
+def _write_jpegs(root: Path, part: str, n: int, rng: np.random.Generator) -> None:
+    """Class k lights up horizontal band k, as conftest's synthetic caches do."""
+    folder = root / part
+    folder.mkdir(parents=True)
+    lines = []
+    band = SIZE // CLASSES
+    for i in range(n):
+        k = i % CLASSES
+        img = rng.integers(0, 60, size=(SIZE, SIZE)).astype(np.uint8)
+        img[k * band : (k + 1) * band, :] += 150
+        name = f"{part}-{i:03d}.jpg"
+        assert cv2.imwrite(str(folder / name), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        lines.append(f"{name} {k}")
+    (root / f"{part}_labels.txt").write_text("\n".join(lines) + "\n")
+
+
+@dataclass
+class World:
+    root: Path
+    params: Params
+    cache: Cache
+    image_run: str
+    raw: Path
+    table: Cache
+    table_run: str
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        root = tmp_path_factory.mktemp("predict")
+        raw_dir = root / "data" / "raw" / "tiny"
+        rng = np.random.default_rng(0)
+        _write_jpegs(raw_dir, "train", 90, rng)
+        _write_jpegs(raw_dir, "val", 30, rng)
+        raw = yaml.safe_load((REPO / "params.yaml").read_text())
+        _deep_update(raw, SMALL)
+        raw["datasets"]["tiny"] = {
+            "format": "jpeg_labels",
+            "root": "data/raw/tiny",
+            "parts": {
+                "train": {"images": "train", "labels": "train_labels.txt"},
+                "val": {"images": "val", "labels": "val_labels.txt"},
+            },
+            "classes": ["top", "middle", "bottom"],
+            "image": {"channels": 1, "size": [SIZE, SIZE], "size_policy": "resize"},
+            "test_fraction": 0.25,
+        }
+        raw["dataset"] = "tiny"
+        raw["prepare"]["datasets"] = ["tiny"]
+        raw["prepare"]["workers"] = 1
+        (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        params = load_params(root / "params.yaml")
+        assert prepare.main(["--params", str(root / "params.yaml")]) == 0
+        cache = load_cache(params.cache_dir("tiny"))
+        make_tabular_cache(params.cache_dir("diabetes"), name="diabetes")
+        table = load_cache(params.cache_dir("diabetes"))
+        exp = setup_store(params)
+        image_run, _ = train_and_log(params, cache, experiment_id=exp, lr=3e-3, epochs=3)
+        table_run, _ = train_and_log(params, table, experiment_id=exp, lr=1e-2, epochs=3)
+        yield World(root, params, cache, image_run, raw_dir, table, table_run)
+
+
+def _predict(w: World, run_id: str, *inputs: object, extra: tuple[str, ...] = ()) -> int:
+    return predict.main([
+        "--model", f"runs:/{run_id}/model", "--params", str(w.root / "params.yaml"), *extra,
+        *[str(i) for i in inputs],
+    ])
+
+
+def test_raw_jpegs_agree_with_cache(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    w = world
+    sources = w.cache.meta.test_sources
+    assert len(sources) == w.cache.meta.n_test > 0
+    files = [w.raw / s for s in sources]
+    assert _predict(w, w.image_run, *files, extra=("--batch-size", "7")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(files)
+
+    model = registry.load_model(f"runs:/{w.image_run}/model")
+    proba = model.predict(np.asarray(w.cache.test_x, dtype=np.float32))
+    names = w.cache.meta.class_names
+    for line, path, p in zip(lines, files, proba, strict=True):
+        file, label, prob = line.split(" ")
+        assert file == str(path)
+        assert label == names[int(p.argmax())]
+        assert float(prob) == pytest.approx(float(p.max()), abs=1e-4)
+
+
+def test_folder_input(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    w = world
+    assert _predict(w, w.image_run, w.raw / "val") == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = sorted((w.raw / "val").glob("*.jpg"))
+    assert [line.split(" ")[0] for line in lines] == [str(p) for p in expected]
+    assert all(line.split(" ")[1] in ("top", "middle", "bottom") for line in lines)
+
+
+def test_corrupt_image_is_one_clear_line(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    assert _predict(world, world.image_run, bad) == 2
+    assert "broken.jpg" in error_line(capsys)
+
+
+def test_wrong_input_kind(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = tmp_path / "rows.csv"
+    table.write_text("a,b\n1,2\n")
+    assert _predict(world, world.image_run, table) == 2
+    assert "takes JPEG files" in error_line(capsys)
+    assert _predict(world, world.image_run, tmp_path / "nope.jpg") == 2
+    assert "no such file" in error_line(capsys)
+
+
+def _write_csv(path: Path, x: np.ndarray, columns: list[str]) -> None:
+    rows = [",".join(columns)] + [",".join(repr(float(v)) for v in row) for row in x]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_csv_rows(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    w = world
+    x = np.asarray(w.table.test_x[:9], dtype=np.float32)
+    names = w.table.meta.feature_names
+    # Columns in another order plus the target: features are picked by name.
+    order = list(reversed(names)) + ["target"]
+    data = np.concatenate([x[:, ::-1], np.zeros((len(x), 1), np.float32)], axis=1)
+    _write_csv(tmp_path / "new.csv", data, order)
+    assert _predict(w, w.table_run, tmp_path / "new.csv", extra=("--batch-size", "4")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = registry.load_model(f"runs:/{w.table_run}/model").predict(x)
+    assert [line.split(" ")[0] for line in lines] == [str(i) for i in range(1, len(x) + 1)]
+    got = np.array([float(line.split(" ")[1]) for line in lines])
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_csv_missing_feature_column(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    w = world
+    names = [n for n in w.table.meta.feature_names if n != "f2"]
+    _write_csv(tmp_path / "partial.csv", np.ones((3, len(names)), np.float32), names)
+    assert _predict(w, w.table_run, tmp_path / "partial.csv") == 2
+    line = error_line(capsys)
+    assert "partial.csv" in line and "f2" in line

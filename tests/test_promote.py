@@ -1,0 +1,173 @@
+"""``python -m pipeline.promote``: the champion gate end to end against a real SQLite registry.
+
+One project per module (training and the MLflow store are the expensive part): a synthetic
+digits cache, a weak and a strong model trained with the engine and logged with
+``tracking.log_model``, and study reports written by hand. The steps run in order.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import promote, registry
+from pipeline.config import Params, load_params
+from pipeline.data.cache import load_cache
+from tests.conftest import REPO, SMALL, _deep_update, make_image_cache
+from tests.test_registry import error_line, setup_store, train_and_log, write_study_report
+
+
+@dataclass
+class World:
+    root: Path
+    params: Params
+    weak: str  # run id of a barely trained model
+    strong: str  # run id of a well trained one
+    name: str
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        root = tmp_path_factory.mktemp("promote")
+        raw = yaml.safe_load((REPO / "params.yaml").read_text())
+        _deep_update(raw, SMALL)
+        (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        params = load_params(root / "params.yaml")
+        make_image_cache(params.cache_dir("digits"), name="digits")
+        cache = load_cache(params.cache_dir("digits"))
+        exp = setup_store(params)
+        weak, _ = train_and_log(params, cache, experiment_id=exp, lr=1e-5, epochs=1)
+        strong, _ = train_and_log(params, cache, experiment_id=exp, lr=1e-2, epochs=8)
+        yield World(root, params, weak, strong, "pipeline-digits")
+
+
+def _promote(w: World, study: str, run_id: str, *extra: str,
+             capsys: pytest.CaptureFixture[str]) -> tuple[int, dict, str]:
+    write_study_report(w.params, study, dataset="digits", run_id=run_id, number=7)
+    code = promote.main(["--study", study, "--params", str(w.root / "params.yaml"), *extra])
+    out = capsys.readouterr()
+    record_path = w.root / "reports" / "promote" / f"{study}.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    return code, record, out.out + out.err
+
+
+def _state(w: World) -> tuple[int, str | None, str | None]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    versions = client.search_model_versions(f"name = '{w.name}'")
+    champ = registry.get_alias(client, w.name, registry.CHAMPION)
+    chall = registry.get_alias(client, w.name, registry.CHALLENGER)
+    return (len(versions), champ and champ.run_id, chall and chall.run_id)
+
+
+def test_gate_sequence(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlflow import MlflowClient
+
+    w = world
+    # 1. First candidate: no champion yet, so even the weak model takes it.
+    code, rec, out = _promote(w, "first", w.weak, capsys=capsys)
+    assert code == 0, out
+    assert rec["decision"]["alias"] == "champion"
+    assert "no champion yet" in rec["decision"]["reason"]
+    assert rec["candidate"]["new_version"] and rec["candidate"]["trial"] == 7
+    assert _state(w) == (1, w.weak, None)
+    weak_acc = rec["candidate"]["test_metrics"]["accuracy"]
+
+    # 2. A better candidate takes champion; the old champion was re-evaluated.
+    code, rec, out = _promote(w, "better", w.strong, capsys=capsys)
+    assert code == 0, out
+    strong_acc = rec["candidate"]["test_metrics"]["accuracy"]
+    assert strong_acc > weak_acc
+    assert rec["decision"] == {
+        "alias": "champion", "moved": True, "forced": False, "reason": rec["decision"]["reason"]
+    }
+    assert rec["previous_champion"]["metrics"]["accuracy"] == pytest.approx(weak_acc)
+    assert rec["champion"]["version"] == rec["candidate"]["version"] == "2"
+    assert _state(w) == (2, w.strong, None)
+    assert "champion is v2" in out
+
+    # 3. A worse candidate (the weak run, from another study) never takes champion.
+    code, rec, out = _promote(w, "worse", w.weak, capsys=capsys)
+    assert code == 0, out
+    assert rec["decision"]["alias"] == "challenger" and not rec["decision"]["moved"]
+    assert "does not beat" in rec["decision"]["reason"]
+    assert not rec["candidate"]["new_version"]  # the run was registered in step 1
+    assert _state(w) == (2, w.strong, w.weak)
+
+    # 4. Rerunning with the same best trial is idempotent: no new version, no change.
+    before = (w.root / "reports" / "promote" / "better.json").read_text()
+    code, rec, out = _promote(w, "better", w.strong, capsys=capsys)
+    assert code == 0, out
+    assert "already the champion" in rec["decision"]["reason"] and not rec["decision"]["moved"]
+    assert _state(w) == (2, w.strong, w.weak)
+    rec_before = json.loads(before)
+    for key in ("champion", "candidate", "decision"):
+        if key == "candidate":
+            rec_before[key].pop("new_version")
+            rec[key].pop("new_version")
+        if key != "decision":
+            assert rec[key] == rec_before[key]
+
+    # 5. --force moves champion to the worse model and says so in its tags.
+    code, rec, out = _promote(w, "worse", w.weak, "--force", capsys=capsys)
+    assert code == 0, out
+    assert rec["decision"]["forced"] and rec["decision"]["moved"]
+    assert "--force" in rec["decision"]["reason"]
+    assert _state(w) == (2, w.weak, None)  # the challenger alias left the new champion
+    version = MlflowClient().get_model_version(w.name, "1")
+    assert version.tags["forced"] == "true" and version.tags["forced_by"]
+    assert version.tags["run_id"] == w.weak and version.tags["study"] == "worse"
+    assert version.tags["trial"] == "7" and version.tags["fingerprint"] == "synthetic-images-0"
+    assert float(version.tags["test/accuracy"]) == pytest.approx(weak_acc, rel=1e-5)
+    assert version.tags["decision"] == "champion"
+
+    # 6. The gate still works after a forced decision: the strong model wins it back.
+    code, rec, out = _promote(w, "better", w.strong, capsys=capsys)
+    assert code == 0, out
+    assert rec["decision"]["moved"] and not rec["decision"]["forced"]
+    assert _state(w) == (2, w.strong, None)
+    assert MlflowClient().get_model_version(w.name, "2").tags["forced"] == "false"
+
+
+def test_stale_cache_and_champion_from_other_data(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    w = world
+    # The best trial's model saw other data than the cache now holds: refuse.
+    other = w.params.with_overrides({"prepare.cache_dir": "data/cache_other"})
+    src, dst = w.params.cache_dir("digits"), other.cache_dir("digits")
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "meta.json").read_text())
+    meta["fingerprint"] = "rebuilt-data"
+    (dst / "meta.json").write_text(json.dumps(meta))
+    write_study_report(other, "stale", dataset="digits", run_id=w.strong)
+    with pytest.raises(promote.UserError, match="rerun the search"):
+        promote.run_promote(other, study="stale", report=w.root / "stale.json")
+
+    # A champion trained on other data cannot be compared: the candidate replaces it.
+    decision = registry.decide(
+        metric="accuracy", candidate={"accuracy": 0.1}, champion_version="2", champion=None,
+        same_data=False, force=False,
+    )
+    assert decision.take_champion and "other data" in decision.reason
+
+
+def test_user_errors_are_one_line(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    w = world
+    args = ["--params", str(w.root / "params.yaml")]
+    assert promote.main(["--study", "missing", *args]) == 2
+    err = error_line(capsys)
+    assert "run the search first" in err
+
+    write_study_report(w.params, "empty", dataset="digits", run_id=None)
+    assert promote.main(["--study", "empty", *args]) == 2
+    assert "no completed trial" in error_line(capsys)
