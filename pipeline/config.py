@@ -404,7 +404,8 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         args = get_args(hint)
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise bad
-        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        pairs = enumerate(zip(value, args, strict=True))
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in pairs)
     if origin is dict:
         if not isinstance(value, dict):
             raise bad
@@ -523,7 +524,9 @@ def parse_params(raw: Mapping[str, Any], *, root: Path, source: str = PARAMS_FIL
     kwargs["seed"] = _convert(raw.get("seed", 42), int, f"{source}: seed")
     device = _convert(raw.get("device", "auto"), str, f"{source}: device")
     if device not in ("auto", "cpu", "mps") and not device.startswith("cuda"):
-        raise UserError(f"{source}: device: expected auto, cpu, cuda, cuda:N or mps, got {device!r}")
+        raise UserError(
+            f"{source}: device: expected auto, cpu, cuda, cuda:N or mps, got {device!r}"
+        )
     kwargs["device"] = device
     datasets_raw = raw.get("datasets") or {}
     if not isinstance(datasets_raw, dict):
@@ -567,11 +570,14 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Read and check ``params.yaml``; its folder is the project root."""
     path = Path(path).resolve()
     if not path.is_file():
-        raise UserError(f"{path}: params file not found (run from the project root or pass --params)")
+        raise UserError(
+            f"{path}: params file not found (run from the project root or pass --params)"
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path.name}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = getattr(exc, "problem", exc)
+        raise UserError(f"{path.name}{line}: not valid YAML ({problem})") from None
     return parse_params(raw, root=path.parent, source=path.name)

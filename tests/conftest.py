@@ -168,7 +168,7 @@ def make_tabular_cache(
 
 @pytest.fixture
 def image_cache(tmp_path: Path) -> Callable[..., tuple[Path, CacheMeta]]:
-    """Factory: ``image_cache(**kwargs)`` writes a synthetic image cache and returns (dir, meta)."""
+    """Factory: ``image_cache(**kwargs)`` writes a synthetic image cache; returns (dir, meta)."""
 
     def make(**kwargs: object) -> tuple[Path, CacheMeta]:
         folder = tmp_path / "cache" / str(kwargs.get("name", "tiny_images"))

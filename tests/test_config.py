@@ -84,7 +84,7 @@ def test_typo_key_suggests_the_right_one(tmp_path: Path, raw: dict) -> None:
 
 def test_unknown_dataset_format_lists_formats(tmp_path: Path, raw: dict) -> None:
     raw["datasets"]["digits"]["format"] = "jpeg"
-    with pytest.raises(UserError, match=r"datasets\.digits\.format: unknown dataset format 'jpeg'"):
+    with pytest.raises(UserError, match=r"digits\.format: unknown dataset format 'jpeg'"):
         load_params(write(tmp_path, raw))
 
 
