@@ -21,6 +21,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -106,10 +108,7 @@ def write_cache(
     missing = set(ARRAYS) - set(arrays)
     if missing:
         raise ValueError(f"write_cache: missing arrays {sorted(missing)}")
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with staged_dir(Path(folder)) as tmp:
         for name in ARRAYS:
             arr = np.ascontiguousarray(arrays[name])
             with open(tmp / f"{name}.npy", "wb") as fh:
@@ -119,20 +118,47 @@ def write_cache(
         (tmp / META_FILE).write_text(meta.to_json())
         if _before_rename is not None:
             _before_rename(tmp)
-        # Swap: move the old cache aside, rename the new one in, then delete the old one.
+    logger.info("wrote cache %s (%d train, %d test)", folder, meta.n_train, meta.n_test)
+
+
+@contextmanager
+def staged_dir(folder: Path) -> Iterator[Path]:
+    """Yield an empty temp folder beside ``folder``; on success it replaces ``folder``.
+
+    On any exception (including KeyboardInterrupt) the temp folder is removed and ``folder`` is
+    left as it was. The swap moves the old folder aside, renames the new one in, then deletes
+    the old one: ``folder`` is the complete old one, the complete new one or, for an instant
+    between two renames, absent; never half-written.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it normal rights
+        yield tmp
         old = None
         if folder.exists():
             old = folder.parent / f".{folder.name}.old-{os.getpid()}"
             if old.exists():
                 shutil.rmtree(old)
             os.replace(folder, old)
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except BaseException:
+            if old is not None:  # put the old folder back
+                os.replace(old, folder)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("wrote cache %s (%d train, %d test)", folder, meta.n_train, meta.n_test)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_meta(folder: Path) -> CacheMeta:

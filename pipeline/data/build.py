@@ -1,0 +1,350 @@
+"""From a declared dataset to the contents of its tensor cache (arrays and ``meta.json``).
+
+:func:`build_dataset` reads the raw input, applies the dataset's policies, fixes the test split
+(a declared test part, or a stratified fraction carved out with ``holdout_split`` and the prepare
+seed), computes the normalisation statistics on the training part only and the fingerprint of
+the raw inputs. It writes nothing: ``prepare`` hands the result to ``write_cache``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.config import CsvDataset, DatasetEntry, ImageFolderDataset, JpegLabelsDataset
+from pipeline.data.cache import CacheMeta
+from pipeline.data.fingerprint import Fingerprint
+from pipeline.data.images import SKIPPABLE, channel_stats, decode_files
+from pipeline.data.readers import ImageListing, list_image_folder, list_jpeg_labels
+from pipeline.data.splits import holdout_split
+from pipeline.data.tabular import CsvTable, numeric_columns, read_table, rows_to_keep
+from pipeline.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# task: auto calls an integer-valued target with at most this many distinct values a class label.
+AUTO_MAX_CLASSES = 20
+# A standard deviation below this is stored as 1.0, so normalising never divides by ~zero.
+_MIN_STD = 1e-8
+_MAX_LISTED = 5  # skipped or suspicious files named one by one in the log
+
+Task = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True)
+class BuiltDataset:
+    meta: CacheMeta
+    arrays: dict[str, np.ndarray]  # train_x, train_y, test_x, test_y
+
+
+def build_dataset(
+    entry: DatasetEntry,
+    *,
+    project_root: Path,
+    seed: int,
+    workers: int = 0,
+    progress: bool = False,
+) -> BuiltDataset:
+    """Read ``entry``'s raw data and return what its cache holds.
+
+    Args:
+        entry: the dataset as declared in params.yaml.
+        project_root: relative paths in the dataset config are resolved from here.
+        seed: ``prepare.seed``: the carved-out test split; recorded as ``split_seed``.
+        workers: decoding processes; 0 = one per core.
+        progress: show a progress bar while decoding.
+
+    Raises:
+        UserError: anything wrong with the raw data, naming the file and line or key.
+    """
+    src = entry.source
+    key = f"datasets.{entry.name}"
+    if isinstance(src, JpegLabelsDataset | ImageFolderDataset):
+        return _build_images(
+            entry, project_root=project_root, seed=seed, workers=workers, progress=progress
+        )
+    if isinstance(src, CsvDataset):
+        return _build_csv(entry, project_root=project_root, seed=seed)
+    raise UserError(f"{key}.format: unknown dataset format {getattr(src, 'format', src)!r}")
+
+
+def _settings(source: Any, seed: int) -> dict[str, Any]:
+    """The settings that change the cache: the dataset config minus its location, plus seed."""
+    settings = dataclasses.asdict(source)
+    settings.pop("root", None)
+    settings.pop("path", None)
+    settings["split_seed"] = seed
+    return settings
+
+
+def _std(values: list[float]) -> list[float]:
+    return [v if v > _MIN_STD else 1.0 for v in values]
+
+
+def _carve_test(
+    y: np.ndarray, *, fraction: float, seed: int, classification: bool, key: str
+) -> tuple[np.ndarray, np.ndarray]:
+    n = len(y)
+    n_test = int(np.ceil(n * fraction))
+    if n < 2 or n_test >= n:
+        raise UserError(
+            f"{key}.test_fraction: {n} item(s) are too few to hold out {fraction:g} of them for "
+            "testing; expected more data or a smaller fraction"
+        )
+    try:
+        return holdout_split(y, fraction=fraction, seed=seed, classification=classification)
+    except ValueError as exc:  # e.g. fewer test items than classes when stratifying
+        raise UserError(f"{key}.test_fraction: cannot split {n} items ({exc})") from None
+
+
+def _counts(y: np.ndarray, names: list[str]) -> dict[str, int]:
+    counts = np.bincount(y, minlength=len(names))
+    return {name: int(counts[k]) for k, name in enumerate(names)}
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+def _build_images(
+    entry: DatasetEntry, *, project_root: Path, seed: int, workers: int, progress: bool
+) -> BuiltDataset:
+    src = entry.source
+    assert isinstance(src, JpegLabelsDataset | ImageFolderDataset)
+    key = f"datasets.{entry.name}"
+    opts = src.image
+    root = project_root / src.root
+    listing: ImageListing
+    if isinstance(src, JpegLabelsDataset):
+        listing = list_jpeg_labels(src, root, key=key, on_bad_file=opts.on_bad_file)
+    else:
+        listing = list_image_folder(src, root, key=key)
+    logger.info(
+        "%s: decoding %d images (%d classes) from %s",
+        entry.name,
+        len(listing),
+        len(listing.class_names),
+        root,
+    )
+    decoded = decode_files(
+        listing.paths,
+        channels=opts.channels,
+        size=opts.size,
+        size_policy=opts.size_policy,
+        workers=workers,
+        progress=progress,
+        desc=entry.name,
+    )
+    for i, said in decoded.warnings[:_MAX_LISTED]:
+        logger.warning("%s: decoded, but libjpeg warned: %s", listing.paths[i], said)
+    if len(decoded.warnings) > _MAX_LISTED:
+        logger.warning(
+            "%s: %d images decoded with libjpeg warnings in all (kept; check the data)",
+            entry.name,
+            len(decoded.warnings),
+        )
+
+    fatal = [f for f in decoded.failures if opts.on_bad_file == "error" or f.kind not in SKIPPABLE]
+    if fatal:
+        first = fatal[0]
+        more = f" (and {len(fatal) - 1} more bad file(s))" if len(fatal) > 1 else ""
+        where = listing.paths[first.index]
+        if listing.origins[first.index] != where:
+            where = f"{where} (listed at {listing.origins[first.index]})"
+        raise UserError(f"{where}: {first.message}{more}")
+    skipped = [
+        {"file": listing.sources[f.index], "kind": f.kind, "reason": f.message}
+        for f in decoded.failures
+    ]
+    for item in skipped[:_MAX_LISTED]:
+        logger.warning("%s: skipped %s (%s)", entry.name, item["file"], item["reason"])
+    if skipped:
+        logger.warning(
+            "%s: skipped %d bad file(s) (image.on_bad_file: skip); listed in meta.json",
+            entry.name,
+            len(skipped),
+        )
+
+    fingerprint = Fingerprint(_settings(src, seed))
+    fingerprint.add_many(listing.sources, [str(k) for k in listing.labels], decoded.digests)
+
+    good = np.ones(len(listing), dtype=bool)
+    good[[f.index for f in decoded.failures]] = False
+    index = np.flatnonzero(good)
+    if len(index) == 0:
+        raise UserError(f"{key}: every image was skipped as bad; nothing left to prepare")
+    x = decoded.images
+    y = np.asarray(listing.labels, dtype=np.int64)
+    if isinstance(src, JpegLabelsDataset) and src.test_part is not None:
+        in_test = np.array([p == src.test_part for p in listing.parts])
+        train_idx, test_idx = index[~in_test[index]], index[in_test[index]]
+        if len(train_idx) == 0 or len(test_idx) == 0:
+            raise UserError(
+                f"{key}.test_part: {src.test_part!r} leaves "
+                f"{len(train_idx)} training and {len(test_idx)} test images; expected both > 0"
+            )
+    else:
+        keep, held = _carve_test(
+            y[index], fraction=src.test_fraction, seed=seed, classification=True, key=key
+        )
+        train_idx, test_idx = index[keep], index[held]
+
+    train_x, test_x = x[train_idx], x[test_idx]
+    train_y, test_y = y[train_idx], y[test_idx]
+    mean, std = channel_stats(train_x)
+    names = listing.class_names
+    meta = CacheMeta(
+        name=entry.name,
+        task="classification",
+        kind="image",
+        input_shape=[opts.channels, *opts.size],
+        class_names=names,
+        feature_names=[],
+        target_name="label",
+        n_train=len(train_idx),
+        n_test=len(test_idx),
+        counts={"train": _counts(train_y, names), "test": _counts(test_y, names)},
+        mean=mean,
+        std=_std(std),
+        target_mean=0.0,
+        target_std=1.0,
+        split_seed=seed,
+        fingerprint=fingerprint.hexdigest(),
+        source_format=src.format,
+        skipped=skipped,
+        size_policy=opts.size_policy,
+        test_sources=[listing.sources[i] for i in test_idx],
+    )
+    arrays = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+    return BuiltDataset(meta=meta, arrays=arrays)
+
+
+# --------------------------------------------------------------------------------------------
+# CSV
+# --------------------------------------------------------------------------------------------
+def _build_csv(entry: DatasetEntry, *, project_root: Path, seed: int) -> BuiltDataset:
+    src = entry.source
+    assert isinstance(src, CsvDataset)
+    key = f"datasets.{entry.name}"
+    path = project_root / src.path
+    table = read_table(path)
+    target = table.column(src.target, key=f"{key}.target", role="target column")
+    if src.features is None:
+        features = [i for i in range(len(table.header)) if i != target]
+    else:
+        features = [
+            table.column(name, key=f"{key}.features", role="feature column")
+            for name in src.features
+        ]
+        if target in features:
+            raise UserError(
+                f"{path}: {src.target!r} is both the target and a feature ({key}.features); "
+                "expected it in one place only"
+            )
+    if not features:
+        raise UserError(f"{path}: no feature columns besides the target {src.target!r}")
+    keep = rows_to_keep(table, [*features, target], missing=src.missing, key=f"{key}.missing")
+    dropped = int((~keep).sum())
+    if dropped:
+        logger.warning("%s: dropped %d row(s) with missing values (missing: drop)", path, dropped)
+    if not keep.any():
+        raise UserError(f"{path}: every row has a missing value; no rows left (missing: drop)")
+    x = numeric_columns(table, features, keep).astype(np.float32)
+    task, y, class_names = _target(table, target, keep, task=src.task, key=key)
+    lines = np.asarray(table.lines)[keep]
+
+    fingerprint = Fingerprint(_settings(src, seed))
+    fingerprint.add_bytes("table", path.read_bytes())  # the name is not data
+
+    classification = task == "classification"
+    train_idx, test_idx = _carve_test(
+        y, fraction=src.test_fraction, seed=seed, classification=classification, key=key
+    )
+    train_x, test_x, train_y, test_y = x[train_idx], x[test_idx], y[train_idx], y[test_idx]
+    mean = train_x.astype(np.float64).mean(axis=0)
+    std = train_x.astype(np.float64).std(axis=0)
+    if classification:
+        counts = {"train": _counts(train_y, class_names), "test": _counts(test_y, class_names)}
+        target_mean, target_std = 0.0, 1.0
+    else:
+        counts = {}
+        target_mean = float(train_y.astype(np.float64).mean())
+        target_std = _std([float(train_y.astype(np.float64).std())])[0]
+    meta = CacheMeta(
+        name=entry.name,
+        task=task,
+        kind="tabular",
+        input_shape=[len(features)],
+        class_names=class_names,
+        feature_names=[table.header[i] for i in features],
+        target_name=src.target,
+        n_train=len(train_idx),
+        n_test=len(test_idx),
+        counts=counts,
+        mean=[float(v) for v in mean],
+        std=_std([float(v) for v in std]),
+        target_mean=target_mean,
+        target_std=target_std,
+        split_seed=seed,
+        fingerprint=fingerprint.hexdigest(),
+        source_format=src.format,
+        size_policy="",
+        test_sources=[f"row:{int(lines[i])}" for i in test_idx],
+    )
+    arrays = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+    return BuiltDataset(meta=meta, arrays=arrays)
+
+
+def _target(
+    table: CsvTable, column: int, keep: np.ndarray, *, task: str, key: str
+) -> tuple[Task, np.ndarray, list[str]]:
+    """(task, targets, class names): float32 values, or int64 ids into sorted class names."""
+    name = table.header[column]
+    if task == "regression":
+        return "regression", numeric_columns(table, [column], keep)[:, 0].astype(np.float32), []
+    cells = [row[column].strip() for row, k in zip(table.rows, keep, strict=True) if k]
+    try:
+        values = np.asarray(cells, dtype=np.float64)
+        numeric = bool(np.isfinite(values).all())
+    except ValueError:
+        numeric = False
+    if task == "auto":
+        if not numeric:
+            task = "classification"
+            reason = "it has non-numeric values"
+        else:
+            distinct = len(np.unique(values))
+            integral = bool(np.all(values == np.round(values)))
+            if integral and distinct <= AUTO_MAX_CLASSES:
+                task = "classification"
+                reason = f"its {distinct} distinct values are all integers"
+            else:
+                task = "regression"
+                reason = f"it has {distinct} distinct values" if integral else "it has fractions"
+        logger.info(
+            "%s.task: auto -> %s: target column %r, %s (declare task: to override)",
+            key,
+            task,
+            name,
+            reason,
+        )
+        if task == "regression":
+            return "regression", values.astype(np.float32), []
+    if numeric:
+        uniques = np.unique(values)
+        ids = np.searchsorted(uniques, values).astype(np.int64)
+        names = [_number_name(v) for v in uniques]
+    else:
+        labels = sorted(set(cells))
+        lookup = {label: i for i, label in enumerate(labels)}
+        ids = np.array([lookup[c] for c in cells], dtype=np.int64)
+        names = labels
+    return "classification", ids, names
+
+
+def _number_name(value: float) -> str:
+    return str(int(value)) if value == int(value) else repr(float(value))
