@@ -1,0 +1,91 @@
+"""Atomic training checkpoints that load with ``torch.load(weights_only=True)``.
+
+A checkpoint holds :meth:`Trainer.state_dict` (model, optimizer, scheduler, early-stopping
+state, epoch, RNG states, history) plus optional plain ``meta`` values (the resolved params and
+the data fingerprint) that a resume must match. It is written to a temporary file in the same
+folder and renamed over the old one, so an interrupted write leaves the previous checkpoint.
+Only tensors and plain containers are stored: loading never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    from pipeline.engine import Trainer
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "pipeline-checkpoint-1"
+
+
+def save_checkpoint(
+    trainer: Trainer | dict[str, Any], path: Path, *, meta: dict[str, Any] | None = None
+) -> Path:
+    """Write ``trainer.state_dict()`` (or a state dict) and ``meta`` to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = trainer if isinstance(trainer, dict) else trainer.state_dict()
+    payload = {"format": FORMAT, "meta": meta or {}, "trainer": state}
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    logger.debug("checkpoint written: %s", path)
+    return path
+
+
+def load_checkpoint(path: Path, *, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The trainer state saved in ``path`` (tensors on the CPU).
+
+    Args:
+        path: a file written by :func:`save_checkpoint`.
+        meta: when given, must equal the meta saved with the checkpoint; a mismatch (another
+            configuration or other data) raises :class:`UserError` naming the differing keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no checkpoint here; start without --resume")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file is the user's to fix
+        raise UserError(
+            f"{path}: not a readable checkpoint ({exc}); delete it to start over"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path}: not a checkpoint written by this pipeline ({FORMAT})")
+    if meta is not None:
+        saved = payload.get("meta") or {}
+        differ = sorted(k for k in set(saved) | set(meta) if saved.get(k) != meta.get(k))
+        if differ:
+            shown = ", ".join(
+                f"{k}: checkpoint {saved.get(k)!r} vs now {meta.get(k)!r}" for k in differ[:5]
+            )
+            raise UserError(
+                f"{path}: the checkpoint was written for another configuration ({shown}); "
+                "run without --resume to start over, or restore the old settings"
+            )
+    state: dict[str, Any] = payload["trainer"]
+    return state
+
+
+def checkpoint_meta(path: Path) -> dict[str, Any]:
+    """Only the meta values stored with a checkpoint."""
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    return dict(payload.get("meta") or {})

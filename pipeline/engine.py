@@ -1,0 +1,563 @@
+"""The training engine: one configuration, trained fast on an in-memory tensor split.
+
+The whole split is moved to the device once. Each epoch shuffles with a seeded permutation and
+slices batches with ``index_select``; ``uint8 → float`` and normalisation happen per batch on the
+device. No JPEG decoding and no per-sample ``DataLoader`` in the loop, and only one host sync
+per epoch for the training loss (the per-batch losses stay on the device).
+
+After each epoch: validation, early stopping on ``val/loss`` (patience, min_delta, restore the
+best weights), ReduceLROnPlateau, and a row appended to :attr:`Trainer.history`. :func:`fit`
+runs epochs until done, checkpointing each one and calling the ``on_epoch`` hook the study layer
+uses to report to Optuna (an exception raised there, e.g. ``optuna.TrialPruned``, propagates).
+
+Each trainer owns its random state (shuffling, flips, dropout): it is swapped in for the epoch
+and out again, so trainers advanced in lockstep (k-fold) do not disturb each other, the same
+seed gives identical metrics on CPU, and a resumed run continues the exact same streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import TrainConfig
+from pipeline.data.cache import Cache, CacheMeta
+from pipeline.errors import UserError
+from pipeline.models import input_affine
+from pipeline.runtime import derive_seed
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the trial should be marked failed."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """One train/validation split, as CPU tensors (images stay ``uint8``, targets raw units)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def make_split(cache: Cache, train_idx: np.ndarray, val_idx: np.ndarray) -> Split:
+    """Copy the rows ``train_idx`` / ``val_idx`` of the cache's train part into tensors."""
+    train_idx = np.asarray(train_idx, dtype=np.int64)
+    val_idx = np.asarray(val_idx, dtype=np.int64)
+    return Split(
+        x_train=_as_tensor(cache.train_x[train_idx]),
+        y_train=_as_tensor(cache.train_y[train_idx]),
+        x_val=_as_tensor(cache.train_x[val_idx]),
+        y_val=_as_tensor(cache.train_y[val_idx]),
+    )
+
+
+def make_optimizer(
+    params: list[nn.Parameter], cfg: TrainConfig, *, fused: bool = False
+) -> torch.optim.Optimizer:
+    """The optimizer ``train.optimizer`` names, with lr, momentum and weight decay.
+
+    ``fused``: use the single-kernel implementation (SGD, Adam, AdamW on CPU/CUDA); on CPU it
+    makes Adam's step ~3x cheaper than the per-tensor loop, ~8 % of an MLP epoch.
+    """
+    if not params:
+        raise UserError("model: no trainable parameters (is model.freeze_backbone hiding all?)")
+    extra: dict[str, Any] = {"fused": True} if fused else {}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **extra
+        )
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    raise UserError(
+        f"train.optimizer: unknown optimizer {cfg.optimizer!r}; allowed: sgd, adam, adamw, rmsprop"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# oneDNN linear layers (CPU)
+# --------------------------------------------------------------------------------------------
+# nn.Linear on the CPU runs MKL sgemm; on this project's machines (AMD EPYC, AVX-512) oneDNN's
+# float32 GEMM is ~1.7-2.3x faster (ENVIRONMENT.md; benchmarks/bench_engine.py). During training
+# and validation every 2-D Linear call is routed through oneDNN's dense-in/dense-out linear
+# (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor uses on the CPU) with a hand
+# written backward that is also three oneDNN GEMMs. It is still IEEE float32 (no bf16/tf32), so
+# results match MKL's to rounding (checked at first use); the module keeps its class and
+# parameters outside the epoch, so state_dicts, export and packaging never see it.
+
+
+def _onednn_linear_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+class _OneDnnLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_linear_op(x, weight, bias)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _onednn_linear_op(grad, weight.t(), None)  # [B,out] @ [out,in]
+        if ctx.needs_input_grad[1]:
+            grad_w = _onednn_linear_op(grad.t(), x.t(), None)  # [out,B] @ [B,in]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+class _OneDnnLinear(nn.Linear):
+    """nn.Linear whose 2-D float32 calls go through :class:`_OneDnnLinearFn`."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.dim() == 2 and input.dtype == torch.float32:
+            return _OneDnnLinearFn.apply(input, self.weight, self.bias)
+        return F.linear(input, self.weight, self.bias)
+
+
+_ONEDNN_OK: bool | None = None
+
+
+def onednn_linear_available() -> bool:
+    """Whether the oneDNN linear path exists here and agrees with ``F.linear`` (checked once)."""
+    global _ONEDNN_OK
+    if _ONEDNN_OK is None:
+        try:
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(8, 5, generator=gen, requires_grad=True)
+            w = torch.randn(3, 5, generator=gen, requires_grad=True)
+            b = torch.randn(3, generator=gen, requires_grad=True)
+            g = torch.randn(8, 3, generator=gen)
+            ref = F.linear(x, w, b)
+            ref_grads = torch.autograd.grad(ref, (x, w, b), g)
+            out = _OneDnnLinearFn.apply(x, w, b)
+            grads = torch.autograd.grad(out, (x, w, b), g)
+            pairs = [(out, ref), *zip(grads, ref_grads, strict=True)]
+            _ONEDNN_OK = all(torch.allclose(a, r, atol=1e-5) for a, r in pairs)
+        except (RuntimeError, AttributeError, NotImplementedError) as exc:
+            logger.debug("oneDNN linear unavailable: %s", exc)
+            _ONEDNN_OK = False
+        if not _ONEDNN_OK:
+            logger.info("oneDNN linear path unavailable here; nn.Linear uses the default GEMM")
+    return _ONEDNN_OK
+
+
+@contextlib.contextmanager
+def _routed_linears(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Swap plain nn.Linear modules to the oneDNN path for the duration of the block."""
+    swapped = [m for m in model.modules() if type(m) is nn.Linear] if enabled else []
+    for m in swapped:
+        m.__class__ = _OneDnnLinear
+    try:
+        yield
+    finally:
+        for m in swapped:
+            m.__class__ = nn.Linear
+
+
+def _row_gatherer(x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``idx -> x[idx]`` by ``index_select``; uint8 rows are gathered as wider words (faster)."""
+    if x.dtype == torch.uint8 and x.dim() > 1 and x.is_contiguous():
+        row = x[0].numel()
+        for dtype, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2)):
+            if row % size == 0:
+                packed = x.view(len(x), row).view(dtype)
+                shape = x.shape[1:]
+                return lambda idx: packed.index_select(0, idx).view(torch.uint8).view(-1, *shape)
+    return lambda idx: x.index_select(0, idx)
+
+
+def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """Batch slices over ``n`` samples; a trailing batch of one is dropped (BatchNorm fails)."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds.pop()
+    return bounds
+
+
+class Trainer:
+    """Trains one model on one split; call :meth:`run_epoch` until :attr:`done`.
+
+    Attributes:
+        history: one row per completed epoch (see :meth:`run_epoch`).
+        epoch: the number of completed epochs.
+        done: early stopping fired or ``max_epochs`` was reached.
+        stop_reason: ``"early_stopping"``, ``"max_epochs"`` or None while running.
+        best_epoch: the epoch (1-based) with the lowest ``val/loss`` so far; 0 before any.
+        best_val_loss: that loss (``inf`` before any epoch).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        cfg: TrainConfig,
+        meta: CacheMeta,
+        split: Split,
+        device: torch.device,
+        seed: int,
+        fast_linear: bool | None = None,
+    ) -> None:
+        """Args: as the attributes; ``fast_linear`` routes nn.Linear through oneDNN (default:
+        on the CPU, when available)."""
+        if len(split.x_train) == 0 or len(split.x_val) == 0:
+            raise UserError(
+                f"dataset {meta.name!r}: the train/validation split has "
+                f"{len(split.x_train)} training and {len(split.x_val)} validation samples; "
+                "both must be non-empty (check train.val_fraction)"
+            )
+        self.cfg = cfg
+        self.meta = meta
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.model = model.to(self.device)
+        self.classification = meta.task == "classification"
+
+        # Data: moved to the device once; regression targets standardised once.
+        self._x_train = split.x_train.to(self.device)
+        self._x_val = split.x_val.to(self.device)
+        self._y_train = self._targets(split.y_train)
+        self._y_val = self._targets(split.y_val)
+        scale, shift = input_affine(meta)
+        self._scale = scale.to(self.device)
+        self._shift = shift.to(self.device)
+        self._flip = bool(cfg.hflip)
+        if self._flip and not (meta.kind == "image" and int(meta.input_shape[0]) == 3):
+            logger.warning("train.hflip is for colour images only; ignored for %s", meta.name)
+            self._flip = False
+
+        if fast_linear is None:
+            fast_linear = self.device.type == "cpu"
+        self.fast_linear = bool(fast_linear) and onednn_linear_available()
+        self._gather_x = _row_gatherer(self._x_train)
+        self.optimizer = make_optimizer(
+            [p for p in self.model.parameters() if p.requires_grad],
+            cfg,
+            fused=self.device.type in ("cpu", "cuda"),
+        )
+        self.scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        if cfg.lr_schedule.enabled:
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer,
+                mode="min",
+                factor=cfg.lr_schedule.factor,
+                patience=cfg.lr_schedule.patience,
+                min_lr=cfg.lr_schedule.min_lr,
+            )
+
+        # Called as on_batch(done, total) after each training batch (a progress bar for long
+        # epochs); it must not read tensors, or it would add a host sync per batch.
+        self.on_batch: Callable[[int, int], None] | None = None
+        self.history: list[dict[str, float]] = []
+        self.epoch = 0
+        self.done = False
+        self.stop_reason: str | None = None
+        self.best_epoch = 0
+        self.best_val_loss = math.inf
+        self._bad_epochs = 0
+        self._best_state: dict[str, torch.Tensor] | None = None
+
+        # This trainer's own random streams, seeded from `seed` (see the module docstring):
+        # a generator for shuffling and flips, and the global state (dropout) swapped per epoch.
+        self._gen = torch.Generator().manual_seed(derive_seed(self.seed, 1))
+        self._cuda = self.device.type == "cuda"
+        with self._forked_rng():
+            torch.manual_seed(self.seed)
+            self._rng_cpu, self._rng_dev = self._capture_rng()
+
+    # ----------------------------------------------------------------------------------------
+    # Random state
+    # ----------------------------------------------------------------------------------------
+    def _forked_rng(self) -> contextlib.AbstractContextManager[None]:
+        devices = [self.device.index or 0] if self._cuda else []
+        return torch.random.fork_rng(devices=devices, device_type="cuda")
+
+    def _capture_rng(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        dev = torch.cuda.get_rng_state(self.device) if self._cuda else None
+        return torch.get_rng_state(), dev
+
+    @contextlib.contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        with self._forked_rng():
+            torch.set_rng_state(self._rng_cpu)
+            if self._cuda and self._rng_dev is not None:
+                torch.cuda.set_rng_state(self._rng_dev, self.device)
+            try:
+                yield
+            finally:
+                self._rng_cpu, self._rng_dev = self._capture_rng()
+
+    # ----------------------------------------------------------------------------------------
+    # Data
+    # ----------------------------------------------------------------------------------------
+    def _targets(self, y: torch.Tensor) -> torch.Tensor:
+        if self.classification:
+            return y.to(self.device, torch.int64)
+        std = float(self.meta.target_std) or 1.0
+        return ((y.to(torch.float64) - float(self.meta.target_mean)) / std).to(
+            self.device, torch.float32
+        )
+
+    def _normalise(self, xb: torch.Tensor) -> torch.Tensor:
+        # A fresh float32 copy (a float batch may be a view of the stored data), then in place:
+        # the same arithmetic as PackagedModel's x.mul(scale).add(shift).
+        return xb.to(torch.float32, copy=True).mul_(self._scale).add_(self._shift)
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        if self.classification:
+            return F.cross_entropy(out, y, reduction=reduction)
+        return F.mse_loss(out[:, 0], y, reduction=reduction)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # ----------------------------------------------------------------------------------------
+    # Epochs
+    # ----------------------------------------------------------------------------------------
+    def _train_epoch(self) -> float:
+        model, opt, device = self.model, self.optimizer, self.device
+        model.train()
+        n = len(self._x_train)
+        bounds = _batch_bounds(n, self.cfg.batch_size)
+        perm = torch.randperm(n, generator=self._gen).to(device)
+        flips = (torch.rand(n, generator=self._gen) < 0.5).to(device) if self._flip else None
+        gather, y_all = self._gather_x, self._y_train
+        losses: list[torch.Tensor] = []
+        on_batch = self.on_batch
+        for i, (start, stop) in enumerate(bounds):
+            idx = perm[start:stop]
+            xb = self._normalise(gather(idx))
+            if flips is not None:
+                mask = flips[start:stop].view(-1, 1, 1, 1)
+                xb = torch.where(mask, xb.flip(-1), xb)
+            loss = self._loss(model(xb), y_all.index_select(0, idx))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+            if on_batch is not None:
+                on_batch(i + 1, len(bounds))
+        sizes = torch.tensor([b - a for a, b in bounds], dtype=torch.float32, device=device)
+        # The one host sync of the training pass.
+        return float((torch.stack(losses) * sizes).sum() / sizes.sum())
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics for the current weights (``val/loss`` and accuracy or MAE/RMSE)."""
+        model = self.model
+        model.eval()
+        n = len(self._x_val)
+        chunk = max(2 * self.cfg.batch_size, 256)
+        loss_sum = torch.zeros((), device=self.device)
+        stat_a = torch.zeros((), device=self.device)  # correct | absolute error sum
+        stat_b = torch.zeros((), device=self.device)  # squared error sum (regression)
+        std = float(self.meta.target_std) or 1.0
+        for start in range(0, n, chunk):
+            xb = self._normalise(self._x_val[start : start + chunk])
+            yb = self._y_val[start : start + chunk]
+            out = model(xb)
+            loss_sum += self._loss(out, yb, reduction="sum")
+            if self.classification:
+                stat_a += (out.argmax(dim=1) == yb).sum()
+            else:
+                err = (out[:, 0] - yb) * std  # target units
+                stat_a += err.abs().sum()
+                stat_b += err.square().sum()
+        loss, a, b = torch.stack([loss_sum, stat_a, stat_b]).tolist()
+        if self.classification:
+            return {"val/loss": loss / n, "val/accuracy": a / n}
+        return {"val/loss": loss / n, "val/mae": a / n, "val/rmse": math.sqrt(b / n)}
+
+    def run_epoch(self) -> dict[str, float]:
+        """Train one epoch, validate, apply early stopping and the LR schedule.
+
+        Returns the history row: ``epoch`` (1-based), ``train/loss``, ``val/loss``,
+        ``val/accuracy`` or ``val/mae`` + ``val/rmse``, ``lr`` (used for this epoch),
+        ``time_s``.
+
+        Raises:
+            TrainingDiverged: the training loss is NaN or infinite.
+        """
+        if self.done:
+            raise RuntimeError("Trainer.run_epoch: training is already done")
+        t0 = time.perf_counter()
+        lr = self.lr
+        with self._own_rng(), _routed_linears(self.model, self.fast_linear):
+            train_loss = self._train_epoch()
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(
+                    f"training diverged in epoch {self.epoch + 1}: train/loss is {train_loss} "
+                    f"(train.lr={self.cfg.lr:g}, train.optimizer={self.cfg.optimizer}); "
+                    "try a lower learning rate"
+                )
+            val = self.evaluate()
+        self.epoch += 1
+        self._after_validation(val["val/loss"])
+        row: dict[str, float] = {"epoch": self.epoch, "train/loss": train_loss, **val, "lr": lr}
+        row["time_s"] = time.perf_counter() - t0
+        self.history.append(row)
+        return row
+
+    def _after_validation(self, val_loss: float) -> None:
+        es = self.cfg.early_stopping
+        if val_loss < self.best_val_loss - es.min_delta:
+            self.best_val_loss = val_loss
+            self.best_epoch = self.epoch
+            self._bad_epochs = 0
+            if es.restore_best:
+                self._best_state = {
+                    k: v.detach().clone() for k, v in self.model.state_dict().items()
+                }
+        else:
+            self._bad_epochs += 1
+        if self.scheduler is not None:
+            self.scheduler.step(val_loss)
+        if self._bad_epochs >= es.patience:
+            self.done, self.stop_reason = True, "early_stopping"
+            logger.debug(
+                "early stopping after epoch %d (best epoch %d)", self.epoch, self.best_epoch
+            )
+        elif self.epoch >= self.cfg.max_epochs:
+            self.done, self.stop_reason = True, "max_epochs"
+
+    def final_model(self) -> nn.Module:
+        """The trained network in eval mode, with the best epoch's weights when configured.
+
+        The weights are restored into :attr:`model` itself (as Keras does), not into a copy.
+        """
+        if self._best_state is not None and self.best_epoch != self.epoch:
+            self.model.load_state_dict(self._best_state)
+            # Loaded weights now equal the best; later calls are no-ops.
+        return self.model.eval()
+
+    # ----------------------------------------------------------------------------------------
+    # Checkpoint state (tensors and plain containers only: loads with weights_only=True)
+    # ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this trainer is."""
+        return {
+            "version": STATE_VERSION,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "done": self.done,
+            "stop_reason": self.stop_reason,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "early_stopping": {
+                "best_epoch": self.best_epoch,
+                "best_val_loss": self.best_val_loss,
+                "bad_epochs": self._bad_epochs,
+            },
+            "best_model": self._best_state,
+            "rng": {
+                "shuffle": self._gen.get_state(),
+                "cpu": self._rng_cpu.clone(),
+                "device": self._rng_dev,
+            },
+            "history": copy.deepcopy(self.history),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (tensors may come back on the CPU)."""
+        if state.get("version") != STATE_VERSION:
+            raise UserError(
+                f"checkpoint state version {state.get('version')!r} is not {STATE_VERSION}; "
+                "start without --resume"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        es = state["early_stopping"]
+        self.best_epoch = int(es["best_epoch"])
+        self.best_val_loss = float(es["best_val_loss"])
+        self._bad_epochs = int(es["bad_epochs"])
+        best = state["best_model"]
+        self._best_state = (
+            {k: v.to(self.device) for k, v in best.items()} if best is not None else None
+        )
+        self._gen.set_state(state["rng"]["shuffle"])
+        self._rng_cpu = state["rng"]["cpu"].clone()
+        dev = state["rng"]["device"]
+        self._rng_dev = dev.clone() if (dev is not None and self._cuda) else self._rng_dev
+        self.history = copy.deepcopy(list(state["history"]))
+        self.epoch = int(state["epoch"])
+        self.done = bool(state["done"])
+        self.stop_reason = state["stop_reason"]
+        self.seed = int(state["seed"])
+
+
+def fit(
+    trainer: Trainer,
+    *,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    checkpoint_meta: dict[str, Any] | None = None,
+) -> list[dict[str, float]]:
+    """Run epochs until the trainer is done and return its history.
+
+    Args:
+        trainer: the trainer to advance.
+        on_epoch: called with each epoch's row after the checkpoint is written; an exception
+            raised there (``optuna.TrialPruned``) stops training and propagates, leaving the
+            trainer consistent (``final_model()`` still works).
+        checkpoint: a file written atomically after every epoch.
+        resume: continue from ``checkpoint`` if it exists (a fresh start otherwise).
+        checkpoint_meta: plain values stored with the checkpoint (e.g. the resolved params and
+            data fingerprint); resuming from a checkpoint with different values is refused.
+    """
+    from pipeline.checkpoint import load_checkpoint, save_checkpoint
+
+    if resume and checkpoint is not None:
+        if Path(checkpoint).is_file():
+            saved = load_checkpoint(checkpoint, meta=checkpoint_meta)
+            trainer.load_state_dict(saved)
+            logger.info("resumed from %s after epoch %d", checkpoint, trainer.epoch)
+        else:
+            logger.info("no checkpoint at %s; starting from scratch", checkpoint)
+    while not trainer.done:
+        row = trainer.run_epoch()
+        if checkpoint is not None:
+            save_checkpoint(trainer, checkpoint, meta=checkpoint_meta)
+        if on_epoch is not None:
+            on_epoch(row)
+    return trainer.history

@@ -1,0 +1,199 @@
+"""MLflow tracking: store location, experiments, tags, metrics, curves, and a logged model that
+loads back and predicts like the in-memory one. Everything lives in the tmp project."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.config import ModelConfig, Params, TrainConfig
+from pipeline.data.cache import CacheMeta, load_cache
+from pipeline.engine import Trainer, fit, make_split
+from pipeline.models import build_model, package_model
+from pipeline.plots import plot_history
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def empty_store_template() -> Path:
+    """An empty, migrated MLflow SQLite database, made once per session (creating one costs
+    ~5 s of migrations); tests copy it into their project's ``mlruns/``."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    folder = Path(tempfile.mkdtemp(prefix="mlflow-template-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "mlflow.db"
+    SqlAlchemyStore(f"sqlite:///{path}", (folder / "artifacts").as_uri())
+    return path
+
+
+@pytest.fixture
+def empty_store() -> Path:
+    return empty_store_template()
+
+
+@pytest.fixture(autouse=True)
+def fast_store(empty_store: Path, project: Path) -> Iterator[None]:
+    """Each test's project starts with a copy of the empty store; no run is left active."""
+    shutil.copyfile(empty_store, project / "mlruns" / "mlflow.db")
+    yield
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+HISTORY = [
+    {"epoch": 1, "train/loss": 1.0, "val/loss": 0.9, "val/accuracy": 0.5, "lr": 0.01,
+     "time_s": 0.1},
+    {"epoch": 2, "train/loss": 0.5, "val/loss": 0.6, "val/accuracy": 0.7, "lr": 0.01,
+     "time_s": 0.1},
+    {"epoch": 3, "train/loss": 0.3, "val/loss": 0.7, "val/accuracy": 0.8, "lr": 0.005,
+     "time_s": 0.1},
+]
+
+
+def test_configure_default_is_sqlite_in_project(params: Params, project: Path) -> None:
+    uri = tracking.configure(params)
+    assert uri == f"sqlite:///{project}/mlruns/mlflow.db"
+    assert uri.startswith("sqlite:////")  # absolute
+    assert mlflow.get_tracking_uri() == uri
+
+
+def test_configure_env_wins(params: Params, monkeypatch: pytest.MonkeyPatch,
+                            tmp_path: Path) -> None:
+    other = f"sqlite:///{tmp_path}/elsewhere.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    assert tracking.configure(params) == other
+
+
+def test_env_sqlite_store_keeps_artifacts_beside_it(params: Params, project: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    store = tmp_path / "elsewhere"
+    store.mkdir()
+    shutil.copyfile(empty_store_template(), store / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
+    tracking.configure(params)
+    exp_id = tracking.experiment("elsewhere", params)
+    location = MlflowClient().get_experiment(exp_id).artifact_location
+    assert location == (store / "artifacts" / "elsewhere").as_uri()
+    assert not (project / "mlruns" / "artifacts" / "elsewhere").exists()
+
+
+def test_configure_relative_paths_from_any_cwd(params: Params, project: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path / "mlruns")  # not the project root
+    custom = params.with_overrides({})
+    uri = tracking.configure(custom)
+    assert Path(uri[len("sqlite:///"):]).parent == project / "mlruns"
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("postgresql://user:secret@db.example:5432/mlflow",
+     "postgresql://user:***@db.example:5432/mlflow"),
+    ("postgresql+psycopg2://u:p%40ss@h/db", "postgresql+psycopg2://u:***@h/db"),
+    ("http://mlflow.example:5000", "http://mlflow.example:5000"),
+    ("sqlite:////abs/mlruns/mlflow.db", "sqlite:////abs/mlruns/mlflow.db"),
+    ("postgresql://h/db?user=u&password=hunter2", "postgresql://h/db?user=u&password=***"),
+])
+def test_redact(url: str, expected: str) -> None:
+    assert tracking.redact(url) == expected
+
+
+def test_experiment_get_or_create_with_local_artifacts(params: Params, project: Path) -> None:
+    tracking.configure(params)
+    exp_id = tracking.experiment("train-digits", params)
+    assert tracking.experiment("train-digits", params) == exp_id
+    location = MlflowClient().get_experiment(exp_id).artifact_location
+    assert location == (project / "mlruns" / "artifacts" / "train-digits").as_uri()
+    MlflowClient().delete_experiment(exp_id)
+    assert tracking.experiment("train-digits", params) == exp_id  # restored
+
+
+def test_git_commit_and_run_tags(tmp_path: Path) -> None:
+    commit = tracking.git_commit(REPO)
+    assert commit is None or len(commit) == 40
+    assert tracking.git_commit(tmp_path) is None
+    meta = CacheMeta(
+        name="digits", task="classification", kind="image", input_shape=[1, 8, 8],
+        class_names=["a", "b"], feature_names=[], target_name="label", n_train=1, n_test=0,
+        counts={}, mean=[0.0], std=[1.0], target_mean=0.0, target_std=1.0, split_seed=0,
+        fingerprint="f" * 64, source_format="synthetic",
+    )
+    tags = tracking.run_tags(meta, tmp_path)
+    assert tags["dataset"] == "digits" and tags["fingerprint"] == "f" * 64
+    assert "mlflow.source.git.commit" not in tags
+    if commit:
+        assert tracking.run_tags(meta, REPO)["mlflow.source.git.commit"] == commit
+
+
+def test_log_history_with_steps_and_curves(params: Params) -> None:
+    tracking.configure(params)
+    exp_id = tracking.experiment("hist", params)
+    with mlflow.start_run(experiment_id=exp_id) as run:
+        tracking.log_history(HISTORY)
+        tracking.log_history(HISTORY[:1], prefix="fold0/")
+        assert tracking.log_curves(HISTORY) == "curves.png"
+    client = MlflowClient()
+    points = client.get_metric_history(run.info.run_id, "val/loss")
+    assert sorted((p.step, p.value) for p in points) == [(1, 0.9), (2, 0.6), (3, 0.7)]
+    assert [p.step for p in client.get_metric_history(run.info.run_id, "fold0/val/loss")] == [1]
+    assert "curves.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+def test_plot_history_regression(tmp_path: Path) -> None:
+    rows = [{"epoch": 1, "train/loss": 1.0, "val/loss": 1.1, "val/mae": 30.0, "val/rmse": 40.0}]
+    path = plot_history(rows, tmp_path / "plots" / "c.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def _trained(folder: Path) -> tuple[torch.nn.Module, CacheMeta, np.ndarray]:
+    cache = load_cache(folder)
+    meta = cache.meta
+    n = meta.n_train
+    split = make_split(cache, np.arange(n - 40), np.arange(n - 40, n))
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(hidden_layers=1, width=16, batch_norm=True), meta)
+    trainer = Trainer(model=net, cfg=TrainConfig(batch_size=32, max_epochs=2), meta=meta,
+                      split=split, device=torch.device("cpu"), seed=0)
+    fit(trainer)
+    return trainer.final_model(), meta, np.array(cache.test_x, dtype=np.float32)  # a copy
+
+
+@pytest.mark.parametrize("kind", ["image", "tabular"])
+def test_logged_model_loads_and_predicts_the_same(
+    kind: str, params: Params,
+    image_cache: Callable[..., tuple[Path, CacheMeta]],
+    tabular_cache: Callable[..., tuple[Path, CacheMeta]],
+) -> None:
+    folder, _ = image_cache() if kind == "image" else tabular_cache()
+    net, meta, test_x = _trained(folder)
+    tracking.configure(params)
+    exp_id = tracking.experiment("models", params)
+    with mlflow.start_run(experiment_id=exp_id):
+        info = tracking.log_model(net, meta, example=test_x[:2])
+    assert next(net.parameters()).device.type == "cpu" and not net.training  # untouched
+    loaded = mlflow.pyfunc.load_model(info.model_uri)
+    got = np.asarray(loaded.predict(test_x))  # another batch size than the example
+    with torch.no_grad():
+        expected = package_model(net, meta)(torch.from_numpy(test_x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    if kind == "image":
+        assert got.shape == (len(test_x), meta.num_classes)
+    else:
+        assert got.shape == (len(test_x),)
+    stored = loaded.metadata.metadata
+    assert stored["fingerprint"] == meta.fingerprint and stored["task"] == meta.task
+    assert loaded.metadata.signature is not None
