@@ -1,0 +1,617 @@
+"""The Optuna objective: one trial = params.yaml defaults + sampled values, trained and scored.
+
+A trial draws its values from the study's space, lays them over the dataset's params
+(``params.for_dataset(d).with_overrides(values)``), and trains on the cache's *train* part only
+(the test split is never touched):
+
+- **holdout** (``cv.folds: 0``, or ``auto`` on a large training part): one train/validation split
+  of ``cv.holdout`` (default ``train.val_fraction``);
+- **k-fold** (``cv.folds: K``, or ``auto`` below ``search.cv_threshold`` samples): K stratified
+  folds (classification), one :class:`~pipeline.engine.Trainer` each, advanced in *lockstep*:
+  every epoch, each fold that is still training runs one epoch.
+
+After every epoch the trial reports ``metric`` averaged over the folds and asks the pruner.
+A fold that has already early-stopped contributes the value at its best epoch (the weights it
+keeps), so the reported curve always averages K models and a pruner compares like with like.
+The trial's value is the mean over folds of each fold's value at its best epoch; the spread
+(std over folds) is recorded beside it.
+
+Every trial is also an MLflow run (:class:`MlflowTrialTracker`), created when the trial starts
+and finished — with its history, per-fold metrics, curves, model and state — however it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import statistics
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import optuna
+import torch
+
+from pipeline.config import Params
+from pipeline.data.cache import Cache, CacheMeta
+from pipeline.data.splits import holdout_split, kfold_splits
+from pipeline.engine import Split, Trainer, make_split
+from pipeline.models import build_model
+from pipeline.runtime import derive_seed, set_seed
+from pipeline.space import StudySpec, check_metric_for_task, suggest
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FoldPlan",
+    "MlflowTrialTracker",
+    "Objective",
+    "TrialInterrupted",
+    "TrialProgress",
+    "TrialTracker",
+    "plan_folds",
+]
+
+# Optuna trial states as they appear on MLflow runs (tag `optuna.state`) and the run status each
+# gets: completed trials FINISHED, pruned ones KILLED, failed ones FAILED.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+_AVERAGED_SKIP = ("epoch", "time_s")
+
+
+class TrialInterrupted(KeyboardInterrupt):
+    """The search was asked to stop (Ctrl-C) while this trial ran; it is recorded as failed."""
+
+
+# --------------------------------------------------------------------------------------------
+# Folds
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FoldPlan:
+    """How a trial validates: ``k`` folds (0 = one holdout split of ``fraction``)."""
+
+    k: int
+    fraction: float
+    folds: tuple[tuple[np.ndarray, np.ndarray], ...]  # (train_idx, val_idx) into the train part
+
+    @property
+    def n_models(self) -> int:
+        return len(self.folds)
+
+    def describe(self) -> str:
+        if self.k:
+            return f"{self.k}-fold cross-validation"
+        return f"holdout ({self.fraction:g} of the training part for validation)"
+
+
+def plan_folds(cache: Cache, study: StudySpec, params: Params) -> FoldPlan:
+    """Resolve ``cv`` for this cache: K folds or a holdout, seeded by the cache's split seed."""
+    meta = cache.meta
+    y = np.asarray(cache.train_y)
+    k, fraction = study.cv.resolve(len(y), params)
+    classification = meta.task == "classification"
+    if k:
+        if k > len(y):
+            from pipeline.errors import UserError
+
+            raise UserError(
+                f"{study.source}: cv.folds: {k} folds but the training part of {meta.name!r} has "
+                f"only {len(y)} samples"
+            )
+        folds = kfold_splits(y, k=k, seed=meta.split_seed, classification=classification)
+    else:
+        folds = [holdout_split(y, fraction=fraction, seed=meta.split_seed,
+                               classification=classification)]
+    return FoldPlan(k=k, fraction=fraction, folds=tuple((tr, va) for tr, va in folds))
+
+
+# --------------------------------------------------------------------------------------------
+# A trial in progress
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrialProgress:
+    """What a trial has done so far; the tracker reads it however the trial ends."""
+
+    number: int
+    seed: int
+    values: dict[str, Any]  # the sampled values (dotted keys)
+    params: Params | None = None  # the resolved params (None if the values were rejected)
+    trainers: list[Trainer] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # fold-averaged rows
+    state: str = "RUNNING"  # COMPLETE | PRUNED | FAIL once finished
+    value: float | None = None  # trial value (mean over folds at each fold's best epoch)
+    value_std: float | None = None
+    fold_values: list[float] = field(default_factory=list)
+    error: str | None = None
+    interrupted: bool = False
+    train_s: float = 0.0
+    tracking_s: float = 0.0  # time spent on this trial's MLflow record (any thread)
+    record_s: float = 0.0  # of which the end-of-trial record
+    run_id: str | None = None
+
+    @property
+    def epochs(self) -> int:
+        """Lockstep epochs run (the steps reported to the pruner)."""
+        return len(self.history)
+
+    @property
+    def fold_epochs(self) -> int:
+        """Epochs run summed over folds (the compute actually spent)."""
+        return sum(t.epoch for t in self.trainers)
+
+    def best_fold(self, direction: str, metric: str) -> int | None:
+        """The fold whose best-epoch value is best (its model is the one logged)."""
+        scored: list[tuple[float, int]] = []
+        for i, t in enumerate(self.trainers):
+            value = _best_row(t).get(metric)
+            if value is not None and math.isfinite(value):
+                scored.append((value if direction == "minimize" else -value, i))
+        return min(scored)[1] if scored else None
+
+
+def _best_row(trainer: Trainer) -> dict[str, float]:
+    """The history row of the trainer's best epoch (the weights it keeps), or {}."""
+    if trainer.best_epoch <= 0:
+        return {}
+    for row in trainer.history:
+        if int(row["epoch"]) == trainer.best_epoch:
+            return row
+    return {}
+
+
+def _averaged_row(rows: Sequence[dict[str, float]], epoch: int, metric: str) -> dict[str, float]:
+    """Mean of each numeric value over folds, plus ``<metric>_std`` when there are ≥ 2 folds."""
+    keys = [k for k in rows[0] if k not in _AVERAGED_SKIP]
+    out: dict[str, float] = {"epoch": epoch}
+    for key in keys:
+        vals = [float(r[key]) for r in rows if key in r]
+        out[key] = sum(vals) / len(vals)
+    if len(rows) > 1:
+        out[f"{metric}_std"] = statistics.pstdev(float(r[metric]) for r in rows)
+    out["time_s"] = sum(float(r.get("time_s", 0.0)) for r in rows)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tracking hooks
+# --------------------------------------------------------------------------------------------
+class TrialTracker(Protocol):
+    """What the objective tells the tracking side; see :class:`MlflowTrialTracker`."""
+
+    def start(self, trial: Any, progress: TrialProgress) -> str | None: ...
+
+    def log_params(self, progress: TrialProgress) -> None: ...
+
+    def finish(self, progress: TrialProgress) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# The objective
+# --------------------------------------------------------------------------------------------
+_MODEL_INIT_LOCK = threading.Lock()
+
+
+class Objective:
+    """``study.optimize(Objective(...))``: trains one sampled configuration per call.
+
+    Args:
+        params: the dataset's params (``load_params(...).for_dataset(d)``); sampled values are
+            laid over them.
+        study: the checked study file.
+        cache: the dataset's tensor cache; only its train part is read.
+        device: where to train.
+        tracker: records each trial (an MLflow run); None records nothing.
+        epoch_cap: stop every trial after this many epochs (``--dry-run``).
+        stop: when set (Ctrl-C), the running trials stop after their current epoch and are
+            recorded as failed.
+    """
+
+    def __init__(
+        self,
+        *,
+        params: Params,
+        study: StudySpec,
+        cache: Cache,
+        device: torch.device | str = "cpu",
+        tracker: TrialTracker | None = None,
+        epoch_cap: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        check_metric_for_task(study, cache.meta.task)
+        self.params = params
+        self.study = study
+        self.meta: CacheMeta = cache.meta
+        self.device = torch.device(device)
+        self.tracker = tracker
+        self.epoch_cap = epoch_cap
+        self.stop = stop
+        self.plan = plan_folds(cache, study, params)
+        # Built once; trainers copy them to the device and never write into them.
+        self.splits: list[Split] = [make_split(cache, tr, va) for tr, va in self.plan.folds]
+        # Two real validation samples (raw values) as the logged model's input example.
+        first_val = self.plan.folds[0][1][:2]
+        self.example = np.asarray(cache.train_x[first_val], dtype=np.float32)
+
+    # ----------------------------------------------------------------------------------------
+    def __call__(self, trial: optuna.trial.BaseTrial) -> float:
+        values = suggest(trial, self.study.space)
+        number = int(getattr(trial, "number", 0))
+        progress = TrialProgress(
+            number=number, seed=derive_seed(self.params.seed, number), values=values
+        )
+        tracker = self.tracker
+        if tracker is not None:
+            progress.run_id = tracker.start(trial, progress)
+            if progress.run_id is not None:
+                trial.set_user_attr("mlflow_run_id", progress.run_id)
+        try:
+            progress.params = self.params.with_overrides(
+                values, origin=f"{self.study.source} trial {number}"
+            )
+            if tracker is not None:
+                tracker.log_params(progress)
+            self._train(trial, progress)
+        except optuna.TrialPruned:
+            progress.state = "PRUNED"
+            self._finish(trial, progress)
+            raise
+        except BaseException as exc:
+            progress.state = "FAIL"
+            progress.interrupted = isinstance(exc, KeyboardInterrupt)
+            progress.error = (
+                "interrupted (Ctrl-C)" if progress.interrupted
+                else "".join(traceback.format_exception_only(exc)).strip()
+            )
+            with contextlib.suppress(Exception):  # the original error matters more
+                self._finish(trial, progress)
+            raise
+        progress.state = "COMPLETE"
+        self._finish(trial, progress)
+        assert progress.value is not None
+        return progress.value
+
+    # ----------------------------------------------------------------------------------------
+    def _train(self, trial: optuna.trial.BaseTrial, progress: TrialProgress) -> None:
+        cfg = progress.params
+        assert cfg is not None
+        metric = self.study.metric
+        t0 = time.perf_counter()
+        try:
+            set_seed(progress.seed)
+            for i, split in enumerate(self.splits):
+                fold_seed = progress.seed if self.plan.n_models == 1 else derive_seed(
+                    progress.seed, i
+                )
+                with _MODEL_INIT_LOCK:
+                    torch.manual_seed(fold_seed)
+                    model = build_model(cfg.model, self.meta, root=cfg.root)
+                progress.trainers.append(
+                    Trainer(model=model, cfg=cfg.train, meta=self.meta, split=split,
+                            device=self.device, seed=fold_seed)
+                )
+            epoch = 0
+            while not all(t.done for t in progress.trainers):
+                if self.epoch_cap is not None and epoch >= self.epoch_cap:
+                    break
+                if self.stop is not None and self.stop.is_set():
+                    raise TrialInterrupted(f"trial {progress.number} interrupted")
+                epoch += 1
+                rows = []
+                for t in progress.trainers:
+                    rows.append(t.run_epoch() if not t.done else _best_row(t))
+                row = _averaged_row(rows, epoch, metric)
+                progress.history.append(row)
+                value = float(row[metric])
+                trial.report(value, step=epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(
+                        f"pruned after epoch {epoch}: {metric} {value:.4g}"
+                    )
+            fold_values = [float(_best_row(t)[metric]) for t in progress.trainers]
+            progress.fold_values = fold_values
+            progress.value = sum(fold_values) / len(fold_values)
+            progress.value_std = statistics.pstdev(fold_values) if len(fold_values) > 1 else 0.0
+        finally:
+            progress.train_s = time.perf_counter() - t0
+
+    def _finish(self, trial: optuna.trial.BaseTrial, progress: TrialProgress) -> None:
+        if progress.interrupted:
+            # Be quick: the user is waiting. History and state only, no model.
+            if self.tracker is not None:
+                self.tracker.finish(progress)
+            return
+        best = progress.best_fold(self.study.direction, self.study.metric)
+        attrs: dict[str, Any] = {
+            "epochs": progress.epochs,
+            "fold_epochs": progress.fold_epochs,
+            "folds": self.plan.n_models,
+            "train_s": round(progress.train_s, 3),
+        }
+        if progress.value_std is not None:
+            attrs["value_std"] = progress.value_std
+        if best is not None:
+            attrs["model_fold"] = best
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if self.tracker is not None:
+            self.tracker.finish(progress)
+
+
+# --------------------------------------------------------------------------------------------
+# MLflow: one run per trial, nested under the search's parent run
+# --------------------------------------------------------------------------------------------
+class MlflowTrialTracker:
+    """Creates, fills and closes the MLflow run of each trial.
+
+    Child runs are created and written through ``MlflowClient`` with explicit run ids (tag
+    ``mlflow.parentRunId`` nests them), so trials running in parallel threads never share an
+    active run. Creating the run (and logging its params) happens in the trial's thread, so the
+    Optuna trial knows its run id at once. The end-of-trial record (metrics, tags, curves PNG,
+    model, final status) is written by **one** logging thread — matplotlib's pyplot and
+    ``torch.export``, neither thread-safe, only ever run there — either while the trial waits
+    or, with ``background``, while the next trial trains (worth it when training runs on an
+    accelerator and leaves CPU cores free). :meth:`flush` waits for queued records. Pruned runs end
+    KILLED, failed ones FAILED; every run carries the tag ``optuna.state`` (COMPLETE / PRUNED /
+    FAIL).
+
+    Args:
+        experiment_id: the study's experiment.
+        parent_run_id: the search invocation's run.
+        optuna_study: the Optuna study name (``<study>-<dataset>``).
+        meta: the cache metadata (model packaging, tags).
+        base_tags: tags every trial run carries (dataset, fingerprint, git commit, ...).
+        metric: the study's metric (``best/<metric>`` is logged).
+        direction: the study's direction.
+        log_models: log each trial's model (complete and pruned trials).
+        example: raw input samples for the model's signature and input example.
+        background: write end-of-trial records in the background (else the trial waits for
+            its record, as a CPU-bound search should).
+        max_pending: with ``background``, a trial waits when this many records are queued.
+    """
+
+    def __init__(
+        self,
+        *,
+        experiment_id: str,
+        parent_run_id: str,
+        optuna_study: str,
+        meta: CacheMeta,
+        base_tags: dict[str, str],
+        metric: str,
+        direction: str,
+        log_models: bool = True,
+        example: np.ndarray | None = None,
+        background: bool = True,
+        max_pending: int = 2,
+    ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient()
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.optuna_study = optuna_study
+        self.meta = meta
+        self.base_tags = dict(base_tags)
+        self.metric = metric
+        self.direction = direction
+        self.log_models = log_models
+        self.example = example
+        self.background = background
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
+        self._slots = threading.BoundedSemaphore(max(1, max_pending))
+        self._stats_lock = threading.Lock()
+        self._pending: list[Any] = []
+        self.work_s = 0.0  # time spent writing to MLflow, all trials (any thread)
+        self.blocking_s = 0.0  # of which trials waited for
+        self.runs: dict[int, str] = {}  # trial number -> run id, for this invocation
+        self.failed: list[int] = []  # trials whose record could not be written
+
+    def _add(self, progress: TrialProgress, dt: float, *, blocking: bool) -> None:
+        with self._stats_lock:
+            progress.tracking_s += dt
+            self.work_s += dt
+            if blocking:
+                self.blocking_s += dt
+
+    def start(self, trial: Any, progress: TrialProgress) -> str:
+        t0 = time.perf_counter()
+        tags = {
+            **self.base_tags,
+            "mlflow.parentRunId": self.parent_run_id,
+            "optuna.study": self.optuna_study,
+            "optuna.trial_number": str(progress.number),
+            "optuna.state": "RUNNING",
+            "pipeline.trial_seed": str(progress.seed),
+            "pipeline.searched": ", ".join(progress.values),
+        }
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{progress.number}", tags=tags
+        )
+        run_id = run.info.run_id
+        with self._stats_lock:
+            self.runs[progress.number] = run_id
+        self._add(progress, time.perf_counter() - t0, blocking=True)
+        return run_id
+
+    def log_params(self, progress: TrialProgress) -> None:
+        from mlflow.entities import Param
+
+        assert progress.run_id is not None and progress.params is not None
+        t0 = time.perf_counter()
+        flat = progress.params.flat()
+        self.client.log_batch(
+            progress.run_id,
+            params=[Param(k, _param_str(v)) for k, v in flat.items()],
+            synchronous=True,
+        )
+        self._add(progress, time.perf_counter() - t0, blocking=True)
+
+    def finish(self, progress: TrialProgress) -> None:
+        """Record how the trial ended (in the background unless it was interrupted)."""
+        if progress.run_id is None:
+            return
+        # The kept weights are restored here, in the trial's thread, before anyone else looks.
+        for t in progress.trainers:
+            if t.best_epoch > 0:
+                t.final_model()
+        t0 = time.perf_counter()
+        self._slots.acquire()  # back-pressure: at most max_pending records queued
+        if not self.background or progress.interrupted:
+            try:
+                self._executor.submit(self._record, progress).result()  # errors surface here
+            finally:
+                with self._stats_lock:
+                    self.blocking_s += time.perf_counter() - t0
+            return
+        with self._stats_lock:
+            self.blocking_s += time.perf_counter() - t0
+            self._pending.append(self._executor.submit(self._record_logged, progress))
+
+    def flush(self) -> list[int]:
+        """Wait until every queued record is written; returns the trials that failed to log."""
+        with self._stats_lock:
+            pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+        return list(self.failed)
+
+    def close(self) -> None:
+        self.flush()
+        self._executor.shutdown(wait=True)
+
+    # ----------------------------------------------------------------------------------------
+    def _record_logged(self, progress: TrialProgress) -> None:
+        try:
+            self._record(progress)
+        except Exception:
+            logger.exception(
+                "could not record trial %d in MLflow run %s", progress.number, progress.run_id
+            )
+            with self._stats_lock:
+                self.failed.append(progress.number)
+
+    def _record(self, progress: TrialProgress) -> None:
+        """Metrics, tags, curves, model and final status of one trial's run (logging thread)."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        from pipeline import tracking
+
+        run_id = progress.run_id
+        assert run_id is not None
+        status = RUN_STATUS.get(progress.state, "FAILED")
+        t0 = time.perf_counter()
+        try:
+            now = int(time.time() * 1000)
+            metrics = _history_metrics(progress.history, now)
+            if len(progress.trainers) > 1:
+                for i, t in enumerate(progress.trainers):
+                    metrics += _history_metrics(t.history, now, prefix=f"fold{i}/")
+            metrics += [Metric(k, v, now, 0) for k, v in self._summary(progress).items()]
+            tags = {
+                "optuna.state": progress.state,
+                "pipeline.epochs": str(progress.epochs),
+                "pipeline.folds": str(max(1, len(progress.trainers))),
+            }
+            if progress.error:
+                tags["pipeline.error"] = progress.error[:4000]
+            stops = sorted({t.stop_reason for t in progress.trainers if t.stop_reason})
+            if progress.state == "PRUNED":
+                tags["pipeline.stop_reason"] = "pruned"
+            elif progress.interrupted:
+                tags["pipeline.stop_reason"] = "interrupted"
+            elif stops:
+                tags["pipeline.stop_reason"] = ",".join(stops)
+            best = progress.best_fold(self.direction, self.metric)
+            if best is not None and len(progress.trainers) > 1:
+                tags["pipeline.model_fold"] = str(best)
+            params = []
+            if progress.params is None:  # the sampled values were rejected: record them
+                params = [Param(k, _param_str(v)) for k, v in progress.values.items()]
+            run_tags = [RunTag(k, v) for k, v in tags.items()]
+            # One request for tags, params and the first 1000 metrics (MLflow's batch limit).
+            for i in range(0, max(1, len(metrics)), _BATCH):
+                self.client.log_batch(
+                    run_id, metrics=metrics[i : i + _BATCH], params=params if i == 0 else [],
+                    tags=run_tags if i == 0 else [], synchronous=True,
+                )
+            if progress.history and not progress.interrupted:
+                tracking.log_curves(
+                    progress.history, run_id=run_id,
+                    title=f"{self.optuna_study} trial {progress.number} ({progress.state})",
+                )
+            if self.log_models and best is not None and progress.state in ("COMPLETE", "PRUNED"):
+                self._log_model(run_id, progress.trainers[best], status)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.set_terminated(run_id, status="FAILED")
+            raise
+        finally:
+            self._slots.release()
+            progress.record_s = time.perf_counter() - t0
+            self._add(progress, progress.record_s, blocking=False)
+        self.client.set_terminated(run_id, status=status)
+
+    def _log_model(self, run_id: str, trainer: Trainer, status: str) -> None:
+        import mlflow
+
+        from pipeline import tracking
+
+        mlflow.start_run(run_id=run_id)  # this thread's active run, for the fluent log_model
+        try:
+            tracking.log_model(trainer.model, self.meta, example=self.example)
+        finally:
+            mlflow.end_run(status=status)
+
+    def _summary(self, progress: TrialProgress) -> dict[str, float]:
+        out: dict[str, float] = {}
+        rows = [_best_row(t) for t in progress.trainers]
+        rows = [r for r in rows if r]
+        if rows:
+            for key in rows[0]:
+                if key in _AVERAGED_SKIP or key == "lr":
+                    continue
+                vals = [float(r[key]) for r in rows if key in r]
+                out[f"best/{key}"] = sum(vals) / len(vals)
+            out["best/epoch"] = sum(float(r["epoch"]) for r in rows) / len(rows)
+            if len(rows) > 1:
+                for i, t in enumerate(progress.trainers):
+                    row = _best_row(t)
+                    if row:
+                        out[f"fold{i}/best/{self.metric}"] = float(row[self.metric])
+                out[f"best/{self.metric}_std"] = statistics.pstdev(
+                    float(r[self.metric]) for r in rows
+                )
+        out["epochs"] = float(progress.epochs)
+        out["fold_epochs"] = float(progress.fold_epochs)
+        out["train_s"] = float(progress.train_s)
+        return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+_BATCH = 1000  # MLflow's limit on metrics per log_batch
+
+
+def _history_metrics(rows: Sequence[dict[str, float]], now: int, prefix: str = "") -> list[Any]:
+    """Every per-epoch value (all keys but ``epoch``) as a metric with ``step=epoch``."""
+    from mlflow.entities import Metric
+
+    return [
+        Metric(f"{prefix}{key}", float(value), now, int(row["epoch"]))
+        for row in rows
+        for key, value in row.items()
+        if key != "epoch" and isinstance(value, int | float) and math.isfinite(value)
+    ]
+
+
+def _param_str(value: Any) -> str:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)

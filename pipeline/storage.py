@@ -1,0 +1,149 @@
+"""Where an Optuna study lives: resolve the storage setting and open it.
+
+Precedence: ``--storage`` on the command line, then the ``PIPELINE_STORAGE`` environment
+variable, then ``search.storage`` in ``params.yaml``, then the default: a journal file
+``studies/<study>-<dataset>.journal`` (``JournalStorage(JournalFileBackend)``). The journal file
+is safe for ``--n-jobs > 1`` and for several processes on one machine, where SQLite locks under
+parallel writers (Optuna's FAQ).
+
+A value containing ``://`` is an SQLAlchemy URL for Optuna's RDB storage
+(``postgresql+psycopg://``, ``mysql://``, ``sqlite:///``); it gets heartbeats, so the trial of a
+crashed worker is marked failed and retried (``RetryHeartbeatStaleTrialCallback``). Any other
+value is a journal file path (relative paths from the project root). Passwords never leave this
+module unredacted: :meth:`StorageChoice.display` is what logs, MLflow and reports see.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.errors import UserError
+from pipeline.tracking import redact
+
+logger = logging.getLogger(__name__)
+
+ENV_STORAGE = "PIPELINE_STORAGE"
+JOURNAL_SUFFIX = ".journal"
+HEARTBEAT_INTERVAL_S = 60  # a running trial proves it is alive this often
+GRACE_PERIOD_S = 180  # after this long without a heartbeat, a trial is failed...
+MAX_RETRY = 2  # ...and re-queued with the same params at most this many times
+
+
+@dataclass(frozen=True)
+class StorageChoice:
+    """The resolved storage: a journal file or an RDB URL, and where the setting came from."""
+
+    kind: Literal["journal", "rdb", "memory"]
+    target: str  # the file path (journal), the URL (rdb, secret inside!) or "" (memory)
+    origin: str  # "--storage", "PIPELINE_STORAGE", "params.yaml: search.storage", "default"
+
+    def display(self) -> str:
+        """A form safe for logs, MLflow and reports (passwords replaced by ``***``)."""
+        if self.kind == "memory":
+            return "in-memory"
+        return redact(self.target)
+
+
+def default_journal(root: Path, studies_dir: str, study_name: str) -> Path:
+    return Path(root) / studies_dir / f"{study_name}{JOURNAL_SUFFIX}"
+
+
+def resolve_storage(
+    cli_value: str | None,
+    *,
+    params_value: str | None,
+    root: Path,
+    studies_dir: str,
+    study_name: str,
+    params_source: str = "params.yaml",
+) -> StorageChoice:
+    """Pick the storage setting by precedence (see the module docstring)."""
+    env_value = os.environ.get(ENV_STORAGE, "").strip() or None
+    for value, origin in (
+        (cli_value, "--storage"),
+        (env_value, ENV_STORAGE),
+        (params_value, f"{params_source}: search.storage"),
+    ):
+        if value is not None and str(value).strip():
+            return _parse(str(value).strip(), origin=origin, root=root)
+    path = default_journal(root, studies_dir, study_name)
+    return StorageChoice(kind="journal", target=str(path), origin="default")
+
+
+def _parse(value: str, *, origin: str, root: Path) -> StorageChoice:
+    if "://" in value:
+        scheme = value.split("://", 1)[0].lower()
+        if not scheme or not scheme.replace("+", "").replace("_", "").isalnum():
+            raise UserError(f"{origin}: {redact(value)!r} is not a storage URL")
+        return StorageChoice(kind="rdb", target=value, origin=origin)
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else Path(root) / path
+    return StorageChoice(kind="journal", target=str(path), origin=origin)
+
+
+def open_storage(choice: StorageChoice) -> Any:
+    """The Optuna storage object for ``choice`` (journal, RDB with heartbeats, or in-memory).
+
+    Raises:
+        UserError: the storage cannot be opened (message with the redacted URL).
+    """
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if choice.kind == "memory":
+        return optuna.storages.InMemoryStorage()
+    if choice.kind == "journal":
+        path = Path(choice.target)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as exc:
+            raise UserError(
+                f"{choice.origin}: cannot open the study journal {path}: {exc.strerror or exc}"
+            ) from None
+    if choice.target.startswith("sqlite:"):
+        logger.info(
+            "SQLite study storage: fine for one process; parallel writers (--n-jobs > 1, "
+            "several workers) can hit 'database is locked' — prefer the default journal file"
+        )
+    try:
+        with warnings.catch_warnings():
+            # Heartbeats are marked experimental in Optuna; they are what we want.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                choice.target,
+                engine_kwargs=(
+                    None if choice.target.startswith("sqlite:") else {"pool_pre_ping": True}
+                ),
+                heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=GRACE_PERIOD_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRY
+                ),
+            )
+    except Exception as exc:  # SQLAlchemy/driver errors: report them as the user's problem
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{choice.origin}: cannot open Optuna storage {choice.display()}: "
+            f"{redact_text(first, choice.target)}"
+        ) from None
+
+
+def redact_text(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` (if any) replaced by ``***`` wherever it appears."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        for form in {password, unquote(password)}:
+            text = text.replace(form, "***")
+    return text.replace(url, redact(url))

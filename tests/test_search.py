@@ -1,0 +1,293 @@
+"""The search stage end to end: real Optuna journal storage and a real MLflow store in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline import engine
+from pipeline.errors import UserError
+from pipeline.search import main
+from pipeline.storage import ENV_STORAGE, StorageChoice, open_storage, resolve_storage
+from tests.conftest import make_image_cache
+
+TINY = {
+    "description": "A tiny test study.",
+    "budget": {"n_trials": 3},
+    "sampler": {"type": "random", "seed": 0},
+    "pruner": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
+    "cv": {"folds": 0},
+    "space": {
+        "model.width": {"type": "int", "low": 4, "high": 16},
+        "train.optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+        "train.lr": {"type": "float", "low": 1.0e-4, "high": 5.0, "log": True},
+    },
+}
+DIVERGE_LR = 0.0123  # a trial with this learning rate "diverges" (see `diverging`)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def proj(project: Path) -> Path:
+    """The test project with a tiny digits cache and the tiny study."""
+    make_image_cache(project / "data" / "cache" / "digits", n_train=120, n_test=30,
+                     name="digits")
+    (project / "studies").mkdir(exist_ok=True)
+    (project / "studies" / "tiny.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    return project
+
+
+def search(proj: Path, *args: str) -> int:
+    return main(["--params", str(proj / "params.yaml"), "--study", "tiny", *args])
+
+
+def journal(proj: Path) -> Any:
+    return open_storage(StorageChoice("journal", str(proj / "studies" / "tiny-digits.journal"),
+                                      "test"))
+
+
+def load_study(proj: Path) -> optuna.Study:
+    return optuna.load_study(study_name="tiny-digits", storage=journal(proj))
+
+
+def mlflow_runs(proj: Path) -> tuple[Any, list[Any], list[Any]]:
+    mlflow.set_tracking_uri(f"sqlite:///{proj / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("tiny-digits")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def report(proj: Path) -> dict[str, Any]:
+    return json.loads((proj / "reports" / "studies" / "tiny.json").read_text())
+
+
+@pytest.fixture
+def diverging(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = engine.Trainer.run_epoch
+
+    def run_epoch(self: engine.Trainer) -> dict[str, float]:
+        if self.cfg.lr == DIVERGE_LR:
+            raise engine.TrainingDiverged("training diverged in epoch 1: train/loss is nan")
+        return original(self)
+
+    monkeypatch.setattr(engine.Trainer, "run_epoch", run_epoch)
+
+
+def test_complete_pruned_and_failed_trials_in_both_systems(
+    proj: Path, diverging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = optuna.create_study(study_name="tiny-digits", storage=journal(proj))
+    for params in (
+        {"model.width": 8, "train.optimizer": "adam", "train.lr": 0.01},
+        {"model.width": 16, "train.optimizer": "adam", "train.lr": 0.02},
+        {"model.width": 8, "train.optimizer": "sgd", "train.lr": 5.0},  # hopeless: pruned
+        {"model.width": 8, "train.optimizer": "adam", "train.lr": DIVERGE_LR},  # fails
+    ):
+        study.enqueue_trial(params)
+
+    assert search(proj, "--n-trials", "4") == 0
+    out = capsys.readouterr().out
+    assert "trial" in out and "best: trial" in out and "make ui" in out
+
+    trials = load_study(proj).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
+
+    client, parents, children = mlflow_runs(proj)
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["pipeline.role"] == "search"
+    assert parent.data.params["dataset"] == "digits"
+    assert parent.data.params["fingerprint"] == "synthetic-images-0"
+    by_run = {r.info.run_id: r for r in children}
+    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+    example = np.random.default_rng(0).integers(0, 255, (2, 1, 8, 8)).astype(np.float32)
+    for t in trials:
+        run = by_run[t.user_attrs["mlflow_run_id"]]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.run_name == f"trial-{t.number}"
+        assert run.data.tags["optuna.trial_number"] == str(t.number)
+        assert run.data.tags["optuna.study"] == "tiny-digits"
+        assert run.data.tags["optuna.state"] == t.state.name
+        assert run.info.status == status[t.state.name]
+        assert run.data.tags["fingerprint"] == "synthetic-images-0"
+        assert run.data.params["train.lr"] == str(t.params["train.lr"])
+        assert run.data.params["model.hidden_layers"] == "1"  # resolved, not only sampled
+        history = client.get_metric_history(run.info.run_id, "val/loss")
+        assert [m.step for m in history] == list(range(1, t.user_attrs["epochs"] + 1))
+        assert sorted(history_value.step for history_value in history) == sorted(
+            t.intermediate_values)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        if t.state.name == "FAIL":
+            assert "TrainingDiverged" in run.data.tags["pipeline.error"]
+            continue
+        assert "curves.png" in artifacts
+        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+        probs = np.asarray(model.predict(example))
+        assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+        if t.state.name == "COMPLETE":
+            assert run.data.metrics["best/val/loss"] == pytest.approx(t.value)
+    assert by_run[trials[2].user_attrs["mlflow_run_id"]].data.tags[
+        "pipeline.stop_reason"] == "pruned"
+
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
+    assert {"optuna/optimization_history.png", "optuna/parallel_coordinate.png",
+            "optuna/intermediate_values.png"} <= plots
+    rep = report(proj)
+    best = min((t for t in trials if t.value is not None), key=lambda t: t.value)
+    assert rep["best"]["number"] == best.number
+    assert rep["best"]["run_id"] == best.user_attrs["mlflow_run_id"]
+    assert rep["best"]["model_uri"] == f"runs:/{rep['best']['run_id']}/model"
+    assert parent.data.tags["best.run_id"] == rep["best"]["run_id"]
+    assert parent.data.metrics["best/value"] == pytest.approx(best.value)
+    assert rep["counts"] == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 0 + 1}
+    assert [t["run_id"] for t in rep["trials"]] == [
+        t.user_attrs["mlflow_run_id"] for t in trials]
+    assert rep["parent_run_id"] == parent.info.run_id
+    assert rep["optuna_study"] == "tiny-digits" and rep["dataset"] == "digits"
+    assert rep["storage"].endswith("studies/tiny-digits.journal")
+    assert rep["fingerprint"] == "synthetic-images-0"
+
+
+def test_interrupt_then_resume_adds_trials_without_duplicates(
+    proj: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls = {"n": 0}
+    original = engine.Trainer.run_epoch
+
+    def run_epoch(self: engine.Trainer) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 5:  # trial 1, epoch 2 (3 epochs per trial)
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(engine.Trainer, "run_epoch", run_epoch)
+    assert search(proj, "--n-trials", "3") == 130
+    trials = load_study(proj).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]
+    _, parents, children = mlflow_runs(proj)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    states = {r.data.tags["optuna.trial_number"]: (r.info.status, r.data.tags["optuna.state"])
+              for r in children}
+    assert states == {"0": ("FINISHED", "COMPLETE"), "1": ("FAILED", "FAIL")}
+    assert report(proj)["counts"]["COMPLETE"] == 1  # written on the way out
+    assert "interrupted" in capsys.readouterr().out
+
+    monkeypatch.setattr(engine.Trainer, "run_epoch", original)
+    assert search(proj, "--n-trials", "2") == 0
+    trials = load_study(proj).trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert [t.state.name for t in trials[2:]] != ["FAIL", "FAIL"]
+    _, parents, children = mlflow_runs(proj)
+    assert len(parents) == 2 and len(children) == 4
+    numbers = sorted(int(r.data.tags["optuna.trial_number"]) for r in children)
+    assert numbers == [0, 1, 2, 3]
+    assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in children}
+    assert report(proj)["n_trials"] == 4
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_parallel_threads_log_every_trial_once(proj: Path, background: bool) -> None:
+    from pipeline.search import SearchOptions, run_search
+
+    result = run_search(SearchOptions(study="tiny", params_path=proj / "params.yaml",
+                                      n_trials=4, n_jobs=2, background_logging=background))
+    assert result.report["n_trials"] == 4 and result.mlflow_s > 0
+    trials = load_study(proj).trials
+    assert len(trials) == 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    _, parents, children = mlflow_runs(proj)
+    assert len(parents) == 1 and len(children) == 4
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == [0, 1, 2, 3]
+    assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in children}
+    for r in children:
+        assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert r.info.status in ("FINISHED", "KILLED")
+
+
+def test_dry_run_writes_nothing_in_the_project(
+    proj: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{proj / 'elsewhere.db'}")
+    before = sorted(p.relative_to(proj) for p in proj.rglob("*"))
+    assert search(proj, "--dry-run") == 0
+    assert sorted(p.relative_to(proj) for p in proj.rglob("*")) == before
+    out = capsys.readouterr().out
+    assert "1 new trial(s)" in out and "dry run" in out
+
+
+def test_list_help_and_unknown_study(
+    proj: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--params", str(proj / "params.yaml"), "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny" in out and "A tiny test study." in out and "capacity" in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "capacity" in out and "--n-jobs" in out and "--dry-run" in out
+    assert search(proj, "--study", "nope") == 2  # the last --study wins
+    err = capsys.readouterr().err
+    assert "unknown study 'nope'" in err and "available studies:" in err and "tiny" in err
+    assert main(["--params", str(proj / "params.yaml")]) == 2
+    assert search(proj, "--n-trials", "0") == 2
+    assert "--n-trials" in capsys.readouterr().err
+
+
+def test_storage_precedence_and_redaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kw = {"root": tmp_path, "studies_dir": "studies", "study_name": "s-d"}
+    default = resolve_storage(None, params_value=None, **kw)
+    assert default.kind == "journal" and default.origin == "default"
+    assert default.target == str(tmp_path / "studies" / "s-d.journal")
+    assert resolve_storage(None, params_value="x.journal", **kw).target == str(
+        tmp_path / "x.journal")
+    monkeypatch.setenv(ENV_STORAGE, "postgresql+psycopg://u:hunter2@db:5432/optuna")
+    env = resolve_storage(None, params_value="x.journal", **kw)
+    assert env.kind == "rdb" and env.origin == ENV_STORAGE
+    assert env.display() == "postgresql+psycopg://u:***@db:5432/optuna"
+    cli = resolve_storage("sqlite:///s.db", params_value="x.journal", **kw)
+    assert cli.origin == "--storage" and cli.kind == "rdb"
+    bad = StorageChoice("rdb", "postgresql+psycopg://u:hunter2@127.0.0.1:1/optuna", "--storage")
+    with pytest.raises(UserError) as info:
+        open_storage(bad)
+    assert "hunter2" not in str(info.value) and "u:***@127.0.0.1:1" in str(info.value)
+
+
+def test_continuing_a_study_with_other_settings_warns(
+    proj: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline.search import _check_settings
+
+    study = optuna.create_study()
+    _check_settings(study, {"params.train.max_epochs": "3", "data.fingerprint": "a"}, where="x")
+    with caplog.at_level(logging.WARNING, logger="pipeline.search"):
+        _check_settings(study, {"params.train.max_epochs": "3", "data.fingerprint": "a"},
+                        where="x")
+        assert not caplog.records
+        _check_settings(study, {"params.train.max_epochs": "2", "data.fingerprint": "a"},
+                        where="x")
+    (record,) = caplog.records
+    assert "params.train.max_epochs (3 -> 2)" in record.getMessage()
+    assert "not comparable" in record.getMessage()

@@ -1,0 +1,140 @@
+"""Two search workers sharing one study on a real PostgreSQL server (slow: starts a server).
+
+The server is a throwaway cluster in a temporary folder (``initdb``, ``pg_ctl``) on a free
+loopback port; as root it runs as the ``postgres`` user. Authentication is ``trust``, but the
+storage URL still carries a password, to check that it never reaches logs, MLflow or reports.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import make_image_cache
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+PASSWORD = "s3cretPW-9f2"
+STUDY = {
+    "description": "Two workers, one study.",
+    "budget": {"n_trials": 3},
+    "sampler": {"type": "tpe", "seed": 0, "n_startup_trials": 2},
+    "pruner": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
+    "cv": {"folds": 0},
+    "space": {
+        "model.width": {"type": "int", "low": 4, "high": 16},
+        "train.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-1, "log": True},
+    },
+}
+
+
+def _pg_bin() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent  # /usr/local/bin/initdb may be a lone symlink
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                      key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    return Path(versions[-1]).parent if versions else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """A running PostgreSQL server; yields ``127.0.0.1:PORT``."""
+    pg_bin = _pg_bin()
+    if pg_bin is None:
+        pytest.skip("no PostgreSQL server binaries (initdb) on this machine; "
+                    "apt-get install postgresql")
+    as_postgres: list[str] = []
+    # Outside pytest's 0700 tmp tree, so the postgres user can reach it.
+    data = Path(tempfile.mkdtemp(prefix="pg-test-", dir="/tmp"))
+    if os.geteuid() == 0:
+        shutil.chown(data, user="postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+
+    def pg(*args: str) -> None:
+        subprocess.run([*as_postgres, *args], check=True, capture_output=True, timeout=60)
+
+    try:
+        pg(str(pg_bin / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres")
+        pg(str(pg_bin / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-o",
+           f"-c listen_addresses=127.0.0.1 -p {port} -k {data}", "-w", "start")
+        pg(str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+           "optuna")
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_postgres, str(pg_bin / "pg_ctl"), "-D", str(data / "db"), "-m",
+                        "fast", "-w", "stop"], capture_output=True, timeout=60, check=False)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_two_workers_share_one_postgres_study(project: Path, postgres: str) -> None:
+    make_image_cache(project / "data" / "cache" / "digits", n_train=120, n_test=30,
+                     name="digits")
+    (project / "studies" / "pg.yaml").write_text(yaml.safe_dump(STUDY, sort_keys=False))
+    url = f"postgresql+psycopg://postgres:{PASSWORD}@{postgres}/optuna"
+    # Create Optuna's and MLflow's tables once, as a deployment does (a database and an
+    # `mlflow server` set up beforehand), so the workers race only for trials and runs.
+    optuna.storages.RDBStorage(url)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"}
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    MlflowClient().search_experiments()
+    env.pop("PIPELINE_STORAGE", None)
+    cmd = [sys.executable, "-m", "pipeline.search", "--params", str(project / "params.yaml"),
+           "--study", "pg", "--n-trials", "3", "--storage", url]
+    workers = [
+        subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for _ in range(2)
+    ]
+    outputs = [w.communicate(timeout=400) for w in workers]
+    for w, (out, err) in zip(workers, outputs, strict=True):
+        assert w.returncode == 0, err[-3000:]
+        assert PASSWORD not in out and PASSWORD not in err
+        assert f"postgres:***@{postgres}" in out + err
+
+    trials = optuna.load_study(study_name="pg-digits", storage=url).trials
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(6)) and len(set(numbers)) == 6
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("pg-digits")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 2 and len(children) == 6
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == list(range(6))
+    assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in children}
+    for run in runs:
+        for key, value in {**run.data.params, **run.data.tags}.items():
+            assert PASSWORD not in key and PASSWORD not in value, key
+    redacted = f"postgresql+psycopg://postgres:***@{postgres}/optuna"
+    assert {p.data.params["storage"] for p in parents} == {redacted}
+    assert PASSWORD.encode() not in (project / "mlruns" / "mlflow.db").read_bytes()
+
+    report_text = (project / "reports" / "studies" / "pg.json").read_text()
+    assert PASSWORD not in report_text
+    report = json.loads(report_text)
+    assert report["n_trials"] == 6 and report["storage"] == redacted
