@@ -34,6 +34,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_prepare.py
 	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_search.py
 
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \

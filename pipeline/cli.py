@@ -28,6 +28,9 @@ def setup_logging(verbose: bool = False) -> None:
     for name in ("mlflow", "alembic", "optuna", "urllib3", "git", "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    # No network from a laptop run; no per-file progress bars in logs.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def run(body: Callable[[], int | None]) -> int:

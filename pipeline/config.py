@@ -262,7 +262,7 @@ class Params:
         out: dict[str, Any] = {}
         for name in sections:
             value = getattr(self, name)
-            if dataclasses.is_dataclass(value):
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
                 _flatten(dataclasses.asdict(value), name, out)
             else:
                 out[name] = value

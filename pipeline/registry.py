@@ -111,7 +111,8 @@ def predict(model: PyFuncModel, x: np.ndarray, *, batch_size: int = PREDICT_BATC
     """Run the pyfunc on raw float32 inputs in batches; concatenate the outputs."""
     outputs: list[np.ndarray] = []
     for start in range(0, len(x), batch_size):
-        batch = np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)
+        # A copy: memory-mapped cache slices are read-only and torch warns on them.
+        batch = np.array(x[start : start + batch_size], dtype=np.float32, order="C")
         outputs.append(np.asarray(model.predict(batch)))
     if not outputs:
         return np.zeros((0,), dtype=np.float32)

@@ -106,7 +106,7 @@ def test_classification_champion(world: World, capsys: pytest.CaptureFixture[str
     values = json.loads((reports / "metrics.json").read_text())
     # By hand, from the model's own predictions on the cache's test split.
     model = registry.load_model(f"runs:/{w.image_run}/model")
-    proba = model.predict(np.asarray(w.digits.test_x, dtype=np.float32))
+    proba = model.predict(np.array(w.digits.test_x, dtype=np.float32))
     y = np.asarray(w.digits.test_y)
     pred = proba.argmax(axis=1)
     assert values["accuracy"] == pytest.approx(float(np.mean(pred == y)))
@@ -150,7 +150,7 @@ def test_regression_by_uri(world: World, capsys: pytest.CaptureFixture[str]) -> 
     assert code == 0, capsys.readouterr().err
     values = json.loads((reports / "metrics.json").read_text())
     model = registry.load_model(f"runs:/{w.table_run}/model")
-    pred = model.predict(np.asarray(w.table.test_x, dtype=np.float32)).astype(np.float64)
+    pred = model.predict(np.array(w.table.test_x, dtype=np.float32)).astype(np.float64)
     y = np.asarray(w.table.test_y, dtype=np.float64)
     assert values["mae"] == pytest.approx(float(np.mean(np.abs(pred - y))), rel=1e-6)
     assert values["rmse"] == pytest.approx(float(np.sqrt(np.mean((pred - y) ** 2))), rel=1e-6)
