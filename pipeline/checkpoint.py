@@ -9,15 +9,13 @@ Only tensors and plain containers are stored: loading never unpickles arbitrary 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pipeline.atomic import atomic_open
 from pipeline.errors import UserError
 
 if TYPE_CHECKING:
@@ -36,17 +34,8 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     state = trainer if isinstance(trainer, dict) else trainer.state_dict()
     payload = {"format": FORMAT, "meta": meta or {}, "trainer": state}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    with atomic_open(path, "wb") as fh:
+        torch.save(payload, fh)
     logger.debug("checkpoint written: %s", path)
     return path
 

@@ -23,8 +23,6 @@ import csv
 import io
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import numpy as np
 
 from pipeline import cli
 from pipeline import metrics as M
+from pipeline.atomic import write_bytes_atomic
 from pipeline.config import Params, load_params
 from pipeline.data.cache import Cache, CacheMeta
 from pipeline.errors import UserError
@@ -59,19 +58,6 @@ class Evaluation:
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def metrics_json(values: dict[str, Any]) -> bytes:
     return (json.dumps(values, indent=2, sort_keys=True) + "\n").encode()
 
@@ -222,7 +208,7 @@ def evaluate(
         )
         stale = CLASSIFICATION_PLOTS
     for path, data in files.items():
-        write_atomic(path, data)
+        write_bytes_atomic(path, data)
         logger.info("wrote %s", path)
     for leftover in stale:  # from an earlier evaluation of a dataset with the other task
         (plots / leftover).unlink(missing_ok=True)

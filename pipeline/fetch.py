@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import cv2
 import numpy as np
 
 from pipeline import cli
+from pipeline.atomic import write_bytes_atomic
 from pipeline.config import PARAMS_FILE, FetchConfig, Params, load_params
 from pipeline.data.cache import staged_dir
 from pipeline.data.splits import holdout_split
@@ -88,20 +87,8 @@ def write_diabetes(path: Path) -> int:
     rows = np.column_stack([data.data, data.target])
     text = ",".join(header) + "\n"
     text += "".join(",".join(_number(v) for v in row) + "\n" for row in rows)
-    _write_atomic(path, text.encode())
+    write_bytes_atomic(path, text.encode())
     return len(rows)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def fetch(params: Params) -> None:

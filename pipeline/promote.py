@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pipeline import cli
+from pipeline.atomic import write_json_atomic
 from pipeline.config import Params, load_params
 from pipeline.errors import UserError
 from pipeline.registry import CHAMPION, Candidate, Decision, alias_uri, quiet_downloads
@@ -74,20 +73,6 @@ def candidate_from_report(data: dict[str, Any], study: str) -> Candidate:
 
 def records_dir(params: Params) -> Path:
     return params.path(params.registry.reports_dir)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to a temp file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_record(
@@ -203,7 +188,7 @@ def run_promote(
         tracking_uri=display_uri(uri, params.root),
     )
     out = report or records_dir(params) / path.name
-    write_json_atomic(out, record)
+    write_json_atomic(out, record, sort_keys=True)
     logger.info("wrote %s", out)
     return record
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import logging
 import math
 import os
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import cli
+from pipeline.atomic import write_json_atomic
 from pipeline.config import PARAMS_FILE, Params, load_params
 from pipeline.errors import UserError
 from pipeline.space import STUDIES_DIR, StudySpec, list_studies, load_study
@@ -68,8 +68,8 @@ class SearchOptions:
     device: str | None = None
     log_models: bool = True
     # Write each trial's record (metrics, curves, model) while the next trial trains. None:
-    # only when training runs on an accelerator; on the CPU the writer would compete with
-    # training for the same cores (measured: no gain on 2 cores, see BENCHMARKS.md).
+    # only when training runs on an accelerator; on the CPU the writer competes with training
+    # for the same cores (measured on 2 cores: slower than waiting, see BENCHMARKS.md).
     background_logging: bool | None = None
 
 
@@ -92,6 +92,7 @@ class SearchResult:
     wall_s: float = 0.0
     mlflow_s: float = 0.0  # time spent writing this invocation's trial runs (any thread)
     mlflow_blocking_s: float = 0.0  # of which trials waited for
+    mlflow_blocking_by_trial: dict[int, float] = field(default_factory=dict)  # per trial number
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,6 +286,10 @@ def _optimize(
         },
     )
     parent_id = parent.info.run_id
+    background = (
+        options.background_logging if options.background_logging is not None
+        else device.type != "cpu"
+    )
     tracker = MlflowTrialTracker(
         experiment_id=experiment_id,
         parent_run_id=parent_id,
@@ -294,10 +299,9 @@ def _optimize(
         metric=study.metric,
         direction=study.direction,
         log_models=options.log_models,
-        background=(
-            options.background_logging if options.background_logging is not None
-            else device.type != "cpu"
-        ),
+        background=background,
+        # One trial at a time on the CPU: record in the trial's thread (see the tracker).
+        inline=not background and options.n_jobs == 1,
     )
     stop = threading.Event()
     objective = Objective(
@@ -374,6 +378,7 @@ def _optimize(
         experiment_id=experiment_id, tracking_uri=tracking_uri, new_trials=progress.numbers,
         interrupted=interrupted, dry_run=options.dry_run, wall_s=wall,
         mlflow_s=tracker.work_s, mlflow_blocking_s=tracker.blocking_s,
+        mlflow_blocking_by_trial=dict(tracker.blocking_by_trial),
     )
     if interrupted:
         _print_summary(result, sys.stdout)
@@ -535,24 +540,6 @@ def build_report(
         "parent_run_id": parent_run_id,
         "experiment_id": experiment_id,
     }
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _finish_parent(

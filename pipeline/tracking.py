@@ -300,6 +300,7 @@ def log_model(
     *,
     name: str = "model",
     example: np.ndarray | None = None,
+    validate: bool = True,
 ) -> ModelInfo:
     """Log the servable :func:`package_model` of ``net`` to the active run (``pt2`` format).
 
@@ -309,6 +310,9 @@ def log_model(
         name: the model's name in the run.
         example: raw-valued float32 input ``[n, *input_shape]``; real samples are best.
             Defaults to two samples built from the cache statistics.
+        validate: let MLflow load the saved model back and run the example through it (about
+            40 ms). A failure there is only a warning, so searches, whose logged models the
+            tests load and compare, turn it off.
 
     Returns:
         MLflow's ``ModelInfo`` (``model_uri`` loads it with ``mlflow.pyfunc.load_model``).
@@ -340,5 +344,22 @@ def log_model(
             signature=signature,
             pip_requirements=pip_requirements(),
             metadata=model_metadata(meta),
+            validate_serving_input=validate,
         )
     return info
+
+
+def warm_up_export() -> None:
+    """Pay torch.export's one-off start-up (about 1.4 s of lazy imports) on a toy module.
+
+    Called on the logging thread when a search starts, so it overlaps the first trial's
+    training instead of delaying that trial's record.
+    """
+    import torch
+    from torch import nn
+
+    try:
+        with _quiet():
+            torch.export.export(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), (torch.zeros(2, 2),))
+    except Exception:  # only a warm-up: the real export reports real problems
+        logger.debug("torch.export warm-up failed", exc_info=True)

@@ -152,7 +152,7 @@ def _write_csv(path: Path, x: np.ndarray, columns: list[str]) -> None:
 
 def test_csv_rows(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     w = world
-    x = np.asarray(w.table.test_x[:9], dtype=np.float32)
+    x = np.array(w.table.test_x[:9], dtype=np.float32)
     names = w.table.meta.feature_names
     # Columns in another order plus the target: features are picked by name.
     order = list(reversed(names)) + ["target"]

@@ -206,7 +206,7 @@ def test_register_is_idempotent_and_aliases(project: Path, params: Params) -> No
     # The registered version loads and predicts what the run's model predicts.
     by_version = registry.load_model(registry.model_uri(name, v1.version))
     by_run = registry.load_model(f"runs:/{run_id}/model")
-    x = np.asarray(cache.test_x[:5], np.float32)
+    x = np.array(cache.test_x[:5], np.float32)
     np.testing.assert_allclose(by_version.predict(x), by_run.predict(x), rtol=1e-6)
     with pytest.raises(UserError, match="cannot load model"):
         registry.load_model(registry.alias_uri(name, "nope"))

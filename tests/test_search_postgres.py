@@ -63,7 +63,7 @@ def postgres() -> Iterator[str]:
     """A running PostgreSQL server; yields ``127.0.0.1:PORT``."""
     pg_bin = _pg_bin()
     if pg_bin is None:
-        reason = "no PostgreSQL server binaries (initdb) on this machine; apt-get install postgresql"
+        reason = "no PostgreSQL server binaries (initdb); apt-get install postgresql"
         if os.environ.get("PIPELINE_REQUIRE_POSTGRES") == "1":  # set by .ci/run: never skip there
             pytest.fail(reason)
         pytest.skip(reason)
