@@ -39,12 +39,14 @@ bench: $(STAMP)
 # mlflow starts its server (uvicorn) by name: the venv must be first on PATH.
 ui: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
-		--backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root mlruns/artifacts
+		--backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db}" \
+		--default-artifact-root mlruns/artifacts
 
 # Serve the champion of the default dataset over HTTP on 127.0.0.1 (see README).
 SERVE_MODEL ?= models:/pipeline-digits@champion
 serve: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db \
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+		MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db}" \
 		$(VENV)/bin/mlflow models serve \
 		-m $(SERVE_MODEL) --env-manager local --host 127.0.0.1 -p 5001
 

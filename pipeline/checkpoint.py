@@ -70,11 +70,7 @@ def load_checkpoint(path: Path, *, meta: dict[str, Any] | None = None) -> dict[s
                 f"{path}: the checkpoint was written for another configuration ({shown}); "
                 "run without --resume to start over, or restore the old settings"
             )
-    state: dict[str, Any] = payload["trainer"]
+    state = payload.get("trainer")
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: the checkpoint holds no trainer state; delete it to start over")
     return state
-
-
-def checkpoint_meta(path: Path) -> dict[str, Any]:
-    """Only the meta values stored with a checkpoint."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return dict(payload.get("meta") or {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -33,12 +34,17 @@ def setup_logging(verbose: bool = False) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def run(body: Callable[[], int | None]) -> int:
     """Run a stage body, turning user errors into one line on stderr and a non-zero exit code."""
     try:
         return body() or 0
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # One line, whatever a wrapped library error carried (newlines, colour codes).
+        message = " ".join(_ANSI.sub("", str(exc)).split())
+        print(f"error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -350,6 +350,8 @@ def _suggest(word: str, options: list[str] | typing.Iterable[str]) -> str:
     options = list(options)
     close = difflib.get_close_matches(word, options, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
+    if not options:
+        return f"{hint}; none are declared"
     return f"{hint}; allowed: {', '.join(sorted(options))}"
 
 
@@ -550,6 +552,13 @@ def parse_params(raw: Mapping[str, Any], *, root: Path, source: str = PARAMS_FIL
             f"{source}: dataset: {dataset!r} is not declared under datasets"
             + _suggest(dataset, datasets)
         )
+    storage = kwargs["search"].storage
+    if storage and _has_password(storage):
+        raise UserError(
+            f"{source}: search.storage: the URL holds a password, and this file is committed "
+            "(DVC also copies it into dvc.lock); expected a URL without one - put the full URL "
+            "in the PIPELINE_STORAGE environment variable or pass --storage instead"
+        )
     for name in kwargs["prepare"].datasets:
         if name not in datasets:
             raise UserError(
@@ -566,6 +575,24 @@ def parse_params(raw: Mapping[str, Any], *, root: Path, source: str = PARAMS_FIL
     )
 
 
+def _has_password(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return bool(parts.password) or "password=" in parts.query.lower()
+
+
+def _display_path(path: Path) -> str:
+    """``path`` as the user would type it: relative to the working folder when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Read and check ``params.yaml``; its folder is the project root."""
     path = Path(path).resolve()
@@ -579,5 +606,5 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", exc)
-        raise UserError(f"{path.name}{line}: not valid YAML ({problem})") from None
-    return parse_params(raw, root=path.parent, source=path.name)
+        raise UserError(f"{_display_path(path)}{line}: not valid YAML ({problem})") from None
+    return parse_params(raw, root=path.parent, source=_display_path(path))

@@ -434,13 +434,21 @@ _SPACE_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+# What a trial trains with. Other params.yaml keys (paths, storage, tracking) would be
+# accepted by the params but change nothing a trial learns, or worse, where it is recorded.
+_SEARCHABLE = ("model.", "train.", "seed")
+
+
 def _parse_param(name: str, raw: Any, where: _Where) -> ParamSpace:
     at = where("space", name)
-    if not has_dotted_field(name):
-        from pipeline.config import _all_dotted_fields  # the list of settable keys
+    from pipeline.config import _all_dotted_fields  # the list of settable keys
 
+    searchable = [k for k in _all_dotted_fields() if k.startswith(_SEARCHABLE)]
+    if not has_dotted_field(name):
+        raise UserError(f"{at}: not a key of params.yaml" + _suggest_key(name, searchable))
+    if not name.startswith(_SEARCHABLE):
         raise UserError(
-            f"{at}: not a key of params.yaml" + _suggest_key(name, _all_dotted_fields())
+            f"{at}: not a training setting; expected a model.*, train.* or seed key"
         )
     data = _mapping(raw, at)
     kind = data.get("type")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import cli
+from pipeline.atomic import write_bytes_atomic
 from pipeline.config import PARAMS_FILE, Params, load_params, parse_set_option
 from pipeline.errors import UserError
 
@@ -221,7 +222,7 @@ def train(args: argparse.Namespace) -> int:
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
                           tags=tags) as run:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (ckpt_dir / RUN_ID_FILE).write_text(run.info.run_id + "\n")
+        write_bytes_atomic(ckpt_dir / RUN_ID_FILE, (run.info.run_id + "\n").encode())
         if run_id is None:
             mlflow.log_params(flat)
         try:

@@ -73,6 +73,9 @@ def test_foreign_or_missing_file(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(UserError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"format": "pipeline-checkpoint-1", "meta": {}}, tmp_path / "empty.pt")
+    with pytest.raises(UserError, match="holds no trainer state"):
+        load_checkpoint(tmp_path / "empty.pt")
 
 
 def test_load_state_restores_trainer(trainer: Trainer, tmp_path: Path) -> None:

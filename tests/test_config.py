@@ -126,3 +126,27 @@ def test_paths_resolve_from_the_project_root(tmp_path: Path, raw: dict) -> None:
     params = load_params(write(tmp_path, raw))
     assert params.cache_dir("digits") == tmp_path / "data" / "cache" / "digits"
     assert params.path("/abs/x") == Path("/abs/x")
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql+psycopg://optuna:s3cret@db.example/optuna",
+    "postgresql://db.example/optuna?user=optuna&password=s3cret",
+])
+def test_storage_password_in_params_is_refused(tmp_path: Path, raw: dict, url: str) -> None:
+    raw["search"]["storage"] = url
+    with pytest.raises(UserError, match="search.storage: the URL holds a password") as info:
+        load_params(write(tmp_path, raw))
+    assert "s3cret" not in str(info.value)
+    raw["search"]["storage"] = "postgresql+psycopg://optuna@db.example/optuna"
+    assert load_params(write(tmp_path, raw)).search.storage == raw["search"]["storage"]
+
+
+def test_user_errors_print_one_line_without_colour(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline import cli
+
+    def body() -> int:
+        raise UserError("model.pt: cannot load\n\x1b[31mWeightsUnpickler error\x1b[0m:\n  detail")
+
+    assert cli.run(body) == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err == "error: model.pt: cannot load WeightsUnpickler error: detail\n"

@@ -101,8 +101,8 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
     for params in (
         {"model.width": 8, "train.optimizer": "adam", "train.lr": 0.01},
         {"model.width": 16, "train.optimizer": "adam", "train.lr": 0.02},
-        {"model.width": 8, "train.optimizer": "sgd", "train.lr": 5.0},  # hopeless: pruned
         {"model.width": 8, "train.optimizer": "adam", "train.lr": DIVERGE_LR},  # fails
+        {"model.width": 8, "train.optimizer": "sgd", "train.lr": 5.0},  # the study goes on: pruned
     ):
         study.enqueue_trial(params)
 
@@ -111,7 +111,7 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
     assert "trial" in out and "best: trial" in out and "make ui" in out
 
     trials = load_study(proj).trials
-    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "PRUNED"]
 
     client, parents, children = mlflow_runs(proj)
     assert len(parents) == 1 and len(children) == 4
@@ -148,7 +148,7 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
         assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
         if t.state.name == "COMPLETE":
             assert run.data.metrics["best/val/loss"] == pytest.approx(t.value)
-    assert by_run[trials[2].user_attrs["mlflow_run_id"]].data.tags[
+    assert by_run[trials[3].user_attrs["mlflow_run_id"]].data.tags[
         "pipeline.stop_reason"] == "pruned"
 
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}

@@ -222,6 +222,9 @@ _DELETE = object()
          r"duplicate choices"),
         ({"space": {"model.batch_norm": {"type": "categorical", "choices": [[1]]}}},
          r"choices must be numbers, strings"),
+        ({"space": {"mlflow.tracking_uri": {"type": "categorical", "choices": ["a", "b"]}}},
+         r"s\.yaml:\d+: space\.mlflow\.tracking_uri: not a training setting; expected a "
+         r"model\.\*, train\.\* or seed key"),
         ({"sampler": {"type": "cmaes"}},
          r"s\.yaml:\d+: sampler\.type: unknown sampler 'cmaes'; allowed: tpe, random, grid"),
         ({"sampler": {"type": "tpe", "seed": "x"}}, r"sampler\.seed: expected an integer"),
@@ -269,7 +272,7 @@ def test_bad_study_files_name_the_file_and_key(
     ("space", "message"),
     [
         ({"model.width": {"type": "float", "low": 16, "high": 64}},
-         r"space\.model\.width: the value 40\.0 is not accepted by params\.yaml"),
+         r"space\.model\.width: the value 40\.0 is not accepted by .*params\.yaml"),
         ({"model.dropout": {"type": "float", "low": 0.0, "high": 1.5}},
          r"space\.model\.dropout: the value 1\.5 is not accepted"),
         ({"train.optimizer": {"type": "categorical", "choices": ["adam", "lbfgs"]}},
