@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,16 @@ def _isolated_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PIPELINE_STORAGE", raising=False)
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A stage's ``main`` installs its own root handler (on the test's stderr); undo that."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

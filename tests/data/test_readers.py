@@ -269,14 +269,16 @@ def _many_jpegs(folder: Path, n: int = 300) -> list[str]:
 def test_helper_process_failure_is_raised(tmp_path: Path, monkeypatch) -> None:
     paths = _many_jpegs(tmp_path)
     parent = os.getpid()
-    real = images_mod._run_chunk
+    real = images_mod._Claims.next
 
-    def fails_in_child(job, k):
+    # A helper claims at least once, however late it starts (the parent may have claimed
+    # every chunk by then), so failing in the claim makes every helper fail.
+    def fails_in_child(self):
         if os.getpid() != parent:
             raise MemoryError("helper ran out of memory")
-        return real(job, k)
+        return real(self)
 
-    monkeypatch.setattr(images_mod, "_run_chunk", fails_in_child)
+    monkeypatch.setattr(images_mod._Claims, "next", fails_in_child)
     with pytest.raises(RuntimeError, match="(?s)a decoding process failed: .*MemoryError"):
         decode_files(paths, channels=1, size=(8, 8), size_policy="reject", workers=2)
 
