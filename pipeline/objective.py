@@ -537,7 +537,6 @@ class MlflowTrialTracker:
             if len(progress.trainers) > 1:
                 for i, t in enumerate(progress.trainers):
                     metrics += _history_metrics(t.history, now, prefix=f"fold{i}/")
-            metrics += [Metric(k, v, now, 0) for k, v in self._summary(progress).items()]
             tags = {
                 "optuna.state": progress.state,
                 "pipeline.epochs": str(progress.epochs),
@@ -559,6 +558,23 @@ class MlflowTrialTracker:
             if progress.params is None:  # the sampled values were rejected: record them
                 params = [Param(k, _param_str(v)) for k, v in progress.values.items()]
             run_tags = [RunTag(k, v) for k, v in tags.items()]
+            # The model goes first: logging it copies the run's step-0 metrics to the model by
+            # reading back the history of every metric already logged (about 100 ms with CV's
+            # per-fold metrics). Logged afterwards with the model's id, the summary metrics
+            # reach the model in the same request that writes them to the run.
+            model_id, model_error = None, None
+            if self.log_models and best is not None and progress.state in ("COMPLETE", "PRUNED"):
+                try:
+                    flat = progress.params.flat() if progress.params is not None else {}
+                    model_id = self._log_model(
+                        run_id, progress.trainers[best],
+                        {k: _param_str(v) for k, v in flat.items()},
+                    )
+                except Exception as exc:  # still write the metrics, then report it
+                    model_error = exc
+            metrics += [
+                Metric(k, v, now, 0, model_id=model_id) for k, v in self._summary(progress).items()
+            ]
             # One request for tags, params and the first 1000 metrics (MLflow's batch limit).
             for i in range(0, max(1, len(metrics)), _BATCH):
                 self.client.log_batch(
@@ -570,8 +586,8 @@ class MlflowTrialTracker:
                     progress.history, run_id=run_id,
                     title=f"{self.optuna_study} trial {progress.number} ({progress.state})",
                 )
-            if self.log_models and best is not None and progress.state in ("COMPLETE", "PRUNED"):
-                self._log_model(run_id, progress.trainers[best], status)
+            if model_error is not None:
+                raise model_error
         except BaseException:
             with contextlib.suppress(Exception):
                 self.client.set_terminated(run_id, status="FAILED")
@@ -582,16 +598,15 @@ class MlflowTrialTracker:
             self._add(progress, progress.record_s, blocking=False)
         self.client.set_terminated(run_id, status=status)
 
-    def _log_model(self, run_id: str, trainer: Trainer, status: str) -> None:
-        import mlflow
-
+    def _log_model(self, run_id: str, trainer: Trainer, params: dict[str, str]) -> str | None:
+        """Log the trainer's model to the trial's run; returns MLflow's model id."""
         from pipeline import tracking
 
-        mlflow.start_run(run_id=run_id)  # this thread's active run, for the fluent log_model
-        try:
-            tracking.log_model(trainer.model, self.meta, example=self.example, validate=False)
-        finally:
-            mlflow.end_run(status=status)
+        info = tracking.log_model(
+            trainer.model, self.meta, example=self.example, validate=False, run_id=run_id,
+            experiment_id=self.experiment_id, params=params,
+        )
+        return info.model_id
 
     def _summary(self, progress: TrialProgress) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -607,7 +607,9 @@ def _log_optuna_plots(client: Any, run_id: str, optuna_study: Any) -> None:
             ovm.plot_intermediate_values, any(t.intermediate_values for t in trials)
         ),
     }
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    # Optuna's plots switch the process's matplotlib style to ggplot for good; rc_context puts
+    # it back, or every later figure in this process (trial curves) would change style.
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore")  # ExperimentalWarning on every matplotlib plot
         for name, (plot, drawable) in plots.items():
             if not drawable:

@@ -301,6 +301,9 @@ def log_model(
     name: str = "model",
     example: np.ndarray | None = None,
     validate: bool = True,
+    run_id: str | None = None,
+    experiment_id: str | None = None,
+    params: dict[str, str] | None = None,
 ) -> ModelInfo:
     """Log the servable :func:`package_model` of ``net`` to the active run (``pt2`` format).
 
@@ -313,6 +316,11 @@ def log_model(
         validate: let MLflow load the saved model back and run the example through it (about
             40 ms). A failure there is only a warning, so searches, whose logged models the
             tests load and compare, turn it off.
+        run_id: the run to log to; default the active run. Naming the run spares a search the
+            fluent ``start_run``/``end_run`` round trips for each trial.
+        experiment_id: the run's experiment, when ``run_id`` is given (looked up if omitted).
+        params: the model's params in MLflow's model list, when ``run_id`` is given (MLflow
+            copies the active run's params otherwise).
 
     Returns:
         MLflow's ``ModelInfo`` (``model_uri`` loads it with ``mlflow.pyfunc.load_model``).
@@ -323,7 +331,19 @@ def log_model(
 
     from pipeline.models import model_metadata, package_model
 
-    _active_run_id(None)
+    model_id = None
+    if run_id is not None:
+        # MLflow files a model logged to a named (not active) run under the process's current
+        # experiment, where `runs:/<run>/model` does not find it: create it in the run's own.
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        if experiment_id is None:
+            experiment_id = client.get_run(run_id).info.experiment_id
+        model_id = client.create_logged_model(
+            experiment_id, name=name, source_run_id=run_id, params=params
+        ).model_id
+    run_id = _active_run_id(run_id)
     packaged = package_model(copy.deepcopy(net).cpu(), meta)
     if example is None:
         example = example_input(meta)
@@ -345,6 +365,8 @@ def log_model(
             pip_requirements=pip_requirements(),
             metadata=model_metadata(meta),
             validate_serving_input=validate,
+            run_id=run_id,
+            model_id=model_id,
         )
     return info
 

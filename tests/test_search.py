@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import mlflow
 import numpy as np
 import optuna
@@ -97,9 +98,12 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
     ):
         study.enqueue_trial(params)
 
+    facecolor = matplotlib.rcParams["axes.facecolor"]
     assert search(proj, "--n-trials", "4") == 0
     out = capsys.readouterr().out
     assert "trial" in out and "best: trial" in out and "make ui" in out
+    # Optuna's plots (ggplot style) must not restyle the process's later figures.
+    assert matplotlib.rcParams["axes.facecolor"] == facecolor
 
     trials = load_study(proj).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "PRUNED"]
@@ -139,6 +143,12 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
         assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
         if t.state.name == "COMPLETE":
             assert run.data.metrics["best/val/loss"] == pytest.approx(t.value)
+        # The model is filed in the study's experiment, with the trial's params and summary.
+        (logged,) = [m for m in client.search_logged_models(
+            experiment_ids=[run.info.experiment_id]) if m.source_run_id == run.info.run_id]
+        assert logged.params["train.lr"] == str(t.params["train.lr"])
+        assert {m.key: m.value for m in logged.metrics}["best/val/loss"] == pytest.approx(
+            run.data.metrics["best/val/loss"])
     assert by_run[trials[3].user_attrs["mlflow_run_id"]].data.tags[
         "pipeline.stop_reason"] == "pruned"
 

@@ -7,6 +7,7 @@ import atexit
 import functools
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -157,6 +158,32 @@ def test_plot_history_regression(tmp_path: Path) -> None:
     rows = [{"epoch": 1, "train/loss": 1.0, "val/loss": 1.1, "val/mae": 30.0, "val/rmse": 40.0}]
     path = plot_history(rows, tmp_path / "plots" / "c.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def _pixels(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def test_plot_history_reused_canvas_draws_like_a_fresh_one(tmp_path: Path) -> None:
+    """The per-thread canvas is refilled: nothing of the previous history may remain."""
+    long = [{"epoch": e, "train/loss": 5.0 / e, "val/loss": 6.0 / e, "val/accuracy": e / 40}
+            for e in range(1, 41)]
+    short = [{"epoch": e, "train/loss": 0.5 - e / 10, "val/loss": 0.6 - e / 20,
+              "val/accuracy": 0.9 + e / 100} for e in range(1, 4)]
+    plot_history(long, tmp_path / "long.png", title="long")
+    reused = plot_history(short, tmp_path / "reused.png", title="short")
+
+    fresh: list[Path] = []
+    thread = threading.Thread(  # a new thread draws on a new canvas
+        target=lambda: fresh.append(plot_history(short, tmp_path / "fresh.png", title="short"))
+    )
+    thread.start()
+    thread.join()
+    assert np.array_equal(_pixels(reused), _pixels(fresh[0]))
+    assert not np.array_equal(_pixels(reused), _pixels(tmp_path / "long.png"))
 
 
 def _trained(folder: Path) -> tuple[torch.nn.Module, CacheMeta, np.ndarray]:
