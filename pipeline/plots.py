@@ -101,6 +101,7 @@ def plot_history(history: Sequence[dict[str, Any]], path: Path, *, title: str = 
             ax.set_xlim(0, 1, auto=None)
             ax.set_ylim(0, 1, auto=None)
     canvas.fig.suptitle(title)
-    canvas.fig.savefig(path, dpi=100)
+    # zlib level 1: ~20 ms less per figure than the default 6, for a 10 % bigger file.
+    canvas.fig.savefig(path, dpi=100, pil_kwargs={"compress_level": 1})
     logger.debug("wrote %s", path)
     return path
