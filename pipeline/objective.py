@@ -361,7 +361,8 @@ class MlflowTrialTracker:
     between parallel regions instead of letting them spin — measured here, training took 40 %
     longer for the whole search. :meth:`flush` waits for queued records. Pruned runs end
     KILLED, failed ones FAILED; every run carries the tag ``optuna.state`` (COMPLETE / PRUNED /
-    FAIL).
+    FAIL). A record that cannot be written (a full disk, a lost server) is logged, its run ends
+    FAILED and the search reports it when it ends; the trial keeps its Optuna state and value.
 
     Args:
         experiment_id: the study's experiment.
@@ -485,11 +486,13 @@ class MlflowTrialTracker:
         t0 = time.perf_counter()
         self._slots.acquire()  # back-pressure: at most max_pending records queued
         if not self.background or progress.interrupted:
+            # A record that cannot be written is logged and reported when the search ends; it
+            # does not turn a trial that trained to the end into a failed one.
             try:
                 if self.inline:
-                    self._record(progress)
+                    self._record_logged(progress)
                 else:
-                    self._executor.submit(self._record, progress).result()  # errors surface
+                    self._executor.submit(self._record_logged, progress).result()
             finally:
                 with self._stats_lock:
                     self._waited(progress, time.perf_counter() - t0)

@@ -331,18 +331,7 @@ def log_model(
 
     from pipeline.models import model_metadata, package_model
 
-    model_id = None
-    if run_id is not None:
-        # MLflow files a model logged to a named (not active) run under the process's current
-        # experiment, where `runs:/<run>/model` does not find it: create it in the run's own.
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient()
-        if experiment_id is None:
-            experiment_id = client.get_run(run_id).info.experiment_id
-        model_id = client.create_logged_model(
-            experiment_id, name=name, source_run_id=run_id, params=params
-        ).model_id
+    named_run = run_id is not None
     run_id = _active_run_id(run_id)
     packaged = package_model(copy.deepcopy(net).cpu(), meta)
     if example is None:
@@ -355,6 +344,19 @@ def log_model(
     with torch.no_grad():
         output = packaged(torch.from_numpy(example)).numpy()
     signature = infer_signature(example, output)
+    model_id = None
+    if named_run:
+        # MLflow files a model logged to a named (not active) run under the process's current
+        # experiment, where `runs:/<run>/model` does not find it: create it in the run's own.
+        # (From here on MLflow marks the model FAILED if logging it fails.)
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        if experiment_id is None:
+            experiment_id = client.get_run(run_id).info.experiment_id
+        model_id = client.create_logged_model(
+            experiment_id, name=name, source_run_id=run_id, params=params
+        ).model_id
     with _quiet():
         info = mlflow.pytorch.log_model(
             packaged,

@@ -208,6 +208,40 @@ def test_interrupt_then_resume_adds_trials_without_duplicates(
     assert report(proj)["n_trials"] == 4
 
 
+def test_a_trial_whose_record_fails_keeps_its_result(
+    proj: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow failing to store a model loses neither the trial nor the rest of its record."""
+    from pipeline import tracking
+    from pipeline.search import SearchOptions, run_search
+
+    original = tracking.log_model
+    broken: list[str] = []
+
+    def log_model(*args: Any, **kwargs: Any) -> Any:
+        if not broken:  # the first trial's model
+            broken.append(kwargs["run_id"])
+            raise OSError("No space left on device")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "log_model", log_model)
+    with pytest.raises(RuntimeError, match=r"MLflow runs of trial\(s\) \[0\] could not"):
+        run_search(SearchOptions(study="tiny", params_path=proj / "params.yaml", n_trials=3))
+
+    trials = load_study(proj).trials
+    assert len(trials) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    assert trials[0].user_attrs["mlflow_run_id"] == broken[0]
+    client, _, children = mlflow_runs(proj)
+    by_run = {r.info.run_id: r for r in children}
+    run = by_run[broken[0]]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["optuna.state"] == trials[0].state.name
+    assert client.get_metric_history(broken[0], "val/loss")  # metrics written before the error
+    assert "curves.png" in {a.path for a in client.list_artifacts(broken[0])}
+    assert all(by_run[t.user_attrs["mlflow_run_id"]].info.status in ("FINISHED", "KILLED")
+               for t in trials[1:])
+
+
 @pytest.mark.parametrize("background", [False, True])
 def test_parallel_threads_log_every_trial_once(proj: Path, background: bool) -> None:
     from pipeline.search import SearchOptions, run_search
