@@ -467,10 +467,9 @@ class MlflowTrialTracker:
 
         assert progress.run_id is not None and progress.params is not None
         t0 = time.perf_counter()
-        flat = progress.params.flat()
         self.client.log_batch(
             progress.run_id,
-            params=[Param(k, _param_str(v)) for k, v in flat.items()],
+            params=[Param(k, v) for k, v in _run_params(progress.params).items()],
             synchronous=True,
         )
         self._add(progress, time.perf_counter() - t0, blocking=True)
@@ -568,11 +567,7 @@ class MlflowTrialTracker:
             model_id, model_error = None, None
             if self.log_models and best is not None and progress.state in ("COMPLETE", "PRUNED"):
                 try:
-                    flat = progress.params.flat() if progress.params is not None else {}
-                    model_id = self._log_model(
-                        run_id, progress.trainers[best],
-                        {k: _param_str(v) for k, v in flat.items()},
-                    )
+                    model_id = self._log_model(run_id, progress, best)
                 except Exception as exc:  # still write the metrics, then report it
                     model_error = exc
             metrics += [
@@ -601,13 +596,14 @@ class MlflowTrialTracker:
             self._add(progress, progress.record_s, blocking=False)
         self.client.set_terminated(run_id, status=status)
 
-    def _log_model(self, run_id: str, trainer: Trainer, params: dict[str, str]) -> str | None:
-        """Log the trainer's model to the trial's run; returns MLflow's model id."""
+    def _log_model(self, run_id: str, progress: TrialProgress, fold: int) -> str | None:
+        """Log fold ``fold``'s model to the trial's run; returns MLflow's model id."""
         from pipeline import tracking
 
         info = tracking.log_model(
-            trainer.model, self.meta, example=self.example, validate=False, run_id=run_id,
-            experiment_id=self.experiment_id, params=params,
+            progress.trainers[fold].model, self.meta, example=self.example, validate=False,
+            run_id=run_id, experiment_id=self.experiment_id,
+            params=_run_params(progress.params) if progress.params is not None else {},
         )
         return info.model_id
 
@@ -649,6 +645,11 @@ def _history_metrics(rows: Sequence[dict[str, float]], now: int, prefix: str = "
         for key, value in row.items()
         if key != "epoch" and isinstance(value, int | float) and math.isfinite(value)
     ]
+
+
+def _run_params(params: Params) -> dict[str, str]:
+    """Every resolved param as MLflow stores it (on the trial's run and on its model)."""
+    return {k: _param_str(v) for k, v in params.flat().items()}
 
 
 def _param_str(value: Any) -> str:
