@@ -92,7 +92,7 @@ def tracked(
 ) -> dict:
     import optuna
 
-    from pipeline.storage import StorageChoice, open_storage
+    from pipeline.study.storage import StorageChoice, open_storage
 
     result = run_search(SearchOptions(
         study=study, params_path=project / "params.yaml", n_trials=n_trials, timeout_s=1e9,
@@ -131,10 +131,10 @@ def untracked(project: Path, study_name: str, n_trials: int | None) -> dict[str,
     import optuna
 
     from pipeline.data.cache import load_cache
-    from pipeline.objective import Objective
-    from pipeline.runtime import resolve_device
-    from pipeline.space import load_study, make_pruner, make_sampler
-    from pipeline.storage import StorageChoice, open_storage
+    from pipeline.study.objective import Objective
+    from pipeline.training.runtime import resolve_device
+    from pipeline.study.spec import load_study, make_pruner, make_sampler
+    from pipeline.study.storage import StorageChoice, open_storage
 
     params = load_params(project / "params.yaml")
     spec = load_study(study_name, project / "studies", params)

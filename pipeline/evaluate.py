@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 
 from pipeline import cli
-from pipeline import metrics as M
+from pipeline.registry import metrics as M
 from pipeline.atomic import write_bytes_atomic
 from pipeline.config import Params, load_params
 from pipeline.data.cache import Cache, CacheMeta
 from pipeline.errors import UserError
-from pipeline.registry import quiet_downloads
+from pipeline.registry.gate import quiet_downloads
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,8 @@ def evaluate(
     params: Params, *, dataset: str | None = None, model_uri: str | None = None
 ) -> Evaluation:
     """Score the model on the dataset's test split and write metrics and plots."""
-    from pipeline import registry, tracking
+    from pipeline.registry import gate as registry
+    from pipeline.tracking import runs as tracking
     from pipeline.data.cache import load_cache
 
     entry = params.dataset_entry(dataset)
@@ -219,7 +220,7 @@ def _registry_version(name: str, uri: str) -> str | None:
     """The registry version behind ``uri`` (an alias or a version of ``name``), if any."""
     from mlflow import MlflowClient
 
-    from pipeline import registry
+    from pipeline.registry import gate as registry
 
     prefix = f"models:/{name}"
     if uri.startswith(prefix + "@"):
@@ -246,7 +247,8 @@ def champion_summary(params: Params, dataset: str | None = None) -> str:
     """
     from mlflow import MlflowClient
 
-    from pipeline import registry, tracking
+    from pipeline.registry import gate as registry
+    from pipeline.tracking import runs as tracking
 
     entry = params.dataset_entry(dataset)
     uri = tracking.configure(params)

@@ -32,7 +32,7 @@ import numpy as np
 
 from pipeline import cli
 from pipeline.errors import UserError
-from pipeline.registry import quiet_downloads
+from pipeline.registry.gate import quiet_downloads
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def predict_images(
     model: Any, spec: ModelSpec, files: list[Path], *, batch_size: int, out: TextIO
 ) -> int:
     """Decode, predict and print ``file label probability`` per image, a batch at a time."""
-    from pipeline import registry
+    from pipeline.registry import gate as registry
     from pipeline.data.readers import decode_image
 
     channels, height, width = spec.input_shape
@@ -147,7 +147,7 @@ def predict_tables(
     model: Any, spec: ModelSpec, files: list[Path], *, batch_size: int, out: TextIO
 ) -> int:
     """Read the feature columns by name, predict, print ``row prediction`` per row."""
-    from pipeline import registry
+    from pipeline.registry import gate as registry
     from pipeline.data.readers import read_csv_table
 
     n = 0
@@ -171,7 +171,7 @@ def run_predict(
     model_uri: str, inputs: list[str], *, batch_size: int = DEFAULT_BATCH, out: TextIO
 ) -> int:
     """Predict every input with the model at ``model_uri``; returns the number of items."""
-    from pipeline import registry
+    from pipeline.registry import gate as registry
 
     if batch_size < 1:
         raise UserError(f"--batch-size: expected a positive integer, got {batch_size}")
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         params_path = Path(args.params)
         if params_path.is_file():
-            from pipeline import tracking
+            from pipeline.tracking import runs as tracking
             from pipeline.config import load_params
 
             tracking.configure(load_params(params_path))

@@ -11,7 +11,7 @@ rerunning with the same best trial registers nothing new), its tags, the ``champ
 
 ``--force`` moves ``champion`` to the candidate even when it does not beat the current champion
 (a human decision, recorded in the version's ``forced`` / ``forced_by`` tags).
-See :mod:`pipeline.registry` for the gate's rules.
+See :mod:`pipeline.registry.gate` for the gate's rules.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pipeline import cli
 from pipeline.atomic import write_json_atomic
 from pipeline.config import Params, load_params
 from pipeline.errors import UserError
-from pipeline.registry import CHAMPION, Candidate, Decision, alias_uri, quiet_downloads
+from pipeline.registry.gate import CHAMPION, Candidate, Decision, alias_uri, quiet_downloads
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def study_report_path(params: Params, study: str, dataset: str | None) -> Path:
 
 def display_uri(uri: str, root: Path) -> str:
     """The tracking URI for the record: secrets redacted, the project root left out."""
-    from pipeline import tracking
+    from pipeline.tracking import runs as tracking
 
     return tracking.redact(uri).replace(f"{root.resolve()}/", "")
 
@@ -166,7 +166,8 @@ def run_promote(
     """Promote ``study``'s best trial; write and return the decision record."""
     from mlflow import MlflowClient
 
-    from pipeline import registry, tracking
+    from pipeline.registry import gate as registry
+    from pipeline.tracking import runs as tracking
     from pipeline.data.cache import load_cache
 
     path = study_report_path(params, study, dataset)

@@ -40,8 +40,8 @@ from pipeline import cli
 from pipeline.atomic import write_json_atomic
 from pipeline.config import PARAMS_FILE, Params, load_params
 from pipeline.errors import UserError
-from pipeline.space import STUDIES_DIR, StudySpec, list_studies, load_study
-from pipeline.storage import StorageChoice, open_storage, resolve_storage
+from pipeline.study.spec import STUDIES_DIR, StudySpec, list_studies, load_study
+from pipeline.study.storage import StorageChoice, open_storage, resolve_storage
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ def run_search(options: SearchOptions) -> SearchResult:
     import optuna
     import torch
 
-    from pipeline import runtime, tracking
+    from pipeline.training import runtime
+    from pipeline.tracking import runs as tracking
     from pipeline.data.cache import load_cache
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
@@ -175,7 +176,7 @@ def _tracking_location(params: Params, *, dry_run: bool) -> Iterator[Params]:
     if not dry_run:
         yield params
         return
-    from pipeline.tracking import ENV_URI
+    from pipeline.tracking.runs import ENV_URI
 
     saved = os.environ.pop(ENV_URI, None)  # a dry run never writes to the real store
     try:
@@ -195,7 +196,7 @@ def _tracking_location(params: Params, *, dry_run: bool) -> Iterator[Params]:
 def _create_study(spec: StudySpec, name: str, storage: Any, *, seed: int) -> Any:
     import optuna
 
-    from pipeline.space import make_pruner, make_sampler
+    from pipeline.study.spec import make_pruner, make_sampler
 
     study = optuna.create_study(
         study_name=name,
@@ -261,8 +262,8 @@ def _optimize(
 ) -> SearchResult:
     from mlflow.tracking import MlflowClient
 
-    from pipeline import tracking
-    from pipeline.objective import MlflowTrialTracker, Objective
+    from pipeline.tracking import runs as tracking
+    from pipeline.study.objective import MlflowTrialTracker, Objective
 
     client = MlflowClient()
     meta = cache.meta
@@ -696,7 +697,7 @@ def _print_summary(result: SearchResult, out: Any) -> None:
 
 
 def _redact(url: str) -> str:
-    from pipeline.tracking import redact
+    from pipeline.tracking.runs import redact
 
     return redact(url)
 

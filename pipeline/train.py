@@ -28,7 +28,7 @@ from pipeline.errors import UserError
 
 if TYPE_CHECKING:
     from pipeline.data.cache import CacheMeta
-    from pipeline.engine import Split, Trainer
+    from pipeline.training.engine import Split, Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def resolve_params(args: argparse.Namespace) -> tuple[Params, dict[str, Any], st
 
     Returns the params, the --from-run overrides (empty without it) and that run's fingerprint.
     """
-    from pipeline import tracking
+    from pipeline.tracking import runs as tracking
 
     base = load_params(args.params)
     dataset = args.dataset
@@ -143,13 +143,13 @@ def train(args: argparse.Namespace) -> int:
     import mlflow
     from tqdm.auto import tqdm
 
-    from pipeline import tracking
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.tracking import runs as tracking
+    from pipeline.training.checkpoint import load_checkpoint
     from pipeline.data.cache import load_cache
     from pipeline.data.splits import holdout_split
-    from pipeline.engine import Trainer, TrainingDiverged, fit, make_split
-    from pipeline.models import build_model
-    from pipeline.runtime import resolve_device, set_seed
+    from pipeline.training.engine import Trainer, TrainingDiverged, fit, make_split
+    from pipeline.training.models import build_model
+    from pipeline.training.runtime import resolve_device, set_seed
 
     params, from_run, run_fingerprint = resolve_params(args)
     name = params.dataset
@@ -289,7 +289,7 @@ def _resumable_run(ckpt_dir: Path, exp_id: str) -> str | None:
 
 def _summary(name: str, trainer: Trainer, best: dict[str, float], run_id: str, exp_id: str,
              uri: str, model_uri: str, baseline: dict[str, float]) -> str:
-    from pipeline.tracking import redact
+    from pipeline.tracking.runs import redact
 
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("val/"))
     reason = {"early_stopping": "early stopping", "max_epochs": "max epochs"}.get(

@@ -14,11 +14,12 @@ import pytest
 import torch
 import yaml
 
-from pipeline import evaluate, registry
+from pipeline import evaluate
+from pipeline.registry import gate as registry
 from pipeline.config import Params, load_params
 from pipeline.data.cache import Cache, load_cache
 from tests.conftest import REPO, SMALL, _deep_update, make_image_cache, make_tabular_cache
-from tests.test_registry import error_line, setup_store, train_and_log
+from tests.registry.test_gate import error_line, setup_store, train_and_log
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -59,7 +60,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 def _register_champion(w: World) -> str:
     from mlflow import MlflowClient
 
-    from pipeline import tracking
+    from pipeline.tracking import runs as tracking
 
     tracking.configure(w.params)
     client = MlflowClient()

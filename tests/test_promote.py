@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import promote, registry
+from pipeline import promote
+from pipeline.registry import gate as registry
 from pipeline.config import Params, load_params
 from pipeline.data.cache import load_cache
 from tests.conftest import REPO, SMALL, _deep_update, make_image_cache
-from tests.test_registry import error_line, setup_store, train_and_log, write_study_report
+from tests.registry.test_gate import error_line, setup_store, train_and_log, write_study_report
 
 
 @dataclass

@@ -13,11 +13,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import Params
-from pipeline.engine import Trainer
+from pipeline.training.engine import Trainer
 from pipeline.errors import UserError
 from pipeline.train import _param_value, main
 from tests.conftest import make_image_cache, make_tabular_cache
-from tests.test_tracking import empty_store_template
+from tests.tracking.test_runs import empty_store_template
 
 
 @pytest.fixture

@@ -35,8 +35,8 @@ from torch import nn
 from pipeline.config import TrainConfig
 from pipeline.data.cache import Cache, CacheMeta
 from pipeline.errors import UserError
-from pipeline.models import input_affine
-from pipeline.runtime import derive_seed
+from pipeline.training.models import input_affine
+from pipeline.training.runtime import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -545,7 +545,7 @@ def fit(
         checkpoint_meta: plain values stored with the checkpoint (e.g. the resolved params and
             data fingerprint); resuming from a checkpoint with different values is refused.
     """
-    from pipeline.checkpoint import load_checkpoint, save_checkpoint
+    from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 
     if resume and checkpoint is not None:
         if Path(checkpoint).is_file():

@@ -7,7 +7,7 @@ A trial draws its values from the study's space, lays them over the dataset's pa
 - **holdout** (``cv.folds: 0``, or ``auto`` on a large training part): one train/validation split
   of ``cv.holdout`` (default ``train.val_fraction``);
 - **k-fold** (``cv.folds: K``, or ``auto`` below ``search.cv_threshold`` samples): K stratified
-  folds (classification), one :class:`~pipeline.engine.Trainer` each, advanced in *lockstep*:
+  folds (classification), one :class:`~pipeline.training.engine.Trainer` each, advanced in *lockstep*:
   every epoch, each fold that is still training runs one epoch.
 
 After every epoch the trial reports ``metric`` averaged over the folds and asks the pruner.
@@ -41,10 +41,10 @@ import torch
 from pipeline.config import Params
 from pipeline.data.cache import Cache, CacheMeta
 from pipeline.data.splits import holdout_split, kfold_splits
-from pipeline.engine import Split, Trainer, make_split
-from pipeline.models import build_model
-from pipeline.runtime import derive_seed, set_seed
-from pipeline.space import StudySpec, check_metric_for_task, suggest
+from pipeline.training.engine import Split, Trainer, make_split
+from pipeline.training.models import build_model
+from pipeline.training.runtime import derive_seed, set_seed
+from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
 
 logger = logging.getLogger(__name__)
 
@@ -416,7 +416,7 @@ class MlflowTrialTracker:
         self.inline = inline
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
         if log_models and not inline:
-            from pipeline.tracking import warm_up_export
+            from pipeline.tracking.runs import warm_up_export
 
             # torch.export's first call costs ~1.4 s; take it while the first trial trains.
             self._executor.submit(warm_up_export)
@@ -527,7 +527,7 @@ class MlflowTrialTracker:
         """Metrics, tags, curves, model and final status of one trial's run (logging thread)."""
         from mlflow.entities import Metric, Param, RunTag
 
-        from pipeline import tracking
+        from pipeline.tracking import runs as tracking
 
         run_id = progress.run_id
         assert run_id is not None
@@ -598,7 +598,7 @@ class MlflowTrialTracker:
 
     def _log_model(self, run_id: str, progress: TrialProgress, fold: int) -> str | None:
         """Log fold ``fold``'s model to the trial's run; returns MLflow's model id."""
-        from pipeline import tracking
+        from pipeline.tracking import runs as tracking
 
         info = tracking.log_model(
             progress.trainers[fold].model, self.meta, example=self.example, validate=False,

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import metrics as M
-from pipeline import registry
+from pipeline.registry import metrics as M
+from pipeline.registry import gate as registry
 from pipeline.config import Params
 from pipeline.data.cache import Cache, load_cache
 from pipeline.errors import UserError
@@ -37,7 +37,10 @@ def train_and_log(
     import mlflow
     import torch
 
-    from pipeline import engine, models, runtime, tracking
+    from pipeline.training import engine
+    from pipeline.training import models
+    from pipeline.training import runtime
+    from pipeline.tracking import runs as tracking
 
     p = params.with_overrides(
         {"train.lr": lr, "train.max_epochs": epochs, "train.lr_schedule.enabled": False}
@@ -89,7 +92,7 @@ def error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 def setup_store(params: Params, name: str = "tests") -> str:
     """Point MLflow at the project's store and return an experiment id."""
-    from pipeline import tracking
+    from pipeline.tracking import runs as tracking
 
     tracking.configure(params)
     return tracking.experiment(name, params)

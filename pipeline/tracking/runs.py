@@ -237,7 +237,7 @@ def log_curves(history: Sequence[dict[str, Any]], name: str = "curves.png", *,
     """Draw the history and attach it to the run; returns the artifact path."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.plots import plot_history
+    from pipeline.tracking.plots import plot_history
 
     run_id = _active_run_id(run_id)
     with tempfile.TemporaryDirectory() as tmp:
@@ -329,7 +329,7 @@ def log_model(
     import torch
     from mlflow.models import infer_signature
 
-    from pipeline.models import model_metadata, package_model
+    from pipeline.training.models import model_metadata, package_model
 
     named_run = run_id is not None
     run_id = _active_run_id(run_id)

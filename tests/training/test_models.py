@@ -12,7 +12,7 @@ from torch import nn
 from pipeline.config import ModelConfig
 from pipeline.data.cache import CacheMeta
 from pipeline.errors import UserError
-from pipeline.models import (
+from pipeline.training.models import (
     PackagedModel,
     build_model,
     hidden_widths,

@@ -17,7 +17,7 @@ from torch import nn
 from pipeline.config import EarlyStoppingConfig, LrScheduleConfig, ModelConfig, TrainConfig
 from pipeline.data.cache import CacheMeta, load_cache
 from pipeline.data.splits import holdout_split
-from pipeline.engine import (
+from pipeline.training.engine import (
     Split,
     Trainer,
     TrainingDiverged,
@@ -27,7 +27,7 @@ from pipeline.engine import (
     make_split,
     onednn_linear_available,
 )
-from pipeline.models import build_model, package_model
+from pipeline.training.models import build_model, package_model
 
 CPU = torch.device("cpu")
 SMALL_MODEL = ModelConfig(hidden_layers=1, width=16)
@@ -330,12 +330,12 @@ def test_fast_and_default_linear_train_alike(images: tuple[Split, CacheMeta]) ->
 
 
 # --------------------------------------------------------------------------------------------
-# pipeline.runtime
+# pipeline.training.runtime
 # --------------------------------------------------------------------------------------------
 def test_set_seed_repeats_every_generator() -> None:
     import random
 
-    from pipeline.runtime import set_seed
+    from pipeline.training.runtime import set_seed
 
     def draw() -> tuple[float, float, float]:
         return random.random(), float(np.random.rand()), float(torch.rand(1))
@@ -347,7 +347,7 @@ def test_set_seed_repeats_every_generator() -> None:
 
 
 def test_derive_seed_is_stable_and_distinct() -> None:
-    from pipeline.runtime import derive_seed
+    from pipeline.training.runtime import derive_seed
 
     assert derive_seed(42, 3) == derive_seed(42, 3)
     seeds = {derive_seed(42, t, f) for t in range(20) for f in range(5)}
@@ -358,7 +358,7 @@ def test_derive_seed_is_stable_and_distinct() -> None:
 
 def test_resolve_device() -> None:
     from pipeline.errors import UserError
-    from pipeline.runtime import resolve_device
+    from pipeline.training.runtime import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else None

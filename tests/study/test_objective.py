@@ -12,11 +12,11 @@ import numpy as np
 import optuna
 import pytest
 
-from pipeline import engine
+from pipeline.training import engine
 from pipeline.config import Params
 from pipeline.data.cache import load_cache
-from pipeline.objective import Objective, TrialProgress, plan_folds
-from pipeline.space import parse_study
+from pipeline.study.objective import Objective, TrialProgress, plan_folds
+from pipeline.study.spec import parse_study
 from tests.conftest import make_image_cache, make_tabular_cache
 
 
@@ -228,7 +228,7 @@ def test_regression_with_folds_and_another_metric(params: Params, table) -> None
 def test_stop_event_interrupts_the_running_trial(params: Params, images) -> None:
     import threading
 
-    from pipeline.objective import TrialInterrupted
+    from pipeline.study.objective import TrialInterrupted
 
     stop = threading.Event()
     stop.set()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import metrics as M
+from pipeline.registry import metrics as M
 from pipeline.errors import UserError
 
 if TYPE_CHECKING:

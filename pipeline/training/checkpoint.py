@@ -19,7 +19,7 @@ from pipeline.atomic import atomic_open
 from pipeline.errors import UserError
 
 if TYPE_CHECKING:
-    from pipeline.engine import Trainer
+    from pipeline.training.engine import Trainer
 
 logger = logging.getLogger(__name__)
 

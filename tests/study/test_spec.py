@@ -11,7 +11,7 @@ import yaml
 
 from pipeline.config import Params
 from pipeline.errors import UserError
-from pipeline.space import (
+from pipeline.study.spec import (
     CvSpec,
     ParamSpace,
     check_metric_for_task,
@@ -23,7 +23,7 @@ from pipeline.space import (
     suggest,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = ("capacity", "optimizer", "regularization", "full")
 
 

@@ -441,7 +441,7 @@ _SEARCHABLE = ("model.", "train.", "seed")
 
 def _parse_param(name: str, raw: Any, where: _Where) -> ParamSpace:
     at = where("space", name)
-    from pipeline.config import _all_dotted_fields  # the list of settable keys
+    from pipeline.config.params import _all_dotted_fields  # the list of settable keys
 
     searchable = [k for k in _all_dotted_fields() if k.startswith(_SEARCHABLE)]
     if not has_dotted_field(name):

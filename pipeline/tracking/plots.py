@@ -77,7 +77,7 @@ def plot_history(history: Sequence[dict[str, Any]], path: Path, *, title: str = 
     """Draw ``train/loss`` vs ``val/loss`` and ``val/accuracy`` (or ``val/mae``/``val/rmse``).
 
     Args:
-        history: the rows :func:`pipeline.engine.fit` returned.
+        history: the rows :func:`pipeline.training.engine.fit` returned.
         path: the PNG to write (folders are created).
         title: an optional figure title (e.g. the run name).
     """

@@ -15,7 +15,7 @@ from pipeline.config import (
 )
 from pipeline.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, raw: dict) -> Path:

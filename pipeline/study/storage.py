@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.errors import UserError
-from pipeline.tracking import redact
+from pipeline.tracking.runs import redact
 
 logger = logging.getLogger(__name__)
 

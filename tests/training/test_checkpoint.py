@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.data.cache import CacheMeta, load_cache
-from pipeline.engine import Trainer, make_split
+from pipeline.training.engine import Trainer, make_split
 from pipeline.errors import UserError
-from pipeline.models import build_model
+from pipeline.training.models import build_model
 
 
 @pytest.fixture
