@@ -30,12 +30,13 @@ from typing import Any
 import numpy as np
 
 from pipeline import cli
-from pipeline.registry import metrics as M
 from pipeline.atomic import write_bytes_atomic
 from pipeline.config import Params, load_params
 from pipeline.data.cache import Cache, CacheMeta
 from pipeline.errors import UserError
+from pipeline.registry import metrics as M
 from pipeline.registry.gate import quiet_downloads
+from pipeline.secrets import redact
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +161,9 @@ def evaluate(
     params: Params, *, dataset: str | None = None, model_uri: str | None = None
 ) -> Evaluation:
     """Score the model on the dataset's test split and write metrics and plots."""
+    from pipeline.data.cache import load_cache
     from pipeline.registry import gate as registry
     from pipeline.tracking import runs as tracking
-    from pipeline.data.cache import load_cache
 
     entry = params.dataset_entry(dataset)
     cache: Cache = load_cache(params.cache_dir(entry.name))
@@ -275,7 +276,7 @@ def champion_summary(params: Params, dataset: str | None = None) -> str:
         flag = "" if entry.name == params.dataset else f" --dataset {entry.name}"
         lines.append(f"test metrics: {path.name} is not for v{found.version}; run "
                      f"`python -m pipeline.evaluate{flag}`")
-    shown = tracking.redact(uri).replace(f"{params.root.resolve()}/", "")
+    shown = redact(uri).replace(f"{params.root.resolve()}/", "")
     lines.append(f"serve it: MLFLOW_TRACKING_URI={shown} mlflow models serve -m {alias} "
                  "--env-manager local --host 127.0.0.1 -p 5001")
     lines.append("MLflow UI: make ui, then open http://127.0.0.1:5000 (Models tab: "

@@ -125,8 +125,8 @@ def predict_images(
     model: Any, spec: ModelSpec, files: list[Path], *, batch_size: int, out: TextIO
 ) -> int:
     """Decode, predict and print ``file label probability`` per image, a batch at a time."""
-    from pipeline.registry import gate as registry
     from pipeline.data.readers import decode_image
+    from pipeline.registry import gate as registry
 
     channels, height, width = spec.input_shape
     n = 0
@@ -147,8 +147,8 @@ def predict_tables(
     model: Any, spec: ModelSpec, files: list[Path], *, batch_size: int, out: TextIO
 ) -> int:
     """Read the feature columns by name, predict, print ``row prediction`` per row."""
-    from pipeline.registry import gate as registry
     from pipeline.data.readers import read_csv_table
+    from pipeline.registry import gate as registry
 
     n = 0
     for path in files:
@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         params_path = Path(args.params)
         if params_path.is_file():
-            from pipeline.tracking import runs as tracking
             from pipeline.config import load_params
+            from pipeline.tracking import runs as tracking
 
             tracking.configure(load_params(params_path))
         elif args.params != "params.yaml":

@@ -27,6 +27,7 @@ from pipeline.atomic import write_json_atomic
 from pipeline.config import Params, load_params
 from pipeline.errors import UserError
 from pipeline.registry.gate import CHAMPION, Candidate, Decision, alias_uri, quiet_downloads
+from pipeline.secrets import redact
 
 logger = logging.getLogger(__name__)
 
@@ -150,9 +151,8 @@ def study_report_path(params: Params, study: str, dataset: str | None) -> Path:
 
 def display_uri(uri: str, root: Path) -> str:
     """The tracking URI for the record: secrets redacted, the project root left out."""
-    from pipeline.tracking import runs as tracking
 
-    return tracking.redact(uri).replace(f"{root.resolve()}/", "")
+    return redact(uri).replace(f"{root.resolve()}/", "")
 
 
 def run_promote(
@@ -166,9 +166,9 @@ def run_promote(
     """Promote ``study``'s best trial; write and return the decision record."""
     from mlflow import MlflowClient
 
+    from pipeline.data.cache import load_cache
     from pipeline.registry import gate as registry
     from pipeline.tracking import runs as tracking
-    from pipeline.data.cache import load_cache
 
     path = study_report_path(params, study, dataset)
     candidate = candidate_from_report(read_study_report(path, study), study)

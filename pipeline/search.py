@@ -108,9 +108,9 @@ def run_search(options: SearchOptions) -> SearchResult:
     import optuna
     import torch
 
-    from pipeline.training import runtime
-    from pipeline.tracking import runs as tracking
     from pipeline.data.cache import load_cache
+    from pipeline.tracking import runs as tracking
+    from pipeline.training import runtime
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     params = load_params(options.params_path)
@@ -262,8 +262,8 @@ def _optimize(
 ) -> SearchResult:
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import runs as tracking
     from pipeline.study.objective import MlflowTrialTracker, Objective
+    from pipeline.tracking import runs as tracking
 
     client = MlflowClient()
     meta = cache.meta
@@ -697,7 +697,7 @@ def _print_summary(result: SearchResult, out: Any) -> None:
 
 
 def _redact(url: str) -> str:
-    from pipeline.tracking.runs import redact
+    from pipeline.secrets import redact
 
     return redact(url)
 

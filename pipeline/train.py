@@ -143,10 +143,10 @@ def train(args: argparse.Namespace) -> int:
     import mlflow
     from tqdm.auto import tqdm
 
-    from pipeline.tracking import runs as tracking
-    from pipeline.training.checkpoint import load_checkpoint
     from pipeline.data.cache import load_cache
     from pipeline.data.splits import holdout_split
+    from pipeline.tracking import runs as tracking
+    from pipeline.training.checkpoint import load_checkpoint
     from pipeline.training.engine import Trainer, TrainingDiverged, fit, make_split
     from pipeline.training.models import build_model
     from pipeline.training.runtime import resolve_device, set_seed
@@ -289,7 +289,7 @@ def _resumable_run(ckpt_dir: Path, exp_id: str) -> str | None:
 
 def _summary(name: str, trainer: Trainer, best: dict[str, float], run_id: str, exp_id: str,
              uri: str, model_uri: str, baseline: dict[str, float]) -> str:
-    from pipeline.tracking.runs import redact
+    from pipeline.secrets import redact
 
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("val/"))
     reason = {"early_stopping": "early stopping", "max_epochs": "max epochs"}.get(

@@ -21,6 +21,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.secrets import has_password
 
 PARAMS_FILE = "params.yaml"
 
@@ -553,7 +554,7 @@ def parse_params(raw: Mapping[str, Any], *, root: Path, source: str = PARAMS_FIL
             + _suggest(dataset, datasets)
         )
     storage = kwargs["search"].storage
-    if storage and _has_password(storage):
+    if storage and has_password(storage):
         raise UserError(
             f"{source}: search.storage: the URL holds a password, and this file is committed "
             "(DVC also copies it into dvc.lock); expected a URL without one - put the full URL "
@@ -573,16 +574,6 @@ def parse_params(raw: Mapping[str, Any], *, root: Path, source: str = PARAMS_FIL
         datasets=datasets,
         **kwargs,
     )
-
-
-def _has_password(url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return bool(parts.password) or "password=" in parts.query.lower()
 
 
 def _display_path(path: Path) -> str:

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.registry import metrics as M
 from pipeline.errors import UserError
+from pipeline.registry import metrics as M
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

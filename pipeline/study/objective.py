@@ -41,10 +41,10 @@ import torch
 from pipeline.config import Params
 from pipeline.data.cache import Cache, CacheMeta
 from pipeline.data.splits import holdout_split, kfold_splits
+from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
 from pipeline.training.engine import Split, Trainer, make_split
 from pipeline.training.models import build_model
 from pipeline.training.runtime import derive_seed, set_seed
-from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
 
 logger = logging.getLogger(__name__)
 
@@ -535,10 +535,11 @@ class MlflowTrialTracker:
         t0 = time.perf_counter()
         try:
             now = int(time.time() * 1000)
-            metrics = _history_metrics(progress.history, now)
+            metrics = tracking.history_metrics(progress.history, timestamp_ms=now)
             if len(progress.trainers) > 1:
                 for i, t in enumerate(progress.trainers):
-                    metrics += _history_metrics(t.history, now, prefix=f"fold{i}/")
+                    metrics += tracking.history_metrics(
+                        t.history, timestamp_ms=now, prefix=f"fold{i}/")
             tags = {
                 "optuna.state": progress.state,
                 "pipeline.epochs": str(progress.epochs),
@@ -574,9 +575,9 @@ class MlflowTrialTracker:
                 Metric(k, v, now, 0, model_id=model_id) for k, v in self._summary(progress).items()
             ]
             # One request for tags, params and the first 1000 metrics (MLflow's batch limit).
-            for i in range(0, max(1, len(metrics)), _BATCH):
+            for i in range(0, max(1, len(metrics)), tracking.BATCH_LIMIT):
                 self.client.log_batch(
-                    run_id, metrics=metrics[i : i + _BATCH], params=params if i == 0 else [],
+                    run_id, metrics=metrics[i : i + tracking.BATCH_LIMIT], params=params if i == 0 else [],
                     tags=run_tags if i == 0 else [], synchronous=True,
                 )
             if progress.history and not progress.interrupted:
@@ -630,21 +631,6 @@ class MlflowTrialTracker:
         out["fold_epochs"] = float(progress.fold_epochs)
         out["train_s"] = float(progress.train_s)
         return {k: v for k, v in out.items() if math.isfinite(v)}
-
-
-_BATCH = 1000  # MLflow's limit on metrics per log_batch
-
-
-def _history_metrics(rows: Sequence[dict[str, float]], now: int, prefix: str = "") -> list[Any]:
-    """Every per-epoch value (all keys but ``epoch``) as a metric with ``step=epoch``."""
-    from mlflow.entities import Metric
-
-    return [
-        Metric(f"{prefix}{key}", float(value), now, int(row["epoch"]))
-        for row in rows
-        for key, value in row.items()
-        if key != "epoch" and isinstance(value, int | float) and math.isfinite(value)
-    ]
 
 
 def _run_params(params: Params) -> dict[str, str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.errors import UserError
-from pipeline.tracking.runs import redact
+from pipeline.secrets import redact, redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -133,17 +133,3 @@ def open_storage(choice: StorageChoice) -> Any:
             f"{choice.origin}: cannot open Optuna storage {choice.display()}: "
             f"{redact_text(first, choice.target)}"
         ) from None
-
-
-def redact_text(text: str, url: str) -> str:
-    """``text`` with the password of ``url`` (if any) replaced by ``***`` wherever it appears."""
-    from urllib.parse import unquote, urlsplit
-
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-    if password:
-        for form in {password, unquote(password)}:
-            text = text.replace(form, "***")
-    return text.replace(url, redact(url))

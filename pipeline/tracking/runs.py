@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import math
 import os
-import re
 import subprocess
 import tempfile
 import time
@@ -24,8 +24,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 
 from pipeline.data.cache import CacheMeta
+from pipeline.secrets import redact
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
@@ -37,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 _LOCAL_SCHEMES = ("sqlite", "file", "")
-_BATCH_LIMIT = 1000  # MLflow's log_batch limit on metrics per call
+BATCH_LIMIT = 1000  # MLflow's log_batch limit on metrics per call
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,24 +145,6 @@ def experiment(name: str, params: Params) -> str:
     return str(exp_id)
 
 
-_SECRET_QUERY = re.compile(r"(?i)((?:password|passwd|pwd|token|secret|key)=)[^&]*")
-
-
-def redact(url: str) -> str:
-    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db``; ?password= too."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    out = url
-    if parts.password:
-        netloc = parts.netloc
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        out = out.replace(netloc, f"{user}:***@{hostinfo}", 1)
-    return _SECRET_QUERY.sub(r"\1***", out)
-
-
 # --------------------------------------------------------------------------------------------
 # Tags
 # --------------------------------------------------------------------------------------------
@@ -210,26 +195,35 @@ def _active_run_id(run_id: str | None) -> str:
     return run.info.run_id
 
 
-def log_history(history: Sequence[dict[str, Any]], *, run_id: str | None = None,
-                prefix: str = "") -> None:
+def history_metrics(
+    history: Sequence[dict[str, Any]], *, timestamp_ms: int, prefix: str = ""
+) -> list[Metric]:
     """Every per-epoch value (all keys but ``epoch``) as a metric with ``step=epoch``.
 
-    One ``log_batch`` call (per 1000 values), not one request per metric.
+    The one rule for turning a history into MLflow metrics: non-finite values (a diverged
+    epoch's NaN) are left out, since MLflow's charts cannot draw them.
     """
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    run_id = _active_run_id(run_id)
-    now = int(time.time() * 1000)
-    metrics = [
-        Metric(key=f"{prefix}{key}", value=float(value), timestamp=now, step=int(row["epoch"]))
+    return [
+        Metric(f"{prefix}{key}", float(value), timestamp_ms, int(row["epoch"]))
         for row in history
         for key, value in row.items()
-        if key != "epoch" and isinstance(value, int | float)
+        if key != "epoch" and isinstance(value, int | float) and math.isfinite(value)
     ]
+
+
+def log_metrics(run_id: str, metrics: Sequence[Metric]) -> None:
+    """``metrics`` on the run, in as few ``log_batch`` calls as MLflow allows."""
     client = MlflowClient()
-    for start in range(0, len(metrics), _BATCH_LIMIT):
-        client.log_batch(run_id, metrics=metrics[start : start + _BATCH_LIMIT], synchronous=True)
+    for start in range(0, len(metrics), BATCH_LIMIT):
+        client.log_batch(run_id, metrics=list(metrics[start : start + BATCH_LIMIT]),
+                         synchronous=True)
+
+
+def log_history(history: Sequence[dict[str, Any]], *, run_id: str | None = None,
+                prefix: str = "") -> None:
+    """The history's metrics (:func:`history_metrics`) on the run."""
+    now = int(time.time() * 1000)
+    log_metrics(_active_run_id(run_id), history_metrics(history, timestamp_ms=now, prefix=prefix))
 
 
 def log_curves(history: Sequence[dict[str, Any]], name: str = "curves.png", *,
