@@ -68,16 +68,17 @@ def _absolute_uri(uri: str, root: Path) -> str:
     return uri
 
 
-def configure(params: Params) -> str:
+def configure(params: Params, *, ignore_env: bool = False) -> str:
     """Point MLflow at the tracking store and return its URI.
 
-    ``MLFLOW_TRACKING_URI`` wins; otherwise ``params.mlflow.tracking_uri`` with relative paths
-    resolved against the project root (folders are created).
+    ``MLFLOW_TRACKING_URI`` wins (unless ``ignore_env``: a dry run must never write to the
+    user's store); otherwise ``params.mlflow.tracking_uri`` with relative paths resolved
+    against the project root (folders are created).
     """
     import mlflow
 
     _quiet_mlflow()
-    env = os.environ.get(ENV_URI, "").strip()
+    env = "" if ignore_env else os.environ.get(ENV_URI, "").strip()
     uri = env or _absolute_uri(params.mlflow.tracking_uri, params.root)
     mlflow.set_tracking_uri(uri)
     logger.debug("MLflow tracking URI: %s", redact(uri))
