@@ -1,0 +1,231 @@
+"""The package's shape, checked: import direction, no cycles, exact DVC deps, small commands.
+
+Every import of ``pipeline`` code counts, wherever it sits (module top, inside a function, under
+``TYPE_CHECKING``): a lazy import still makes the stage's result depend on that file.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+PACKAGE = REPO / "pipeline"
+# Library packages from the bottom up: a package may import only those below it.
+LAYERS = {"config": 0, "data": 1, "training": 2, "tracking": 3, "study": 4, "registry": 4}
+# Small shared plumbing: importable by everyone, importing nothing of ours but errors.
+PLUMBING = {"cli", "errors", "atomic", "secrets"}
+# Third-party packages a library package must not import (the joins happen higher up).
+FORBIDDEN_THIRD_PARTY = {
+    "config": {"torch", "mlflow", "optuna"},
+    "data": {"mlflow", "optuna"},
+    "training": {"mlflow", "optuna"},
+    "tracking": {"optuna"},
+}
+MAX_COMMAND_LINES = 250
+MAX_FUNCTION_LINES = 60
+MAX_PARAMETERS = 8
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _resolve(dotted: str) -> str | None:
+    """The module a dotted name refers to (a module, or the package's ``__init__``)."""
+    while dotted:
+        if dotted in MODULES:
+            return dotted
+        dotted = dotted.rpartition(".")[0]
+    return None
+
+
+def _imports(path: Path) -> Iterator[tuple[str, int]]:
+    """Every imported name, fully dotted, with its line (``from a import b`` gives ``a.b``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                yield f"{node.module}.{alias.name}", node.lineno
+            yield node.module, node.lineno
+
+
+def _ours(module: str) -> set[str]:
+    found = set()
+    for name, _ in _imports(MODULES[module]):
+        if name == "pipeline" or name.startswith("pipeline."):
+            target = _resolve(name)
+            if target is not None and target != module:
+                found.add(target)
+    return found
+
+
+GRAPH = {module: _ours(module) for module in MODULES}
+
+
+def _ancestors(module: str) -> set[str]:
+    """The packages Python initialises before ``module`` (their ``__init__`` files)."""
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))}
+
+
+def _closure(start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        todo.extend(GRAPH[module] | _ancestors(module))
+    return seen
+
+
+def _area(module: str) -> str:
+    """``config``/``data``/… for a package module, else the top-level module's own name."""
+    return module.split(".")[1] if module.count(".") >= 1 else module
+
+
+def _is_command(module: str) -> bool:
+    return module.count(".") == 1 and _area(module) not in LAYERS | dict.fromkeys(PLUMBING)
+
+
+def _stage_deps() -> dict[str, tuple[str, set[str]]]:
+    """Stage name → (command module, the ``pipeline/`` files its ``deps:`` list)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    out = {}
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        words = body["cmd"].split()
+        module = words[words.index("-m") + 1]
+        deps = {d for d in body.get("deps", []) if str(d).startswith("pipeline/")}
+        out[name] = (module, deps)
+    return out
+
+
+@pytest.mark.parametrize("stage", sorted(_stage_deps()))
+def test_dvc_deps_are_exactly_the_code_each_stage_imports(stage: str) -> None:
+    module, listed = _stage_deps()[stage]
+    needed = {str(MODULES[m].relative_to(REPO)) for m in _closure(module)}
+    missing, extra = sorted(needed - listed), sorted(listed - needed)
+    assert not missing and not extra, (
+        f"dvc.yaml stage {stage!r}: add {missing} / remove {extra} "
+        "(a stale list makes `dvc repro` skip a stage whose code changed)"
+    )
+
+
+def test_no_import_cycles() -> None:
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    stack: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        stack.append(module)
+        for target in sorted(GRAPH[module]):
+            if state.get(target) == 1:
+                cycle = stack[stack.index(target):] + [target]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = 2
+
+    for module in sorted(GRAPH):
+        if module not in state:
+            visit(module)
+
+
+def test_imports_point_downward() -> None:
+    wrong = []
+    for module, targets in GRAPH.items():
+        area = _area(module)
+        for target in targets:
+            there = _area(target)
+            if there == area or target == "pipeline":
+                continue
+            if area in PLUMBING:
+                ok = there == "errors"
+            elif there in PLUMBING:
+                ok = True
+            elif _is_command(target):
+                ok = False  # nothing imports a command
+            elif _is_command(module):
+                ok = True
+            else:
+                ok = LAYERS[there] < LAYERS[area]
+            if not ok:
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, "upward or sideways imports:\n" + "\n".join(sorted(wrong))
+
+
+def test_library_packages_stay_out_of_other_layers_libraries() -> None:
+    wrong = []
+    for module, path in MODULES.items():
+        banned = FORBIDDEN_THIRD_PARTY.get(_area(module), set())
+        for name, line in _imports(path):
+            if name.split(".")[0] in banned:
+                wrong.append(f"{path.relative_to(REPO)}:{line}: imports {name}")
+    assert not wrong, "\n".join(sorted(set(wrong)))
+
+
+def _functions(tree: ast.AST) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            yield node
+
+
+def test_commands_are_small() -> None:
+    big = [
+        f"{MODULES[m].relative_to(REPO)}: {len(MODULES[m].read_text().splitlines())} lines"
+        for m in MODULES
+        if _is_command(m) and len(MODULES[m].read_text().splitlines()) > MAX_COMMAND_LINES
+    ]
+    assert not big, f"commands over {MAX_COMMAND_LINES} lines: {big}"
+
+
+def test_functions_are_short_and_take_few_parameters() -> None:
+    wrong = []
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        checked_length = _is_command(module) or _area(module) in ("study", "registry")
+        for fn in _functions(tree):
+            where = f"{path.relative_to(REPO)}:{fn.lineno} {fn.name}"
+            length = (fn.end_lineno or fn.lineno) - fn.lineno + 1
+            if checked_length and length > MAX_FUNCTION_LINES:
+                wrong.append(f"{where}: {length} lines")
+            args = fn.args
+            names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
+            names = [n for n in names if n not in ("self", "cls")]
+            if len(names) > MAX_PARAMETERS:
+                wrong.append(f"{where}: {len(names)} parameters")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_library_code_never_prints_or_exits() -> None:
+    wrong = []
+    for module, path in MODULES.items():
+        if _is_command(module) or _area(module) == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                fn = node.func
+                name = fn.id if isinstance(fn, ast.Name) else getattr(fn, "attr", "")
+                owner = getattr(getattr(fn, "value", None), "id", "")
+                if name == "print" or (owner == "sys" and name == "exit"):
+                    wrong.append(f"{path.relative_to(REPO)}:{node.lineno}: {owner or ''}{name}")
+    assert not wrong, "\n".join(wrong)
