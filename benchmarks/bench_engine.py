@@ -6,8 +6,8 @@ Everything is measured in one process, on the CPU, on the same data:
   wrapped in ``DataLoader(batch_size=256, shuffle=True)`` (10,000 generated 28x28 JPEGs);
 * **bare**: a minimal in-memory loop (pre-normalised float32 tensor, ``index_select`` batches,
   ``nn.Linear`` + Adam, one loss sync per epoch): what a hand-written loop reaches;
-* **engine (MKL)** / **engine (oneDNN)**: :class:`pipeline.training.engine.Trainer` with nn.Linear on
-  MKL sgemm / routed through oneDNN. Its epoch time *includes* validation on 1,000 more
+* **engine (MKL)** / **engine (oneDNN)**: :class:`pipeline.training.Trainer` with nn.Linear
+  on MKL sgemm / routed through oneDNN. Its epoch time *includes* validation on 1,000 more
   samples, early stopping and the LR schedule; FLOP/s count the training work only
   (6 x parameters x training samples), so the engine's ratios are conservative.
 
@@ -41,8 +41,12 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.config import EarlyStoppingConfig, ModelConfig, TrainConfig  # noqa: E402
 from pipeline.data.cache import CacheMeta  # noqa: E402
-from pipeline.training.engine import Split, Trainer, onednn_linear_available  # noqa: E402
-from pipeline.training.models import build_model  # noqa: E402
+from pipeline.training import (  # noqa: E402
+    Split,
+    Trainer,
+    build_model,
+    onednn_linear_available,
+)
 
 SIDE = 28
 CLASSES = 10

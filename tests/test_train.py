@@ -10,12 +10,14 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import Params
-from pipeline.training.engine import Trainer
 from pipeline.errors import UserError
-from pipeline.train import _param_value, main
+from pipeline.tracking.train_run import param_value as _param_value
+from pipeline.train import BarProgress, build_parser, epoch_postfix, main, wants_batch_bar
+from pipeline.training.engine import Trainer
 from tests.conftest import make_image_cache, make_tabular_cache
 from tests.tracking.test_runs import empty_store_template
 
@@ -172,3 +174,51 @@ def test_resume_continues_the_interrupted_run(
 def test_param_value_round_trip() -> None:
     for value in (None, True, False, 3, 0.001, 1e-06, "relu", "weights/r18.pth"):
         assert _param_value(str(value)) == value
+
+
+def test_runs_are_named_for_dataset_and_model_and_differ(digits: Path) -> None:
+    assert main(["--params", str(digits)]) == 0
+    assert main(["--params", str(digits)]) == 0  # the same seed: MLflow's names repeated
+    names = [run.info.run_name for run in runs("train-digits")]
+    assert all(re.fullmatch(r"digits-mlp-[0-9a-f]{6}", name) for name in names), names
+    assert names[0] != names[1]
+
+
+def test_resume_from_a_refused_checkpoint_is_one_safe_line(
+    digits: Path, project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = project / "checkpoints" / "train-digits" / "last.pt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"format": "pipeline-checkpoint-1", "trainer": Path("x")}, checkpoint)
+    assert main(["--params", str(digits), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {checkpoint}: refused")
+    assert "weights_only" not in err and len(err) < 250
+    assert not (checkpoint.parent / "mlflow_run_id").exists()  # refused before any run
+
+
+def test_epoch_postfix_labels_like_keras() -> None:
+    row = {"epoch": 3, "train/loss": 0.51234, "train/accuracy": 0.8, "val/loss": 0.4,
+           "val/accuracy": 0.875, "lr": 0.001, "time_s": 1.5}
+    assert epoch_postfix(row) == "loss 0.5123  acc 0.8  val_loss 0.4  val_acc 0.875"
+    regression = {"epoch": 1, "train/loss": 1.0, "val/loss": 2.0, "val/mae": 3.0,
+                  "val/rmse": 4.0}
+    assert epoch_postfix(regression) == "loss 1  val_loss 2  val_mae 3  val_rmse 4"
+
+
+def test_no_batch_bar_for_short_epochs() -> None:
+    assert not wants_batch_bar(0) and not wants_batch_bar(49) and wants_batch_bar(50)
+    progress = BarProgress()
+    progress.start(label="train digits", total_epochs=3, done_epochs=0)
+    progress.batch(1, 3)
+    assert progress._batches is None  # no `batches: 0batch` line
+    progress.batch(1, 60)
+    assert progress._batches is not None and progress._batches.total == 60
+    progress.close()
+
+
+def test_help_states_each_default_once() -> None:
+    text = build_parser().format_help()
+    assert "(default: None)" not in text
+    for option in " ".join(text.split()).split(" --")[1:]:
+        assert option.count("(default:") <= 1, option

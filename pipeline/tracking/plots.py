@@ -1,4 +1,5 @@
-"""Training curves as PNG (like Keras' History plots): loss, and accuracy or error, per epoch."""
+"""Training curves as PNG (like Keras' History plots): train vs validation loss, and train vs
+validation accuracy (classification) or the validation error (regression), per epoch."""
 
 from __future__ import annotations
 
@@ -8,18 +9,17 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 logger = logging.getLogger(__name__)
 
 LOSS_KEYS = (("train/loss", "-o"), ("val/loss", "-s"))
-ACCURACY_KEYS = ("val/accuracy",)
-ERROR_KEYS = ("val/mae", "val/rmse")
+ACCURACY_KEYS = (("train/accuracy", "-o"), ("val/accuracy", "-s"))
+ERROR_KEYS = (("val/mae", "-o"), ("val/rmse", "-s"))
 
 
 @dataclass
@@ -49,8 +49,6 @@ def _canvas(classification: bool, titled: bool) -> _Canvas:
 def _new_canvas(classification: bool, titled: bool) -> _Canvas:
     # A bare Figure, not pyplot: pyplot's global figure registry is not thread-safe. Fixed
     # margins instead of tight_layout, which costs a third of the drawing time.
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(10, 4))
     ax_loss, ax_metric = fig.subplots(1, 2)
     lines: dict[str, Line2D] = {}
@@ -59,8 +57,8 @@ def _new_canvas(classification: bool, titled: bool) -> _Canvas:
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_loss.set_title("loss")
-    for key in ACCURACY_KEYS if classification else ERROR_KEYS:
-        (lines[key],) = ax_metric.plot([], [], "-o", label=key, markersize=3)
+    for key, style in ACCURACY_KEYS if classification else ERROR_KEYS:
+        (lines[key],) = ax_metric.plot([], [], style, label=key, markersize=3)
     ax_metric.set_xlabel("epoch")
     ax_metric.set_title("accuracy" if classification else "error (target units)")
     best = tuple(
@@ -74,10 +72,12 @@ def _new_canvas(classification: bool, titled: bool) -> _Canvas:
 
 
 def plot_history(history: Sequence[dict[str, Any]], path: Path, *, title: str = "") -> Path:
-    """Draw ``train/loss`` vs ``val/loss`` and ``val/accuracy`` (or ``val/mae``/``val/rmse``).
+    """Draw ``train/loss`` vs ``val/loss``, and ``train/accuracy`` vs ``val/accuracy`` (or
+    ``val/mae``/``val/rmse``); a key missing from the rows (an older history without
+    ``train/accuracy``) leaves its line empty.
 
     Args:
-        history: the rows :func:`pipeline.training.engine.fit` returned.
+        history: the rows of :attr:`pipeline.training.Trainer.history`.
         path: the PNG to write (folders are created).
         title: an optional figure title (e.g. the run name).
     """

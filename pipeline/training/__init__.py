@@ -1,0 +1,33 @@
+"""Training: models, the epoch engine, checkpoints, seeds and devices. No MLflow, no Optuna."""
+
+from pipeline.training._onednn import onednn_linear_available
+from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.training.engine import (
+    Split,
+    Trainer,
+    TrainingDiverged,
+    fit,
+    make_optimizer,
+    make_split,
+)
+from pipeline.training.models import build_model, input_affine, model_metadata, package_model
+from pipeline.training.runtime import derive_seed, resolve_device, set_seed
+
+__all__ = [
+    "Split",
+    "Trainer",
+    "TrainingDiverged",
+    "build_model",
+    "derive_seed",
+    "fit",
+    "input_affine",
+    "load_checkpoint",
+    "make_optimizer",
+    "make_split",
+    "model_metadata",
+    "onednn_linear_available",
+    "package_model",
+    "resolve_device",
+    "save_checkpoint",
+    "set_seed",
+]

@@ -1,25 +1,24 @@
 """Atomic training checkpoints that load with ``torch.load(weights_only=True)``.
 
-A checkpoint holds :meth:`Trainer.state_dict` (model, optimizer, scheduler, early-stopping
-state, epoch, RNG states, history) plus optional plain ``meta`` values (the resolved params and
-the data fingerprint) that a resume must match. It is written to a temporary file in the same
-folder and renamed over the old one, so an interrupted write leaves the previous checkpoint.
+A checkpoint holds a trainer's plain state dict (``Trainer.state_dict()``: model, optimizer,
+scheduler, early-stopping state, epoch, RNG states, history) plus optional plain ``meta``
+values (the resolved params and the data fingerprint) that a resume must match. It is written
+to a temporary file in the same folder and renamed over the old one, so an interrupted write
+leaves the previous checkpoint.
 Only tensors and plain containers are stored: loading never unpickles arbitrary objects.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from pipeline.atomic import atomic_open
 from pipeline.errors import UserError
-
-if TYPE_CHECKING:
-    from pipeline.training.engine import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +26,13 @@ FORMAT = "pipeline-checkpoint-1"
 
 
 def save_checkpoint(
-    trainer: Trainer | dict[str, Any], path: Path, *, meta: dict[str, Any] | None = None
+    state: dict[str, Any], path: Path, *, meta: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``trainer.state_dict()`` (or a state dict) and ``meta`` to ``path`` atomically."""
+    """Write a trainer's ``state`` (``Trainer.state_dict()``) and ``meta`` atomically."""
+    if not isinstance(state, dict):
+        raise TypeError(f"save_checkpoint: expected a state dict, got {type(state).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = trainer if isinstance(trainer, dict) else trainer.state_dict()
     payload = {"format": FORMAT, "meta": meta or {}, "trainer": state}
     with atomic_open(path, "wb") as fh:
         torch.save(payload, fh)
@@ -54,8 +54,15 @@ def load_checkpoint(path: Path, *, meta: dict[str, Any] | None = None) -> dict[s
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file is the user's to fix
+        # One line of our own: torch's message advises weights_only=False, i.e. letting the
+        # file run code, which a checkpoint of ours never needs.
+        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
+            raise UserError(
+                f"{path}: refused: the file holds Python objects, not only tensors and plain "
+                "containers, so this pipeline did not write it; delete it to start over"
+            ) from None
         raise UserError(
-            f"{path}: not a readable checkpoint ({exc}); delete it to start over"
+            f"{path}: not a readable checkpoint ({type(exc).__name__}); delete it to start over"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: not a checkpoint written by this pipeline ({FORMAT})")

@@ -7,8 +7,9 @@ per epoch for the training loss (the per-batch losses stay on the device).
 
 After each epoch: validation, early stopping on ``val/loss`` (patience, min_delta, restore the
 best weights), ReduceLROnPlateau, and a row appended to :attr:`Trainer.history`. :func:`fit`
-runs epochs until done, checkpointing each one and calling the ``on_epoch`` hook the study layer
-uses to report to Optuna (an exception raised there, e.g. ``optuna.TrialPruned``, propagates).
+is the loop of one training run (``pipeline.train``): it runs epochs until done, checkpointing
+each one and calling an optional ``on_epoch`` hook (a progress bar). The study layer advances
+its k-fold trainers itself, one :meth:`Trainer.run_epoch` at a time.
 
 Each trainer owns its random state (shuffling, flips, dropout): it is swapped in for the epoch
 and out again, so trainers advanced in lockstep (k-fold) do not disturb each other, the same
@@ -35,8 +36,21 @@ from torch import nn
 from pipeline.config import TrainConfig
 from pipeline.data.cache import Cache, CacheMeta
 from pipeline.errors import UserError
+from pipeline.training._onednn import onednn_linear_available, routed_linears
+from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.models import input_affine
 from pipeline.training.runtime import derive_seed
+
+__all__ = [
+    "STATE_VERSION",
+    "Split",
+    "Trainer",
+    "TrainingDiverged",
+    "fit",
+    "make_optimizer",
+    "make_split",
+    "onednn_linear_available",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -99,96 +113,6 @@ def make_optimizer(
     raise UserError(
         f"train.optimizer: unknown optimizer {cfg.optimizer!r}; allowed: sgd, adam, adamw, rmsprop"
     )
-
-
-# --------------------------------------------------------------------------------------------
-# oneDNN linear layers (CPU)
-# --------------------------------------------------------------------------------------------
-# nn.Linear on the CPU runs MKL sgemm; on this project's machines (AMD EPYC, AVX-512) oneDNN's
-# float32 GEMM is ~1.7-2.3x faster (ENVIRONMENT.md; benchmarks/bench_engine.py). During training
-# and validation every 2-D Linear call is routed through oneDNN's dense-in/dense-out linear
-# (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor uses on the CPU) with a hand
-# written backward that is also three oneDNN GEMMs. It is still IEEE float32 (no bf16/tf32), so
-# results match MKL's to rounding (checked at first use); the module keeps its class and
-# parameters outside the epoch, so state_dicts, export and packaging never see it.
-
-
-def _onednn_linear_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
-
-
-class _OneDnnLinearFn(torch.autograd.Function):
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-    ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _onednn_linear_op(x, weight, bias)
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any, grad: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _onednn_linear_op(grad, weight.t(), None)  # [B,out] @ [out,in]
-        if ctx.needs_input_grad[1]:
-            grad_w = _onednn_linear_op(grad.t(), x.t(), None)  # [out,B] @ [B,in]
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum(0)
-        return grad_x, grad_w, grad_b
-
-
-class _OneDnnLinear(nn.Linear):
-    """nn.Linear whose 2-D float32 calls go through :class:`_OneDnnLinearFn`."""
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.dim() == 2 and input.dtype == torch.float32:
-            return _OneDnnLinearFn.apply(input, self.weight, self.bias)
-        return F.linear(input, self.weight, self.bias)
-
-
-_ONEDNN_OK: bool | None = None
-
-
-def onednn_linear_available() -> bool:
-    """Whether the oneDNN linear path exists here and agrees with ``F.linear`` (checked once)."""
-    global _ONEDNN_OK
-    if _ONEDNN_OK is None:
-        try:
-            gen = torch.Generator().manual_seed(0)
-            x = torch.randn(8, 5, generator=gen, requires_grad=True)
-            w = torch.randn(3, 5, generator=gen, requires_grad=True)
-            b = torch.randn(3, generator=gen, requires_grad=True)
-            g = torch.randn(8, 3, generator=gen)
-            ref = F.linear(x, w, b)
-            ref_grads = torch.autograd.grad(ref, (x, w, b), g)
-            out = _OneDnnLinearFn.apply(x, w, b)
-            grads = torch.autograd.grad(out, (x, w, b), g)
-            pairs = [(out, ref), *zip(grads, ref_grads, strict=True)]
-            _ONEDNN_OK = all(torch.allclose(a, r, atol=1e-5) for a, r in pairs)
-        except (RuntimeError, AttributeError, NotImplementedError) as exc:
-            logger.debug("oneDNN linear unavailable: %s", exc)
-            _ONEDNN_OK = False
-        if not _ONEDNN_OK:
-            logger.info("oneDNN linear path unavailable here; nn.Linear uses the default GEMM")
-    return _ONEDNN_OK
-
-
-@contextlib.contextmanager
-def _routed_linears(model: nn.Module, enabled: bool) -> Iterator[None]:
-    """Swap plain nn.Linear modules to the oneDNN path for the duration of the block."""
-    swapped = [m for m in model.modules() if type(m) is nn.Linear] if enabled else []
-    for m in swapped:
-        m.__class__ = _OneDnnLinear
-    try:
-        yield
-    finally:
-        for m in swapped:
-            m.__class__ = nn.Linear
 
 
 def _row_gatherer(x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -351,7 +275,12 @@ class Trainer:
     # ----------------------------------------------------------------------------------------
     # Epochs
     # ----------------------------------------------------------------------------------------
-    def _train_epoch(self) -> float:
+    def _train_epoch(self) -> dict[str, float]:
+        """One pass over the training part: ``train/loss`` and, classifying, ``train/accuracy``.
+
+        The accuracy counts the predictions the training batches already made (in training
+        mode, as Keras reports it), so it costs no second pass over the data.
+        """
         model, opt, device = self.model, self.optimizer, self.device
         model.train()
         n = len(self._x_train)
@@ -360,6 +289,7 @@ class Trainer:
         flips = (torch.rand(n, generator=self._gen) < 0.5).to(device) if self._flip else None
         gather, y_all = self._gather_x, self._y_train
         losses: list[torch.Tensor] = []
+        correct = torch.zeros((), dtype=torch.int64, device=device)
         on_batch = self.on_batch
         for i, (start, stop) in enumerate(bounds):
             idx = perm[start:stop]
@@ -367,7 +297,11 @@ class Trainer:
             if flips is not None:
                 mask = flips[start:stop].view(-1, 1, 1, 1)
                 xb = torch.where(mask, xb.flip(-1), xb)
-            loss = self._loss(model(xb), y_all.index_select(0, idx))
+            yb = y_all.index_select(0, idx)
+            out = model(xb)
+            loss = self._loss(out, yb)
+            if self.classification:
+                correct += (out.detach().argmax(dim=1) == yb).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -375,8 +309,13 @@ class Trainer:
             if on_batch is not None:
                 on_batch(i + 1, len(bounds))
         sizes = torch.tensor([b - a for a, b in bounds], dtype=torch.float32, device=device)
+        seen = sizes.sum()
+        mean_loss = (torch.stack(losses) * sizes).sum() / seen
         # The one host sync of the training pass.
-        return float((torch.stack(losses) * sizes).sum() / sizes.sum())
+        loss_value, accuracy = torch.stack([mean_loss, correct.to(seen.dtype) / seen]).tolist()
+        if self.classification:
+            return {"train/loss": loss_value, "train/accuracy": accuracy}
+        return {"train/loss": loss_value}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -408,9 +347,9 @@ class Trainer:
     def run_epoch(self) -> dict[str, float]:
         """Train one epoch, validate, apply early stopping and the LR schedule.
 
-        Returns the history row: ``epoch`` (1-based), ``train/loss``, ``val/loss``,
-        ``val/accuracy`` or ``val/mae`` + ``val/rmse``, ``lr`` (used for this epoch),
-        ``time_s``.
+        Returns the history row: ``epoch`` (1-based), ``train/loss``, ``train/accuracy``
+        (classification), ``val/loss``, ``val/accuracy`` or ``val/mae`` + ``val/rmse``, ``lr``
+        (used for this epoch), ``time_s``.
 
         Raises:
             TrainingDiverged: the training loss is NaN or infinite.
@@ -419,8 +358,9 @@ class Trainer:
             raise RuntimeError("Trainer.run_epoch: training is already done")
         t0 = time.perf_counter()
         lr = self.lr
-        with self._own_rng(), _routed_linears(self.model, self.fast_linear):
-            train_loss = self._train_epoch()
+        with self._own_rng(), routed_linears(self.model, self.fast_linear):
+            train = self._train_epoch()
+            train_loss = train["train/loss"]
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(
                     f"training diverged in epoch {self.epoch + 1}: train/loss is {train_loss} "
@@ -430,7 +370,7 @@ class Trainer:
             val = self.evaluate()
         self.epoch += 1
         self._after_validation(val["val/loss"])
-        row: dict[str, float] = {"epoch": self.epoch, "train/loss": train_loss, **val, "lr": lr}
+        row: dict[str, float] = {"epoch": self.epoch, **train, **val, "lr": lr}
         row["time_s"] = time.perf_counter() - t0
         self.history.append(row)
         return row
@@ -533,20 +473,18 @@ def fit(
     resume: bool = False,
     checkpoint_meta: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
-    """Run epochs until the trainer is done and return its history.
+    """Run epochs until the trainer is done and return its history (one training run).
 
     Args:
         trainer: the trainer to advance.
-        on_epoch: called with each epoch's row after the checkpoint is written; an exception
-            raised there (``optuna.TrialPruned``) stops training and propagates, leaving the
+        on_epoch: called with each epoch's row after the checkpoint is written (e.g. to draw
+            progress); an exception raised there stops training and propagates, leaving the
             trainer consistent (``final_model()`` still works).
         checkpoint: a file written atomically after every epoch.
         resume: continue from ``checkpoint`` if it exists (a fresh start otherwise).
         checkpoint_meta: plain values stored with the checkpoint (e.g. the resolved params and
             data fingerprint); resuming from a checkpoint with different values is refused.
     """
-    from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
-
     if resume and checkpoint is not None:
         if Path(checkpoint).is_file():
             saved = load_checkpoint(checkpoint, meta=checkpoint_meta)
@@ -557,7 +495,7 @@ def fit(
     while not trainer.done:
         row = trainer.run_epoch()
         if checkpoint is not None:
-            save_checkpoint(trainer, checkpoint, meta=checkpoint_meta)
+            save_checkpoint(trainer.state_dict(), checkpoint, meta=checkpoint_meta)
         if on_epoch is not None:
             on_epoch(row)
     return trainer.history

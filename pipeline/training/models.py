@@ -140,6 +140,8 @@ def _load_backbone_weights(net: nn.Module, cfg: ModelConfig, root: Path | None) 
 
 def build_resnet(cfg: ModelConfig, meta: CacheMeta, *, root: Path | None = None) -> nn.Module:
     """A torchvision ResNet with a new head; weights from a local file or random."""
+    # Imported here, not at the top: torchvision adds ~2 s to every start-up (measured with
+    # `python -c "import torch, torchvision.models"`), and only the resnet archs need it.
     from torchvision import models as tv_models
 
     if len(meta.input_shape) != 3 or int(meta.input_shape[0]) not in (1, 3):

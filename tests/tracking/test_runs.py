@@ -17,12 +17,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking import runs as tracking
 from pipeline.config import ModelConfig, Params, TrainConfig
 from pipeline.data.cache import CacheMeta, load_cache
+from pipeline.tracking import runs as tracking
+from pipeline.tracking.plots import plot_history
 from pipeline.training.engine import Trainer, fit, make_split
 from pipeline.training.models import build_model, package_model
-from pipeline.tracking.plots import plot_history
 
 REPO = Path(__file__).resolve().parents[2]
 

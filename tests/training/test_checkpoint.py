@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.data.cache import CacheMeta, load_cache
-from pipeline.training.engine import Trainer, make_split
 from pipeline.errors import UserError
+from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.training.engine import Trainer, make_split
 from pipeline.training.models import build_model
 
 
@@ -31,7 +31,8 @@ def trainer(image_cache: Callable[..., tuple[Path, CacheMeta]]) -> Trainer:
 
 
 def test_round_trip_with_weights_only(trainer: Trainer, tmp_path: Path) -> None:
-    path = save_checkpoint(trainer, tmp_path / "a" / "last.pt", meta={"train.lr": 0.001})
+    path = save_checkpoint(trainer.state_dict(), tmp_path / "a" / "last.pt",
+                           meta={"train.lr": 0.001})
     raw = torch.load(path, weights_only=True)  # no pickled objects inside
     assert raw["meta"] == {"train.lr": 0.001}
     state = load_checkpoint(path, meta={"train.lr": 0.001})
@@ -42,7 +43,7 @@ def test_round_trip_with_weights_only(trainer: Trainer, tmp_path: Path) -> None:
 
 def test_failed_write_keeps_the_old_checkpoint(trainer: Trainer, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    path = save_checkpoint(trainer, tmp_path / "ck" / "last.pt")
+    path = save_checkpoint(trainer.state_dict(), tmp_path / "ck" / "last.pt")
     before = path.read_bytes()
     trainer.run_epoch()
 
@@ -51,13 +52,13 @@ def test_failed_write_keeps_the_old_checkpoint(trainer: Trainer, tmp_path: Path,
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(trainer, path)
+        save_checkpoint(trainer.state_dict(), path)
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
 
 
 def test_other_configuration_is_refused(trainer: Trainer, tmp_path: Path) -> None:
-    path = save_checkpoint(trainer, tmp_path / "last.pt",
+    path = save_checkpoint(trainer.state_dict(), tmp_path / "last.pt",
                            meta={"train.lr": 0.001, "fingerprint": "abc"})
     with pytest.raises(UserError, match=r"train\.lr: checkpoint 0\.001 vs now 0\.01"):
         load_checkpoint(path, meta={"train.lr": 0.01, "fingerprint": "abc"})
@@ -79,7 +80,7 @@ def test_foreign_or_missing_file(tmp_path: Path) -> None:
 
 
 def test_load_state_restores_trainer(trainer: Trainer, tmp_path: Path) -> None:
-    path = save_checkpoint(trainer, tmp_path / "last.pt")
+    path = save_checkpoint(trainer.state_dict(), tmp_path / "last.pt")
     expected = [trainer.run_epoch() for _ in range(2)]
     state = load_checkpoint(path)
     trainer.load_state_dict(state)
@@ -87,3 +88,13 @@ def test_load_state_restores_trainer(trainer: Trainer, tmp_path: Path) -> None:
     again = [trainer.run_epoch() for _ in range(2)]
     strip = [{k: v for k, v in r.items() if k != "time_s"} for r in (*expected, *again)]
     assert strip[:2] == strip[2:]
+
+
+def test_a_file_holding_python_objects_is_refused_in_one_safe_line(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    torch.save({"format": "pipeline-checkpoint-1", "trainer": Path("x")}, path)
+    with pytest.raises(UserError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: refused") and "\n" not in message
+    assert "weights_only" not in message and len(message) - len(str(path)) < 160

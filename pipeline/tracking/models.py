@@ -1,0 +1,184 @@
+"""Logging a trained network as a servable MLflow model (PyTorch flavor, ``pt2`` format).
+
+``pt2`` is torch.export's format: it loads without our code and without unpickling.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import ModuleType
+
+import mlflow
+import mlflow.pyfunc
+import mlflow.pytorch
+import mlflow.utils.environment
+import numpy as np
+import torch
+from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from pipeline.data.cache import CacheMeta
+from pipeline.tracking.store import active_run_id
+from pipeline.training.models import model_metadata, package_model
+
+logger = logging.getLogger(__name__)
+
+# MLflow checks a model's requirements against the installed packages when it saves or loads
+# one; the first check scans every installed distribution's file list. It has no setting to
+# skip that (MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK only gates a `pip install --dry-run`), so the
+# check is skipped for exactly our own pins, which come from the running interpreter and so
+# cannot mismatch; any other requirement list still gets MLflow's warning.
+_DEPENDENCY_CHECK = "warn_dependency_requirement_mismatches"
+_CHECK_CALLERS: tuple[ModuleType, ...] = (mlflow.utils.environment, mlflow.pyfunc)
+
+
+def example_input(meta: CacheMeta, n: int = 2) -> np.ndarray:
+    """Raw-valued float32 samples shaped like the real input, built from the cache statistics.
+
+    Prefer real samples from the cache (``log_model(example=...)``); this is the fallback.
+    """
+    shape = [int(d) for d in meta.input_shape]
+    scale = 255.0 if meta.kind == "image" else 1.0
+    mean = np.asarray(meta.mean, dtype=np.float64) * scale
+    std = np.asarray(meta.std, dtype=np.float64) * scale
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(size=(n, *shape))
+    bshape = [1, -1] + [1] * (len(shape) - 1)
+    x = noise * std.reshape(bshape) + mean.reshape(bshape)
+    if meta.kind == "image":
+        x = np.clip(np.round(x), 0, 255)
+    return x.astype(np.float32)
+
+
+def pip_requirements() -> list[str]:
+    """Fixed requirements, so MLflow does not spend seconds inferring them on every log."""
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"numpy=={np.__version__}",
+    ]
+
+
+def _skipping_own_pins(check: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+    @functools.wraps(check)
+    def checked(model_requirements: list[str]) -> None:
+        if not set(model_requirements) <= set(pip_requirements()):
+            check(model_requirements)
+
+    checked._skips_own_pins = True  # type: ignore[attr-defined]
+    return checked
+
+
+def skip_dependency_check_for_own_pins() -> None:
+    """Install :func:`_skipping_own_pins` in front of MLflow's requirement check (idempotent)."""
+    for module in _CHECK_CALLERS:
+        check = getattr(module, _DEPENDENCY_CHECK, None)
+        if check is not None and not getattr(check, "_skips_own_pins", False):
+            setattr(module, _DEPENDENCY_CHECK, _skipping_own_pins(check))
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence known-harmless warnings MLflow and torch.export print while logging a model."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow(\.|$)")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.export")
+        yield
+
+
+def _checked_example(example: np.ndarray | None, meta: CacheMeta) -> np.ndarray:
+    if example is None:
+        example = example_input(meta)
+    example = np.array(example, dtype=np.float32, copy=True, order="C")  # writable, owned
+    if list(example.shape[1:]) != [int(d) for d in meta.input_shape] or len(example) < 1:
+        raise ValueError(
+            f"log_model: example shape {example.shape} does not match input {meta.input_shape}"
+        )
+    return example
+
+
+def log_model(
+    net: nn.Module,
+    meta: CacheMeta,
+    *,
+    name: str = "model",
+    example: np.ndarray | None = None,
+    validate: bool = True,
+    run_id: str | None = None,
+    experiment_id: str | None = None,
+    params: dict[str, str] | None = None,
+) -> ModelInfo:
+    """Log the servable :func:`package_model` of ``net`` to the active run (``pt2`` format).
+
+    Args:
+        net: the trained network (it is copied to the CPU; the original is not touched).
+        meta: the cache metadata (normalisation statistics, names, shape) packaged with it.
+        name: the model's name in the run.
+        example: raw-valued float32 input ``[n, *input_shape]``; real samples are best.
+            Defaults to two samples built from the cache statistics.
+        validate: let MLflow load the saved model back and run the example through it. A
+            failure there is only a warning, so searches, whose logged models the tests load
+            and compare, turn it off.
+        run_id: the run to log to; default the active run. Naming the run spares a search the
+            fluent ``start_run``/``end_run`` round trips for each trial.
+        experiment_id: the run's experiment, when ``run_id`` is given (looked up if omitted).
+        params: the model's params in MLflow's model list, when ``run_id`` is given (MLflow
+            copies the active run's params otherwise).
+
+    Returns:
+        MLflow's ``ModelInfo`` (``model_uri`` loads it with ``mlflow.pyfunc.load_model``).
+    """
+    skip_dependency_check_for_own_pins()
+    named_run = run_id is not None
+    run_id = active_run_id(run_id)
+    packaged = package_model(copy.deepcopy(net).cpu(), meta)
+    example = _checked_example(example, meta)
+    with torch.no_grad():
+        output = packaged(torch.from_numpy(example)).numpy()
+    signature = infer_signature(example, output)
+    model_id = None
+    if named_run:
+        # MLflow files a model logged to a named (not active) run under the process's current
+        # experiment, where `runs:/<run>/model` does not find it: create it in the run's own.
+        # (From here on MLflow marks the model FAILED if logging it fails.)
+        client = MlflowClient()
+        if experiment_id is None:
+            experiment_id = client.get_run(run_id).info.experiment_id
+        model_id = client.create_logged_model(
+            experiment_id, name=name, source_run_id=run_id, params=params
+        ).model_id
+    with _quiet():
+        info = mlflow.pytorch.log_model(
+            packaged,
+            name=name,
+            serialization_format="pt2",
+            input_example=example,
+            signature=signature,
+            pip_requirements=pip_requirements(),
+            metadata=model_metadata(meta),
+            validate_serving_input=validate,
+            run_id=run_id,
+            model_id=model_id,
+        )
+    return info
+
+
+def warm_up_export() -> None:
+    """Pay torch.export's one-off start-up (lazy imports) on a toy module.
+
+    Called on the logging thread when a search starts, so it overlaps the first trial's
+    training instead of delaying that trial's record.
+    """
+    try:
+        with _quiet():
+            torch.export.export(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), (torch.zeros(2, 2),))
+    except Exception:  # only a warm-up: the real export reports real problems
+        logger.debug("torch.export warm-up failed", exc_info=True)

@@ -1,0 +1,141 @@
+"""Where runs go: the tracking store's URI, artifact locations, experiments, MLflow's chatter.
+
+The default store is a SQLite database inside the project's ``mlruns/`` folder with artifacts
+beside it (MLflow ≥ 3.13 refuses the old plain-file store); ``MLFLOW_TRACKING_URI`` overrides it
+(e.g. ``http://host:5000`` for a shared ``mlflow server``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import Params
+from pipeline.secrets import redact
+
+logger = logging.getLogger(__name__)
+
+ENV_URI = "MLFLOW_TRACKING_URI"
+_LOCAL_SCHEMES = ("sqlite", "file", "")
+# Third-party loggers that are chatty at INFO (MLflow logs each created run's URL and emoji
+# lines; alembic each migration): the stage summaries say enough, their warnings stay.
+_CHATTY_LOGGERS = ("mlflow", "alembic")
+
+
+def quiet_mlflow() -> None:
+    """The one place MLflow is made quiet: INFO chatter off, no per-file progress bars.
+
+    Idempotent; a level set explicitly to WARNING or above (or ``-v``'s DEBUG on the root
+    logger, which leaves these loggers alone) is kept.
+    """
+    for name in _CHATTY_LOGGERS:
+        lg = logging.getLogger(name)
+        if lg.level == logging.NOTSET or lg.level < logging.WARNING:
+            lg.setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _absolute_uri(uri: str, root: Path) -> str:
+    """Make a relative ``sqlite:///`` or ``file:`` URI absolute against the project root."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :])
+        if not path.is_absolute():
+            path = root / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path}"
+    if uri.startswith("file:"):
+        path = Path(urlsplit(uri).path)
+        if not path.is_absolute():
+            path = root / path
+        path.mkdir(parents=True, exist_ok=True)
+        return path.as_uri()
+    if "://" not in uri:  # a bare path
+        path = Path(uri)
+        path = path if path.is_absolute() else root / path
+        path.mkdir(parents=True, exist_ok=True)
+        return path.as_uri()
+    return uri
+
+
+def configure(params: Params, *, ignore_env: bool = False) -> str:
+    """Point MLflow at the tracking store and return its URI.
+
+    ``MLFLOW_TRACKING_URI`` wins (unless ``ignore_env``: a dry run must never write to the
+    user's store); otherwise ``params.mlflow.tracking_uri`` with relative paths resolved
+    against the project root (folders are created).
+    """
+    quiet_mlflow()
+    env = "" if ignore_env else os.environ.get(ENV_URI, "").strip()
+    uri = env or _absolute_uri(params.mlflow.tracking_uri, params.root)
+    mlflow.set_tracking_uri(uri)
+    logger.debug("MLflow tracking URI: %s", redact(uri))
+    return uri
+
+
+def is_local_store(uri: str | None = None) -> bool:
+    """Whether the store is a local database/folder (we then choose artifact locations)."""
+    scheme = urlsplit(uri or mlflow.get_tracking_uri()).scheme
+    return scheme in _LOCAL_SCHEMES
+
+
+def artifact_root(params: Params, uri: str | None = None) -> Path | None:
+    """Where new experiments keep artifacts, or None when a tracking server decides.
+
+    The configured store: ``<root>/<mlflow.artifacts_dir>``. A SQLite store named by
+    ``MLFLOW_TRACKING_URI`` overrides that too: ``artifacts/`` beside its database file.
+    """
+    uri = uri or mlflow.get_tracking_uri()
+    scheme = urlsplit(uri).scheme
+    if scheme in ("http", "https", "databricks", "uc"):
+        return None
+    env = os.environ.get(ENV_URI, "").strip()
+    if env and uri == env and uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :]).parent / "artifacts"
+    return params.path(params.mlflow.artifacts_dir)
+
+
+def experiment(name: str, params: Params) -> str:
+    """The id of experiment ``name``, created (or restored, if deleted) when needed.
+
+    A new experiment keeps its artifacts under :func:`artifact_root` ``/<name>`` (by default
+    ``<root>/mlruns/artifacts/<name>``); a tracking server decides for itself.
+    """
+    client = MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+            logger.info("restored deleted MLflow experiment %r", name)
+        return str(found.experiment_id)
+    location = None
+    root = artifact_root(params)
+    if root is not None:
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        location = folder.resolve().as_uri()
+    try:
+        exp_id = client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # Another process created it between our lookup and create.
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+    logger.info("created MLflow experiment %r", name)
+    return str(exp_id)
+
+
+def active_run_id(run_id: str | None = None) -> str:
+    """``run_id``, or the active run's id when it is None."""
+    if run_id is not None:
+        return run_id
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run: start one or pass run_id")
+    return run.info.run_id

@@ -1,0 +1,76 @@
+"""Model logging: the requirements written with the model, and MLflow's package check skipped
+only for our own pins."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import mlflow
+import mlflow.utils.environment
+import mlflow.utils.requirements_utils
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import ModelConfig, Params
+from pipeline.data.cache import CacheMeta, load_cache
+from pipeline.tracking import configure, experiment, log_model, pip_requirements
+from pipeline.tracking.models import skip_dependency_check_for_own_pins
+from pipeline.training import build_model
+from tests.tracking.test_runs import empty_store_template
+
+
+@pytest.fixture(autouse=True)
+def fast_store(project: Path) -> Iterator[None]:
+    shutil.copyfile(empty_store_template(), project / "mlruns" / "mlflow.db")
+    yield
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+@pytest.fixture
+def no_package_scan(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record (instead of running) MLflow's scan of every installed distribution."""
+    scans: list[str] = []
+
+    def scan() -> dict[str, list[str]]:
+        scans.append("scan")
+        return {}
+
+    monkeypatch.setattr(mlflow.utils.requirements_utils, "_MODULES_TO_PACKAGES", None)
+    monkeypatch.setattr(mlflow.utils.requirements_utils.importlib_metadata,
+                        "packages_distributions", scan)
+    return scans
+
+
+def test_logged_requirements_are_our_pins_and_no_package_scan_runs(
+    params: Params, image_cache: Callable[..., tuple[Path, CacheMeta]],
+    no_package_scan: list[str],
+) -> None:
+    folder, meta = image_cache()
+    cache = load_cache(folder)
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(hidden_layers=1, width=8), meta).eval()
+    configure(params)
+    with mlflow.start_run(experiment_id=experiment("models", params)):
+        info = log_model(net, meta, example=np.asarray(cache.train_x[:2], dtype=np.float32))
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
+    written = (local / "requirements.txt").read_text().split()
+    assert written == pip_requirements()
+    assert written[0] == f"mlflow=={mlflow.__version__}"
+    assert written[1] == f"torch=={torch.__version__.split('+')[0]}"
+    assert no_package_scan == []  # neither on save nor on the validating load
+
+
+def test_other_requirements_still_get_mlflows_check(no_package_scan: list[str]) -> None:
+    skip_dependency_check_for_own_pins()
+    skip_dependency_check_for_own_pins()  # idempotent: one wrapper, not two
+    check = mlflow.utils.environment.warn_dependency_requirement_mismatches
+    inner = check.__wrapped__  # type: ignore[attr-defined]
+    assert not getattr(inner, "_skips_own_pins", False)
+    check(pip_requirements())
+    assert no_package_scan == []
+    check(["scikit-learn==0.0.1"])
+    assert no_package_scan == ["scan"]
