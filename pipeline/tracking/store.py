@@ -100,6 +100,12 @@ def artifact_root(params: Params, uri: str | None = None) -> Path | None:
     return params.path(params.mlflow.artifacts_dir)
 
 
+# MLflow 3's UI opens an experiment without this tag on its GenAI (traces) view; with it, on the
+# runs table of "Model training", where our trials are.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def experiment(name: str, params: Params) -> str:
     """The id of experiment ``name``, created (or restored, if deleted) when needed.
 
@@ -112,6 +118,8 @@ def experiment(name: str, params: Params) -> str:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
             logger.info("restored deleted MLflow experiment %r", name)
+        if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return str(found.experiment_id)
     location = None
     root = artifact_root(params)
@@ -120,7 +128,9 @@ def experiment(name: str, params: Params) -> str:
         folder.mkdir(parents=True, exist_ok=True)
         location = folder.resolve().as_uri()
     try:
-        exp_id = client.create_experiment(name, artifact_location=location)
+        exp_id = client.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     except MlflowException:
         # Another process created it between our lookup and create.
         found = mlflow.get_experiment_by_name(name)
