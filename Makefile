@@ -6,8 +6,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 MLFLOW_PORT ?= 5000
+DASHBOARD_PORT ?= 8080
+# `make dashboard STUDY=optimizer DATASET=digits`: the journal file of that study.
+STUDY ?= capacity
+DATASET ?= digits
 
-.PHONY: install run test test-slow test-all bench ui serve lint
+.PHONY: install run test test-slow test-all bench ui serve lint dashboard
 
 install: $(STAMP)
 
@@ -53,3 +57,13 @@ serve: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline tests benchmarks
 	$(VENV)/bin/mypy pipeline
+
+# optuna-dashboard on 127.0.0.1 over the study's storage: $PIPELINE_STORAGE when set (a
+# PostgreSQL study), else the local journal file (opened as it is, while searches append to it).
+dashboard: $(STAMP)
+	@if [ -n "$${PIPELINE_STORAGE:-}" ]; then \
+		$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) "$$PIPELINE_STORAGE"; \
+	else \
+		$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) \
+			--storage-class JournalFileStorage studies/$(STUDY)-$(DATASET).journal; \
+	fi
