@@ -5,7 +5,7 @@ the same run and on the same (page-cached) files:
 
   (a) raw read: one process opening and reading every file (``open(p, "rb").read()``), the
       floor cost of touching the data at all;
-  (b) prepare: the full stage body (``pipeline.prepare.prepare``): listing and labels parsing,
+  (b) prepare: the full stage body (``pipeline.data.run_prepare``): listing and labels parsing,
       reading, hashing, decoding on every core, test split, statistics and the atomic cache write.
 
 It prints images/s for both and their ratio. Target: prepare >= 30,000 images/s on 2 cores.
@@ -33,8 +33,8 @@ import numpy as np
 import yaml
 
 from pipeline.config import load_params
+from pipeline.data import PrepareOptions, run_prepare
 from pipeline.data.images import resolve_workers
-from pipeline.prepare import prepare
 
 
 def make_dataset(root: Path, n: int, seed: int = 0) -> list[Path]:
@@ -109,14 +109,14 @@ def main() -> None:
         params = load_params(write_params(project, args.workers))
 
         raw_read(paths)  # warm the page cache and the interpreter
-        prepare(params)
+        run_prepare(PrepareOptions(params))
         load = os.getloadavg()[0]
         read_times, prep_times, own_cpu, all_cpu = [], [], [], []
         for _ in range(args.repeat):  # interleaved, so both see the same machine load
             read_times.append(raw_read(paths))
             own0, children0 = _cpu_seconds()
             start = time.perf_counter()
-            (meta,) = prepare(params)
+            (meta,) = run_prepare(PrepareOptions(params)).metas
             prep_times.append(time.perf_counter() - start)
             own1, children1 = _cpu_seconds()
             own_cpu.append(own1 - own0)

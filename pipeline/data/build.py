@@ -19,10 +19,17 @@ import numpy as np
 from pipeline.config import CsvDataset, DatasetEntry, ImageFolderDataset, JpegLabelsDataset
 from pipeline.data.cache import CacheMeta
 from pipeline.data.fingerprint import Fingerprint
-from pipeline.data.images import SKIPPABLE, channel_stats, decode_files
+from pipeline.data.images import MAX_IMAGE_PIXELS, SKIPPABLE, channel_stats, decode_files
 from pipeline.data.readers import ImageListing, list_image_folder, list_jpeg_labels
 from pipeline.data.splits import holdout_split
-from pipeline.data.tabular import CsvTable, numeric_columns, read_table, rows_to_keep
+from pipeline.data.tabular import (
+    FLOAT32_MAX,
+    CsvTable,
+    cell_number,
+    numeric_columns,
+    read_table,
+    rows_to_keep,
+)
 from pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +39,10 @@ AUTO_MAX_CLASSES = 20
 # A standard deviation below this is stored as 1.0, so normalising never divides by ~zero.
 _MIN_STD = 1e-8
 _MAX_LISTED = 5  # skipped or suspicious files named one by one in the log
+# The training part must hold this many items: K-fold cross-validation (folds: auto uses
+# search.cv_folds, default 5, on small data) needs at least one item per fold, and a holdout
+# needs at least one on each side.
+MIN_TRAIN_ITEMS = 5
 
 Task = Literal["classification", "regression"]
 
@@ -49,6 +60,8 @@ def build_dataset(
     seed: int,
     workers: int = 0,
     progress: bool = False,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    min_train: int = MIN_TRAIN_ITEMS,
 ) -> BuiltDataset:
     """Read ``entry``'s raw data and return what its cache holds.
 
@@ -58,6 +71,8 @@ def build_dataset(
         seed: ``prepare.seed``: the carved-out test split; recorded as ``split_seed``.
         workers: decoding processes; 0 = one per core.
         progress: show a progress bar while decoding.
+        max_pixels: an image whose header declares more pixels is refused before decoding.
+        min_train: the fewest training items accepted (see :data:`MIN_TRAIN_ITEMS`).
 
     Raises:
         UserError: anything wrong with the raw data, naming the file and line or key.
@@ -65,12 +80,44 @@ def build_dataset(
     src = entry.source
     key = f"datasets.{entry.name}"
     if isinstance(src, JpegLabelsDataset | ImageFolderDataset):
-        return _build_images(
-            entry, project_root=project_root, seed=seed, workers=workers, progress=progress
+        built = _build_images(
+            entry,
+            project_root=project_root,
+            seed=seed,
+            decoding=_Decoding(workers=workers, progress=progress, max_pixels=max_pixels),
         )
-    if isinstance(src, CsvDataset):
-        return _build_csv(entry, project_root=project_root, seed=seed)
-    raise UserError(f"{key}.format: unknown dataset format {getattr(src, 'format', src)!r}")
+    elif isinstance(src, CsvDataset):
+        built = _build_csv(entry, project_root=project_root, seed=seed)
+    else:
+        raise UserError(f"{key}.format: unknown dataset format {getattr(src, 'format', src)!r}")
+    _check_built(built.meta, key=key, min_train=min_train)
+    return built
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    workers: int
+    progress: bool
+    max_pixels: int
+
+
+def _check_built(meta: CacheMeta, *, key: str, min_train: int) -> None:
+    """Refuse a dataset the later stages cannot use, saying what is needed."""
+    if meta.task == "classification" and meta.num_classes < 2:
+        found = f"only {meta.class_names[0]!r}" if meta.class_names else "none"
+        raise UserError(
+            f"{key}: {meta.num_classes} class ({found}); expected at least two classes "
+            "for classification"
+        )
+    if meta.n_train < min_train:
+        raise UserError(
+            f"{key}: {meta.n_train} training item(s) after the test split ({meta.n_test} "
+            f"test); expected at least {min_train}, so that a validation holdout and the "
+            "study's folds each get items"
+        )
+    stats = [*meta.mean, *meta.std, meta.target_mean, meta.target_std]
+    if not all(np.isfinite(stats)):  # values are checked to fit float32, so never expected
+        raise UserError(f"{key}: the normalisation statistics are not finite: {stats}")
 
 
 def _settings(source: Any, seed: int) -> dict[str, Any]:
@@ -111,7 +158,7 @@ def _counts(y: np.ndarray, names: list[str]) -> dict[str, int]:
 # Images
 # --------------------------------------------------------------------------------------------
 def _build_images(
-    entry: DatasetEntry, *, project_root: Path, seed: int, workers: int, progress: bool
+    entry: DatasetEntry, *, project_root: Path, seed: int, decoding: _Decoding
 ) -> BuiltDataset:
     src = entry.source
     assert isinstance(src, JpegLabelsDataset | ImageFolderDataset)
@@ -135,9 +182,10 @@ def _build_images(
         channels=opts.channels,
         size=opts.size,
         size_policy=opts.size_policy,
-        workers=workers,
-        progress=progress,
+        workers=decoding.workers,
+        progress=decoding.progress,
         desc=entry.name,
+        max_pixels=decoding.max_pixels,
     )
     for i, said in decoded.warnings[:_MAX_LISTED]:
         logger.warning("%s: decoded, but libjpeg warned: %s", listing.paths[i], said)
@@ -312,6 +360,10 @@ def _target(
         numeric = bool(np.isfinite(values).all())
     except ValueError:
         numeric = False
+    if numeric and not (np.abs(values) <= FLOAT32_MAX).all():
+        kept = np.flatnonzero(keep)
+        for r in kept[np.abs(values) > FLOAT32_MAX]:
+            cell_number(table, int(r), column)  # raises, naming the file, line and column
     if task == "auto":
         if not numeric:
             task = "classification"

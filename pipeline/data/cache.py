@@ -11,6 +11,14 @@ Layout of ``data/cache/<dataset>/``::
 ``.npy`` is memory-mappable and loads with ``allow_pickle=False``. The folder is written to a
 temporary sibling and renamed into place, so an interrupted ``prepare`` leaves the old cache or
 none, never a half-written one.
+
+Staging folders are named ``.<folder>.tmp-<host>-<pid>-<random>`` (and the old folder moved
+aside ``.<folder>.old-<host>-<pid>``). A process killed with ``kill -9`` cannot remove its own,
+so every :func:`staged_dir` first sweeps the stale ones of the same folder: those made on this
+host by a process that is no longer alive, and those in the unowned format of earlier versions
+(``.<folder>.tmp-<random>``) not modified for :data:`UNOWNED_STALE_S`. An ``.old`` folder whose
+owner died is put back when ``<folder>`` itself is missing (it was killed between the two
+renames), else removed.
 """
 
 from __future__ import annotations
@@ -19,8 +27,11 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +47,9 @@ logger = logging.getLogger(__name__)
 META_FILE = "meta.json"
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 CACHE_VERSION = 1
+# An unowned staging folder (made before folders carried their owner) untouched this long is
+# taken as stale: no write of a cache takes anywhere near as long between two file writes.
+UNOWNED_STALE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,9 @@ class CacheMeta:
         return len(self.class_names)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+        """Strict JSON: a NaN or infinite value raises ValueError instead of writing ``NaN``."""
+        data = dataclasses.asdict(self)
+        return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CacheMeta:
@@ -132,13 +148,15 @@ def staged_dir(folder: Path) -> Iterator[Path]:
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    remove_stale_staging(folder)
+    owner = _owner()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{owner}-", dir=folder.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it normal rights
         yield tmp
         old = None
         if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+            old = folder.parent / f".{folder.name}.old-{owner}"
             if old.exists():
                 shutil.rmtree(old)
             os.replace(folder, old)
@@ -153,6 +171,62 @@ def staged_dir(folder: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _owner() -> str:
+    """``<host>-<pid>``, with the host name reduced to characters safe in a file name."""
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _is_stale(entry: Path, owner: str | None, now: float) -> bool:
+    """Whether a staging folder's maker is gone (see the module docstring for the rule)."""
+    if owner is None:
+        try:
+            return now - entry.stat().st_mtime > UNOWNED_STALE_S
+        except FileNotFoundError:
+            return False
+    host, _, pid = owner.rpartition("-")
+    here, _, _ = _owner().rpartition("-")
+    return host == here and int(pid) != os.getpid() and not _alive(int(pid))
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Remove the staging folders of ``folder`` left by killed processes; return them."""
+    folder = Path(folder)
+    pattern = re.compile(
+        rf"\.{re.escape(folder.name)}\.(tmp|old)-(?:(?P<owner>[A-Za-z0-9_.]+-\d+)(?:-|$))?"
+    )
+    removed = []
+    now = time.time()
+    try:
+        entries = sorted(folder.parent.iterdir())
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        found = pattern.match(entry.name)
+        if found is None or not entry.is_dir() or entry.is_symlink():
+            continue
+        if not _is_stale(entry, found.group("owner"), now):
+            continue
+        if found.group(1) == "old" and not folder.exists():
+            os.replace(entry, folder)  # killed between the two renames: the old one is whole
+            logger.warning("%s: put back from %s (a killed write moved it aside)", folder, entry)
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        logger.warning("removed %s, left by a killed write of %s", entry, folder)
+        removed.append(entry)
+    return removed
 
 
 def _umask() -> int:

@@ -15,10 +15,12 @@ cluttering the terminal.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import mmap
 import multiprocessing
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -31,17 +33,25 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.data._header import PillowRefused, image_pixels
+from pipeline.data._header import jpeg_size as _jpeg_size
 from pipeline.data.fingerprint import MISSING_DIGEST
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SIZE_POLICIES = ("resize", "reject")
 
 # Failure kinds. ``missing`` and ``corrupt`` are what ``on_bad_file: skip`` may skip; ``mismatch``
-# (wrong channel count or size under ``size_policy: reject``) always stops prepare.
+# (another size under ``size_policy: reject``) and ``too_large`` (over the pixel limit, a
+# declared bound the user raises rather than skips past) always stop prepare.
 MISSING = "missing"
 CORRUPT = "corrupt"
 MISMATCH = "mismatch"
+TOO_LARGE = "too_large"
 SKIPPABLE = (MISSING, CORRUPT)
+
+# Largest image (width x height, from the file's header) decoded: a 20,000 x 20,000 JPEG would
+# otherwise take gigabytes before any check sees it. Callers pass their own limit.
+MAX_IMAGE_PIXELS = 50_000_000
 
 _SOI = b"\xff\xd8"
 _EOI = b"\xff\xd9"
@@ -165,10 +175,25 @@ _TRUNCATED = (
 _UNDECODABLE = (CORRUPT, "corrupt image (OpenCV could not decode it); expected a JPEG image")
 
 
-def _decode(data: bytes) -> np.ndarray | tuple[str, str]:
+def _too_large(data: bytes, max_pixels: int) -> tuple[str, str] | None:
+    """``(TOO_LARGE, what)`` when the header declares more than ``max_pixels`` pixels."""
+    limit = f"expected at most {max_pixels:,} pixels (the pixel limit; checked before decoding)"
+    try:
+        size = image_pixels(data)
+    except PillowRefused as exc:
+        return TOO_LARGE, f"declares {exc.pixels:,} pixels; {limit}"
+    if size is None or size[0] * size[1] <= max_pixels:
+        return None
+    width, height = size
+    return TOO_LARGE, f"is {height}x{width} (HxW, {width * height:,} pixels); {limit}"
+
+
+def _decode(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray | tuple[str, str]:
     """OpenCV's decoding of ``data`` (HxW gray or HxWxC BGR), or ``(kind, what was wrong)``."""
     if not data:
         return _EMPTY
+    if (big := _too_large(data, max_pixels)) is not None:
+        return big
     if data[:2] == _SOI and not jpeg_is_complete(data):
         return _TRUNCATED
     try:
@@ -183,14 +208,13 @@ def _decode(data: bytes) -> np.ndarray | tuple[str, str]:
 def _place(
     img: np.ndarray, out: np.ndarray, channels: int, size: tuple[int, int], size_policy: str
 ) -> tuple[str, str] | None:
-    """Check/convert a decoded image and write it into ``out`` (``uint8 [C, H, W]``, RGB)."""
+    """Check/convert a decoded image and write it into ``out`` (``uint8 [C, H, W]``, RGB).
+
+    The channel count is always converted to ``channels`` (as the README promises);
+    ``size_policy`` only decides what happens to another size.
+    """
     have = 1 if img.ndim == 2 else img.shape[2]
     if have != channels:
-        if size_policy == "reject":
-            return MISMATCH, (
-                f"has {have} channel(s); expected {channels} "
-                "(image.channels, with size_policy: reject)"
-            )
         img = _to_channels(img, have, channels)
     height, width = size
     if img.shape[0] != height or img.shape[1] != width:
@@ -211,16 +235,24 @@ def _place(
 
 
 def decode_into(
-    data: bytes, out: np.ndarray, *, channels: int, size: tuple[int, int], size_policy: str
+    data: bytes,
+    out: np.ndarray,
+    *,
+    channels: int,
+    size: tuple[int, int],
+    size_policy: str,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> tuple[str, str] | None:
     """Decode ``data`` into ``out`` (``uint8 [C, H, W]``).
 
-    Returns None, or ``(kind, what was wrong)`` with kind :data:`CORRUPT` or :data:`MISMATCH`.
+    Returns None, or ``(kind, what was wrong)`` with kind :data:`CORRUPT`, :data:`MISMATCH` or
+    :data:`TOO_LARGE`.
 
-    ``channels``: 1 (grayscale) or 3 (RGB). An image with another channel count or size is
-    converted/resized under ``size_policy: resize`` and refused under ``reject``.
+    ``channels``: 1 (grayscale) or 3 (RGB); another channel count is always converted. An image
+    of another size is resized under ``size_policy: resize`` and refused under ``reject``. An
+    image whose header declares more than ``max_pixels`` pixels is refused before decoding.
     """
-    img = _decode(data)
+    img = _decode(data, max_pixels)
     if isinstance(img, tuple):
         return img
     return _place(img, out, channels, size, size_policy)
@@ -291,36 +323,34 @@ class _Job:
     channels: int
     size: tuple[int, int]
     size_policy: str
+    max_pixels: int = MAX_IMAGE_PIXELS
 
 
 def _run_chunk(job: _Job, k: int) -> _ChunkResult:
     lo, hi = job.chunks[k]
-    args = (lo, job.paths[lo:hi], job.images[lo:hi], job.channels, job.size, job.size_policy)
     with captured_stderr() as err:
-        result = _decode_paths(*args, err=None)
+        result = _decode_paths(job, lo, hi, err=None)
         if err.drain():
             # libjpeg said something about some file(s) of this chunk (rare): decode them again
             # one by one, reading stderr after each, to know which file it was about.
-            result = _decode_paths(*args, err=err)
+            result = _decode_paths(job, lo, hi, err=err)
     return result
 
 
-def _decode_paths(
-    start: int,
-    paths: Sequence[str],
-    out: np.ndarray,
-    channels: int,
-    size: tuple[int, int],
-    size_policy: str,
-    *,
-    err: _StderrPipe | None,
-) -> _ChunkResult:
+def _decode_paths(job: _Job, start: int, stop: int, *, err: _StderrPipe | None) -> _ChunkResult:
     """The hot loop: read, hash, decode into ``out``. ``err``: attribute libjpeg's warnings.
 
     This is :func:`read_file` + :func:`decode_into` with the common case (a complete JPEG of the
     declared size and channel count) inlined and every name bound locally: at ~15 µs per image,
     Python's per-call overhead would otherwise be a good part of the cost.
     """
+    paths, out = job.paths[start:stop], job.images[start:stop]
+    channels, size, size_policy, max_pixels = (
+        job.channels,
+        job.size,
+        job.size_policy,
+        job.max_pixels,
+    )
     digests: list[bytes] = []
     failures: list[Failure] = []
     warnings: list[tuple[int, str]] = []
@@ -332,6 +362,7 @@ def _decode_paths(
         np.uint8,
         cv2.IMREAD_ANYCOLOR,
     )
+    jpeg_size = _jpeg_size
     sha256, os_open, os_read, os_close, flags = (
         hashlib.sha256,
         os.open,
@@ -359,7 +390,11 @@ def _decode_paths(
             out[i] = 0
             continue
         digests.append(sha256(data).digest())
-        img = imdecode(frombuffer(data, uint8), anycolor) if data.endswith(_EOI) else None
+        # Fast path only for a complete JPEG whose header is read and within the pixel limit;
+        # anything else goes through _decode, which checks it in full.
+        dims = jpeg_size(data) if data.startswith(_SOI) and data.endswith(_EOI) else None
+        fits = dims is not None and dims[0] * dims[1] <= max_pixels
+        img = imdecode(frombuffer(data, uint8), anycolor) if fits else None
         if img is not None and img.shape == fast_shape and err is None:
             if gray:
                 out[i, 0] = img
@@ -367,7 +402,7 @@ def _decode_paths(
                 out[i] = img[:, :, ::-1].transpose(2, 0, 1)
             continue
         # Everything else: not ending in EOI, undecodable, another size or channel count.
-        decoded = img if img is not None else _decode(data)
+        decoded = img if img is not None else _decode(data, max_pixels)
         problem = (
             decoded
             if isinstance(decoded, tuple)
@@ -422,9 +457,28 @@ class _Claims:
         return k if k < self._total else None
 
 
-def _helper(job: _Job, claims: _Claims, conn: Connection) -> None:
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux), e.g. by ``kill -9``.
+
+    Without it an orphaned helper can wait forever on the claims lock its dead parent held.
+    The parent may already have died between the fork and this call: then exit now. (The
+    kernel watches the forking *thread*; :func:`decode_files` joins its helpers before it
+    returns, so that thread outlives them.)
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _helper(job: _Job, claims: _Claims, conn: Connection, parent: int) -> None:
     """A forked decoding process: claim chunks until none are left, send back each result."""
     try:
+        _die_with_parent(parent)
         cv2.setNumThreads(1)  # parallelism comes from the processes
         while (k := claims.next()) is not None:
             conn.send(("chunk", _run_chunk(job, k)))
@@ -448,6 +502,7 @@ def decode_files(
     workers: int = 0,
     progress: bool = False,
     desc: str = "decode",
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> DecodeResult:
     """Decode every file into one ``uint8 [N, C, H, W]`` array, in input order.
 
@@ -461,6 +516,7 @@ def decode_files(
         channels, size, size_policy: as :func:`decode_into`.
         workers: processes to use; 0 = one per core.
         progress: show a tqdm bar on stderr (only drawn on a terminal).
+        max_pixels: images whose header declares more pixels fail as :data:`TOO_LARGE`.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -473,7 +529,7 @@ def decode_files(
     helpers = min(workers, len(chunks)) - 1 if n >= _MIN_FILES_FOR_POOL and _can_fork() else 0
     shape = (n, channels, *size)
     images = _shared_array(shape) if helpers > 0 else np.zeros(shape, np.uint8)
-    job = _Job(paths, images, chunks, channels, size, size_policy)
+    job = _Job(paths, images, chunks, channels, size, size_policy, max_pixels)
     ctx = multiprocessing.get_context("fork") if helpers > 0 else None
     claims = _Claims(ctx, len(chunks))
 
@@ -520,7 +576,9 @@ def decode_files(
             cv2.setNumThreads(1)
             for _ in range(helpers):
                 recv_end, send_end = ctx.Pipe(duplex=False)
-                helper = ctx.Process(target=_helper, args=(job, claims, send_end), daemon=True)
+                helper = ctx.Process(
+                    target=_helper, args=(job, claims, send_end, os.getpid()), daemon=True
+                )
                 helper.start()
                 send_end.close()  # the child holds the only write end: EOF when it is gone
                 procs.append(helper)

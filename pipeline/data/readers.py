@@ -24,7 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import ImageFolderDataset, JpegLabelsDataset, LabelledFolder
-from pipeline.data.images import IMAGE_SUFFIXES, SIZE_POLICIES, captured_stderr, decode_into
+from pipeline.data.images import (
+    IMAGE_SUFFIXES,
+    MAX_IMAGE_PIXELS,
+    SIZE_POLICIES,
+    captured_stderr,
+    decode_into,
+)
 from pipeline.data.tabular import read_csv_table
 from pipeline.errors import UserError
 
@@ -40,7 +46,12 @@ logger = logging.getLogger(__name__)
 
 
 def decode_image(
-    path: Path, *, channels: int, size: tuple[int, int], size_policy: str
+    path: Path,
+    *,
+    channels: int,
+    size: tuple[int, int],
+    size_policy: str,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
     """Read and decode one image file exactly as ``prepare`` does: ``uint8 [C, H, W]``.
 
@@ -48,12 +59,13 @@ def decode_image(
         path: the image file (JPEG; PNG also decodes).
         channels: 1 (grayscale) or 3 (RGB).
         size: (height, width) of the result.
-        size_policy: ``resize`` converts/resizes an image of another channel count or size;
-            ``reject`` refuses it.
+        size_policy: ``resize`` resizes an image of another size; ``reject`` refuses it.
+            Another channel count is always converted.
+        max_pixels: an image whose header declares more pixels is refused before decoding.
 
     Raises:
-        UserError: naming the file and what was wrong (missing, corrupt, truncated, wrong
-            channel count or size under ``reject``).
+        UserError: naming the file and what was wrong (missing, corrupt, truncated, over the
+            pixel limit, another size under ``reject``).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -68,7 +80,14 @@ def decode_image(
         raise UserError(f"{path}: cannot read ({exc.strerror}); expected an image file") from None
     out = np.zeros((channels, int(size[0]), int(size[1])), np.uint8)
     with captured_stderr() as err:
-        problem = decode_into(data, out, channels=channels, size=size, size_policy=size_policy)
+        problem = decode_into(
+            data,
+            out,
+            channels=channels,
+            size=size,
+            size_policy=size_policy,
+            max_pixels=max_pixels,
+        )
         said = " / ".join(err.drain().splitlines())
     if problem is not None:
         detail = f" [libjpeg: {said}]" if said else ""
@@ -138,7 +157,10 @@ def _labels_text(path: Path, key: str) -> str:
 
 
 # A plain labels line: a name without path separators, then a non-negative integer.
-_PLAIN_LINE = re.compile(r"^[ \t]*([^\s/\\]+)[ \t]+(\d+)[ \t\r]*$", re.MULTILINE | re.ASCII)
+_PLAIN_LINE = re.compile(r"^[ \t]*([^\s/\\]+)[ \t]+(\d{1,9})[ \t\r]*$", re.MULTILINE | re.ASCII)
+# Without declared ``classes``, ids 0..max label are the classes: a stray huge label would
+# otherwise build that many (empty) classes.
+MAX_CLASSES = 100_000
 
 
 @dataclass
@@ -187,14 +209,23 @@ def list_jpeg_labels(
         listing.labels += got.labels
         listing.parts += [part] * len(got.paths)
     max_label = max(listing.labels)
+    if cfg.classes is None and max_label >= MAX_CLASSES:
+        i = listing.labels.index(max_label)
+        raise UserError(
+            f"{listing.origins[i]}: label {max_label} is too large; expected a class id below "
+            f"{MAX_CLASSES:,}"
+        )
     if cfg.classes is not None:
         listing.class_names = list(cfg.classes)
     else:
         listing.class_names = [str(k) for k in range(max_label + 1)]
     absent = sorted(set(range(len(listing.class_names))) - set(listing.labels))
     if absent:
+        shown = ", ".join(map(str, absent[:10])) + (
+            f" (+{len(absent) - 10})" if absent[10:] else ""
+        )
         logger.warning(
-            "%s: no image has label(s) %s; those classes will never be predicted", key, absent
+            "%s: no image has label(s) %s; those classes will never be predicted", key, shown
         )
     return listing
 
@@ -279,6 +310,11 @@ def _parse_lines(
             raise UserError(
                 f"{where}: label {label_text!r} of {name!r} is not a non-negative integer; "
                 "expected a class id such as 7"
+            )
+        if len(label_text) > 9 or int(label_text) >= MAX_CLASSES:
+            raise UserError(
+                f"{where}: label {label_text[:20]!r} of {name!r} is too large; expected a class "
+                f"id below {MAX_CLASSES:,}"
             )
         _check_name(name, folder, where)
         if name in by_name:

@@ -17,6 +17,8 @@ import numpy as np
 
 from pipeline.errors import UserError
 
+# Caches hold float32: a cell beyond its range would become inf there.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Cells that mean "no value" (compared case-insensitively, after stripping spaces).
 MISSING_MARKERS = frozenset({"", "na", "n/a", "nan", "null", "none"})
 MISSING_POLICIES = ("reject", "drop")
@@ -116,8 +118,8 @@ def rows_to_keep(
                 if missing == "reject":
                     hint = f"set {key}: drop to drop such rows, or " if key else ""
                     raise UserError(
-                        f"{table.path}:{table.lines[r]}: column {table.header[c]!r} has no "
-                        f"value ({cell!r}); expected a number ({hint}fill it in)"
+                        f"{table.path}:{table.lines[r]}:{c + 1}: column {table.header[c]!r} "
+                        f"has no value ({cell!r}); expected a number ({hint}fill it in)"
                     )
                 keep[r] = False
                 break
@@ -125,14 +127,18 @@ def rows_to_keep(
 
 
 def numeric_columns(table: CsvTable, columns: list[int], keep: np.ndarray) -> np.ndarray:
-    """``float64 [N_kept, len(columns)]``; UserError naming the first non-numeric cell."""
+    """``float64 [N_kept, len(columns)]``, every value within float32's range.
+
+    Raises:
+        UserError: naming the first non-numeric, non-finite or out-of-range cell.
+    """
     rows = [row for row, k in zip(table.rows, keep, strict=True) if k]
     out = np.empty((len(rows), len(columns)), dtype=np.float64)
     for j, c in enumerate(columns):
         cells = [row[c] for row in rows]
         try:
             out[:, j] = np.asarray(cells, dtype=np.float64)
-            if np.isfinite(out[:, j]).all():
+            if (np.abs(out[:, j]) <= FLOAT32_MAX).all():  # also False for NaN
                 continue
         except ValueError:
             pass
@@ -141,23 +147,25 @@ def numeric_columns(table: CsvTable, columns: list[int], keep: np.ndarray) -> np
 
 
 def _scan_column(table: CsvTable, c: int, keep: np.ndarray) -> list[float]:
-    values = []
-    for r, row in enumerate(table.rows):
-        if not keep[r]:
-            continue
-        cell = row[c]
-        try:
-            value = float(cell)
-            expected = "a finite number"
-        except ValueError:
-            value, expected = math.nan, "a number"
-        if not math.isfinite(value):
-            raise UserError(
-                f"{table.path}:{table.lines[r]}: column {table.header[c]!r}: expected "
-                f"{expected}, got {cell!r}"
-            )
-        values.append(value)
-    return values
+    return [cell_number(table, r, c) for r in range(len(table.rows)) if keep[r]]
+
+
+def cell_number(table: CsvTable, r: int, c: int) -> float:
+    """Row ``r``'s cell in column ``c`` as a float that fits float32; else a UserError."""
+    cell = table.rows[r][c]
+    where = f"{table.path}:{table.lines[r]}:{c + 1}: column {table.header[c]!r}"
+    try:
+        value = float(cell)
+    except ValueError:
+        raise UserError(f"{where}: expected a number, got {cell!r}") from None
+    if not math.isfinite(value):
+        raise UserError(f"{where}: expected a finite number, got {cell!r}")
+    if abs(value) > FLOAT32_MAX:
+        raise UserError(
+            f"{where}: {cell.strip()!r} does not fit float32 (the cache's type); expected a "
+            f"number between -{FLOAT32_MAX:.4g} and {FLOAT32_MAX:.4g} (rescale the column)"
+        )
+    return value
 
 
 def read_csv_table(path: Path, *, columns: list[str], missing: str = "reject") -> np.ndarray:

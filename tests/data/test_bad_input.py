@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from pipeline.config import load_params
-from pipeline.prepare import prepare
+from pipeline.data import PrepareOptions, load_cache
+from pipeline.data import run_prepare as prepare_datasets  # helpers.run_prepare is main()
 from tests.data.conftest import TinyProject
 from tests.data.helpers import (
     jpeg_dataset,
@@ -154,12 +155,6 @@ CASES: list[tuple[str, Callable[[TinyProject], None], str, str]] = [
         "tiny",
     ),
     (
-        "wrong channels",
-        lambda t: (_reject(t), _wrong_channels(t)),
-        r"train/00005\.jpg.*: has 3 channel\(s\); expected 1",
-        "tiny",
-    ),
-    (
         "wrong size",
         lambda t: (_reject(t), _wrong_size(t)),
         r"train/00005\.jpg.*: is 8x9 \(HxW\); expected 8x8 "
@@ -175,13 +170,13 @@ CASES: list[tuple[str, Callable[[TinyProject], None], str, str]] = [
     (
         "csv non-numeric",
         lambda t: _csv_rows(t, ["a", "b", "y"], [[1, 2, 3], [4, "five", 6]] * 3),
-        r"table\.csv:3: column 'b': expected a number, got 'five'",
+        r"table\.csv:3:2: column 'b': expected a number, got 'five'",
         "table",
     ),
     (
         "csv missing value",
         lambda t: _csv_rows(t, ["a", "b", "y"], [[1, 2, 3], [4, "", 6]] * 3),
-        r"table\.csv:3: column 'b' has no value \(''\); expected a number "
+        r"table\.csv:3:2: column 'b' has no value \(''\); expected a number "
         r"\(set datasets\.table\.missing: drop",
         "table",
     ),
@@ -240,12 +235,20 @@ def test_bad_input_stops_prepare(
     assert sorted(os.listdir(tiny.cache)) == ["table", "tiny"]  # no temp folders left
 
 
+def test_reject_policy_converts_channels(tiny: TinyProject) -> None:
+    # size_policy: reject refuses other sizes only; channels are converted as the README says.
+    _reject(tiny)
+    _wrong_channels(tiny)
+    assert run_prepare(tiny.params) == 0
+    assert load_cache(tiny.cache / "tiny").train_x.shape[1:] == (1, 8, 8)
+
+
 def test_bad_file_skip_policy(tiny: TinyProject, caplog: pytest.LogCaptureFixture) -> None:
     _corrupt(tiny)
     _labels(tiny, "00000.jpg 0", "00001.jpg 1", "gone.jpg 2")
     tiny.write(tiny=jpeg_dataset(image={"on_bad_file": "skip"}))
     with caplog.at_level(logging.WARNING):
-        prepare(load_params(tiny.params), ["tiny"])
+        prepare_datasets(PrepareOptions(load_params(tiny.params), ("tiny",)))
     meta = json.loads((tiny.cache / "tiny" / "meta.json").read_text())
     skipped = {s["file"]: s for s in meta["skipped"]}
     assert set(skipped) == {"train/00005.jpg", "train/gone.jpg"}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import pipeline.data.cache as cache_mod
-import pipeline.prepare as prepare_mod
+import pipeline.data.stage as stage_mod
 from pipeline.data.cache import load_cache, staged_dir, write_cache
 from tests.conftest import make_image_cache
 from tests.data.conftest import TinyProject
@@ -89,7 +89,7 @@ def test_interrupted_prepare_keeps_old_cache(tiny: TinyProject, monkeypatch, cap
 
         write_cache(folder, meta, arrays, _before_rename=die)
 
-    monkeypatch.setattr(prepare_mod, "write_cache", interrupted)
+    monkeypatch.setattr(stage_mod, "write_cache", interrupted)
     (tiny.raw / "train" / "00000.jpg").unlink()  # the new cache would differ
     (tiny.raw / "train_labels.txt").write_text(
         "".join(f"{i:05d}.jpg {i % 3}\n" for i in range(1, 24))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline import fetch
+from pipeline.data import write_diabetes, write_digits
 from pipeline.data.readers import decode_image
 
 
@@ -26,7 +27,7 @@ def _tree_hash(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("fetch") / "digits"
-    fetch.write_digits(folder, val_fraction=0.2, seed=0)
+    write_digits(folder, val_fraction=0.2, seed=0)
     return folder
 
 
@@ -49,19 +50,19 @@ def test_digits_layout(digits_dir: Path) -> None:
 
 def test_fetch_is_deterministic(digits_dir: Path, tmp_path: Path) -> None:
     again = tmp_path / "digits"
-    fetch.write_digits(again, val_fraction=0.2, seed=0)
+    write_digits(again, val_fraction=0.2, seed=0)
     assert _tree_hash(again) == _tree_hash(digits_dir)
-    fetch.write_digits(again, val_fraction=0.2, seed=0)  # over an existing folder
+    write_digits(again, val_fraction=0.2, seed=0)  # over an existing folder
     assert _tree_hash(again) == _tree_hash(digits_dir)
     assert os.listdir(tmp_path) == ["digits"]  # no temp folders left
-    fetch.write_diabetes(tmp_path / "a.csv")
-    fetch.write_diabetes(tmp_path / "b.csv")
+    write_diabetes(tmp_path / "a.csv")
+    write_diabetes(tmp_path / "b.csv")
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
 
 
 def test_diabetes_csv(tmp_path: Path) -> None:
     path = tmp_path / "raw" / "diabetes.csv"
-    assert fetch.write_diabetes(path) == 442
+    assert write_diabetes(path) == 442
     with path.open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 442 and list(rows[0])[-1] == "target"

@@ -9,15 +9,15 @@ import cv2
 import numpy as np
 
 from pipeline.config import load_params
+from pipeline.data import PrepareOptions, run_prepare
 from pipeline.data.cache import load_cache
 from pipeline.data.fingerprint import Fingerprint
-from pipeline.prepare import prepare
 from tests.data.conftest import TinyProject
 from tests.data.helpers import jpeg_dataset, write_jpeg, write_params
 
 
 def _fingerprint(t: TinyProject, dataset: str = "tiny") -> str:
-    (meta,) = prepare(load_params(t.params), [dataset])
+    (meta,) = run_prepare(PrepareOptions(load_params(t.params), (dataset,))).metas
     return meta.fingerprint
 
 
@@ -28,7 +28,7 @@ def test_same_input_same_fingerprint(tiny: TinyProject, tmp_path_factory) -> Non
     other = tmp_path_factory.mktemp("copy")
     shutil.copytree(tiny.root, other, dirs_exist_ok=True)
     write_params(other, TinyProject.default_datasets(), workers=2)
-    (meta,) = prepare(load_params(other / "params.yaml"), ["tiny"])
+    (meta,) = run_prepare(PrepareOptions(load_params(other / "params.yaml"), ("tiny",))).metas
     assert meta.fingerprint == first
     assert load_cache(other / "cache" / "tiny").meta == load_cache(tiny.cache / "tiny").meta
 

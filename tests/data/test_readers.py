@@ -15,11 +15,12 @@ import pytest
 
 import pipeline.data.images as images_mod
 from pipeline.config import load_params
+from pipeline.data import PrepareOptions
+from pipeline.data import run_prepare as prepare_datasets  # helpers.run_prepare is main()
 from pipeline.data.cache import load_cache
 from pipeline.data.images import channel_stats, decode_files, jpeg_is_complete
 from pipeline.data.readers import decode_image, read_csv_table
 from pipeline.errors import UserError
-from pipeline.prepare import prepare
 from tests.data.conftest import TinyProject
 from tests.data.helpers import (
     encode_jpeg,
@@ -139,8 +140,9 @@ def test_decode_image_helper(tmp_path: Path) -> None:
     assert decode_image(path, channels=3, size=(10, 12), size_policy="resize").shape == (3, 10, 12)
     with pytest.raises(UserError, match=r"a\.jpg: is 10x12 \(HxW\); expected 8x8"):
         decode_image(path, channels=1, size=(8, 8), size_policy="reject")
-    with pytest.raises(UserError, match=r"a\.jpg: has 1 channel\(s\); expected 3"):
-        decode_image(path, channels=3, size=(10, 12), size_policy="reject")
+    # Another channel count is converted under either policy; only sizes are refused.
+    colour = decode_image(path, channels=3, size=(10, 12), size_policy="reject")
+    assert colour.shape == (3, 10, 12)
     with pytest.raises(UserError, match=r"nope\.jpg: file not found"):
         decode_image(tmp_path / "nope.jpg", channels=1, size=(8, 8), size_policy="resize")
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
@@ -178,7 +180,7 @@ def test_truncation_check() -> None:
 def test_csv_regression(tiny: TinyProject, caplog: pytest.LogCaptureFixture) -> None:
     params = load_params(tiny.params)
     with caplog.at_level(logging.INFO):
-        (meta,) = prepare(params, ["table"])
+        (meta,) = prepare_datasets(PrepareOptions(params, ("table",))).metas
     assert "auto -> regression" in caplog.text
     cache = load_cache(tiny.cache / "table")
     assert meta.task == "regression" and meta.kind == "tabular"
@@ -218,7 +220,7 @@ def test_csv_classification_auto_and_labels(tiny: TinyProject, caplog) -> None:
         },
     )
     with caplog.at_level(logging.INFO):
-        metas = prepare(load_params(tiny.params))
+        metas = prepare_datasets(PrepareOptions(load_params(tiny.params))).metas
     assert "auto -> classification" in caplog.text
     cls, names = metas
     assert cls.task == "classification" and cls.class_names == ["0", "1", "2"]
@@ -244,7 +246,7 @@ def test_csv_features_subset_and_missing_drop(tiny: TinyProject) -> None:
             "missing": "drop",
         }
     )
-    (meta,) = prepare(load_params(tiny.params))
+    (meta,) = prepare_datasets(PrepareOptions(load_params(tiny.params))).metas
     assert meta.feature_names == ["b", "a"] and meta.n_train + meta.n_test == 19
     assert "row:5" not in meta.test_sources  # line 5 = the row with the hole
 
@@ -256,7 +258,7 @@ def test_read_csv_table(tmp_path: Path) -> None:
     assert table.dtype == np.float32 and table.tolist() == [[2, 1], [4, 3.5]]
     with pytest.raises(UserError, match=r"t\.csv: no column 'z'"):
         read_csv_table(path, columns=["z"])
-    with pytest.raises(UserError, match=r"t\.csv:2: column 'c': expected a number, got 'x'"):
+    with pytest.raises(UserError, match=r"t\.csv:2:3: column 'c': expected a number, got 'x'"):
         read_csv_table(path, columns=["a", "c"])
 
 
