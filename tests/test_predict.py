@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from pipeline import predict, prepare
-from pipeline.registry import gate as registry
 from pipeline.config import Params, load_params
 from pipeline.data.cache import Cache, load_cache
+from pipeline.registry import gate as registry
 from tests.conftest import REPO, SMALL, _deep_update, make_tabular_cache
 from tests.registry.test_gate import error_line, setup_store, train_and_log
 

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.training import engine
 from pipeline.errors import UserError
 from pipeline.search import main
 from pipeline.study.storage import ENV_STORAGE, StorageChoice, open_storage, resolve_storage
+from pipeline.training import engine
 from tests.conftest import make_image_cache
 
 TINY = {
@@ -212,8 +212,8 @@ def test_a_trial_whose_record_fails_keeps_its_result(
     proj: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """MLflow failing to store a model loses neither the trial nor the rest of its record."""
-    from pipeline.tracking import runs as tracking
     from pipeline.search import SearchOptions, run_search
+    from pipeline.tracking import runs as tracking
 
     original = tracking.log_model
     broken: list[str] = []

@@ -7,8 +7,8 @@ A trial draws its values from the study's space, lays them over the dataset's pa
 - **holdout** (``cv.folds: 0``, or ``auto`` on a large training part): one train/validation split
   of ``cv.holdout`` (default ``train.val_fraction``);
 - **k-fold** (``cv.folds: K``, or ``auto`` below ``search.cv_threshold`` samples): K stratified
-  folds (classification), one :class:`~pipeline.training.engine.Trainer` each, advanced in *lockstep*:
-  every epoch, each fold that is still training runs one epoch.
+  folds (classification), one :class:`~pipeline.training.Trainer` each, advanced in
+  *lockstep*: every epoch, each fold that is still training runs one epoch.
 
 After every epoch the trial reports ``metric`` averaged over the folds and asks the pruner.
 A fold that has already early-stopped contributes the value at its best epoch (the weights it
@@ -577,7 +577,8 @@ class MlflowTrialTracker:
             # One request for tags, params and the first 1000 metrics (MLflow's batch limit).
             for i in range(0, max(1, len(metrics)), tracking.BATCH_LIMIT):
                 self.client.log_batch(
-                    run_id, metrics=metrics[i : i + tracking.BATCH_LIMIT], params=params if i == 0 else [],
+                    run_id, metrics=metrics[i : i + tracking.BATCH_LIMIT],
+                    params=params if i == 0 else [],
                     tags=run_tags if i == 0 else [], synchronous=True,
                 )
             if progress.history and not progress.interrupted:

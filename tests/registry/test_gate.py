@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.registry import metrics as M
-from pipeline.registry import gate as registry
 from pipeline.config import Params
 from pipeline.data.cache import Cache, load_cache
 from pipeline.errors import UserError
+from pipeline.registry import gate as registry
+from pipeline.registry import metrics as M
 
 
 # --------------------------------------------------------------------------------------------
@@ -37,10 +37,8 @@ def train_and_log(
     import mlflow
     import torch
 
-    from pipeline.training import engine
-    from pipeline.training import models
-    from pipeline.training import runtime
     from pipeline.tracking import runs as tracking
+    from pipeline.training import engine, models, runtime
 
     p = params.with_overrides(
         {"train.lr": lr, "train.max_epochs": epochs, "train.lr_schedule.enabled": False}

@@ -12,11 +12,11 @@ import numpy as np
 import optuna
 import pytest
 
-from pipeline.training import engine
 from pipeline.config import Params
 from pipeline.data.cache import load_cache
 from pipeline.study.objective import Objective, TrialProgress, plan_folds
 from pipeline.study.spec import parse_study
+from pipeline.training import engine
 from tests.conftest import make_image_cache, make_tabular_cache
 
 

@@ -1,4 +1,4 @@
-"""Per-trial sampler streams: workers sharing a study never draw alike; one worker is reproducible."""
+"""Per-trial sampler streams: workers never draw alike; one worker is reproducible."""
 
 from __future__ import annotations
 
