@@ -132,9 +132,9 @@ def untracked(project: Path, study_name: str, n_trials: int | None) -> dict[str,
 
     from pipeline.data.cache import load_cache
     from pipeline.study.objective import Objective
-    from pipeline.training.runtime import resolve_device
     from pipeline.study.spec import load_study, make_pruner, make_sampler
     from pipeline.study.storage import StorageChoice, open_storage
+    from pipeline.training.runtime import resolve_device
 
     params = load_params(project / "params.yaml")
     spec = load_study(study_name, project / "studies", params)
