@@ -7,6 +7,7 @@ Every import of ``pipeline`` code counts, wherever it sits (module top, inside a
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -250,3 +251,31 @@ def test_library_code_never_prints_or_exits() -> None:
                 if name == "print" or (owner == "sys" and name == "exit"):
                     wrong.append(f"{path.relative_to(REPO)}:{node.lineno}: {owner or ''}{name}")
     assert not wrong, "\n".join(wrong)
+
+
+def write_dvc_deps(path: Path = REPO / "dvc.yaml") -> None:
+    """Rewrite each stage's ``pipeline/`` deps in dvc.yaml from the import walk, in place.
+
+    Run ``python -m tests.test_layout`` after changing imports; comments and order are kept.
+    """
+    lines = path.read_text().splitlines(keepends=True)
+    stages = _stage_deps()
+    out: list[str] = []
+    stage = None
+    for line in lines:
+        name = re.match(r"^  ([A-Za-z0-9_-]+):\s*$", line)
+        if name:
+            stage = name.group(1)
+        if stage in stages and re.match(r"^\s+- pipeline/", line):
+            indent = line[: line.index("-")]
+            if stage is not None and not out[-1].lstrip().startswith("- pipeline/"):
+                module = stages[stage][0]
+                needed = sorted(str(MODULES[m].relative_to(REPO)) for m in _closure(module))
+                out += [f"{indent}- {dep}\n" for dep in needed]
+            continue
+        out.append(line)
+    path.write_text("".join(out))
+
+
+if __name__ == "__main__":
+    write_dvc_deps()

@@ -1,33 +1,39 @@
 """Typed configuration: ``params.yaml`` parsed once into frozen dataclasses.
 
-Every key is checked here and nowhere else: an unknown key, a wrong type or a value out of range
-raises :class:`UserError` naming the file, the dotted key, the bad value and what was expected.
-A trial's configuration is the defaults with dotted-path overrides laid over the raw mapping and
-parsed again, so overrides get exactly the same checks as the file.
+Every key is checked here and nowhere else: an unknown key, a repeated key, a wrong type or a
+value out of range raises :class:`UserError` naming the file and line, the dotted key, the bad
+value and what was expected. A trial's configuration is the file's values with dotted-path
+overrides laid over the raw mapping and parsed again, so overrides get exactly the same checks.
+
+``params.yaml`` is the one home of defaults: each stage section (``fetch``, ``model``,
+``train``, ...) must list every key, and a missing one is an error naming it. The field
+defaults below serve only code that builds a config directly (tests, benchmarks);
+``tests/config/test_params.py`` keeps them equal to ``params.yaml``. A dataset entry may leave
+out its optional keys: those defaults are how an entry is read, not settings of this project.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
-import types
-import typing
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_type_hints
 
-import yaml
-
+from pipeline.config._suggest import did_you_mean
+from pipeline.config._typed import bounds, build, check_bounds, convert
+from pipeline.config._yaml import KeyPath, Where, parse_scalar, read_yaml
 from pipeline.errors import UserError
 from pipeline.secrets import has_password
 
 PARAMS_FILE = "params.yaml"
-
-
-def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
-    return {"lo": lo, "hi": hi, "lo_open": lo_open}
+# The seeds numpy's legacy generator and Optuna's samplers accept.
+_SEED = bounds(0, 2**32 - 1)
+# Dataset and study names become folder and file names: nothing that could leave the folder.
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+PLAIN_NAME_RULE = "letters, digits, '-' and '_' only"
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,7 +66,7 @@ class JpegLabelsDataset:
     classes: list[str] | None = None  # display names for label ids 0..K-1; default "0".."K-1"
     image: ImageOptions = field(default_factory=ImageOptions)
     test_part: str | None = None  # a part used as is as the test split; None: carve one out
-    test_fraction: float = field(default=0.2, metadata=_range(0.0, 0.9, lo_open=True))
+    test_fraction: float = field(default=0.2, metadata=bounds(0.0, 0.9, lo_open=True))
     format: Literal["jpeg_labels"] = "jpeg_labels"
 
 
@@ -70,7 +76,7 @@ class ImageFolderDataset:
 
     root: str
     image: ImageOptions = field(default_factory=ImageOptions)
-    test_fraction: float = field(default=0.2, metadata=_range(0.0, 0.9, lo_open=True))
+    test_fraction: float = field(default=0.2, metadata=bounds(0.0, 0.9, lo_open=True))
     format: Literal["image_folder"] = "image_folder"
 
 
@@ -83,7 +89,7 @@ class CsvDataset:
     task: Literal["classification", "regression", "auto"] = "auto"
     features: list[str] | None = None  # None: every column but the target
     missing: Literal["reject", "drop"] = "reject"  # rows with empty cells
-    test_fraction: float = field(default=0.2, metadata=_range(0.0, 0.9, lo_open=True))
+    test_fraction: float = field(default=0.2, metadata=bounds(0.0, 0.9, lo_open=True))
     format: Literal["csv"] = "csv"
 
 
@@ -116,39 +122,39 @@ class FetchConfig:
 
     digits_dir: str = "data/raw/digits"
     diabetes_csv: str = "data/raw/diabetes.csv"
-    val_fraction: float = field(default=0.2, metadata=_range(0.0, 0.9, lo_open=True))
-    seed: int = 0
+    val_fraction: float = field(default=0.2, metadata=bounds(0.0, 0.9, lo_open=True))
+    seed: int = field(default=0, metadata=_SEED)
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
     cache_dir: str = "data/cache"
-    seed: int = 42  # test split and fold assignment
-    workers: int = field(default=0, metadata=_range(0))  # 0: one per CPU core
+    seed: int = field(default=42, metadata=_SEED)  # test split and fold assignment
+    workers: int = field(default=0, metadata=bounds(0))  # 0: one per CPU core
     datasets: list[str] = field(default_factory=lambda: ["digits", "diabetes"])
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     arch: Literal["mlp", "cnn", "resnet18", "resnet50"] = "mlp"
-    hidden_layers: int = field(default=2, metadata=_range(0, 64))
-    width: int = field(default=256, metadata=_range(1, 65536))
+    hidden_layers: int = field(default=2, metadata=bounds(0, 64))
+    width: int = field(default=256, metadata=bounds(1, 65536))
     # constant: every hidden layer `width` wide (784-256-256-10); shrinking: halve each layer
     # (784-48-24-10)
     width_schedule: Literal["constant", "shrinking"] = "constant"
     activation: Literal["relu", "gelu", "silu", "tanh", "leaky_relu"] = "relu"
     batch_norm: bool = False  # Linear/Conv -> BatchNorm -> activation
-    dropout: float = field(default=0.0, metadata=_range(0.0, 1.0))
-    conv_blocks: int = field(default=2, metadata=_range(1, 8))  # cnn only
-    conv_channels: int = field(default=32, metadata=_range(1, 4096))  # first block; doubles
+    dropout: float = field(default=0.0, metadata=bounds(0.0, 1.0))
+    conv_blocks: int = field(default=2, metadata=bounds(1, 8))  # cnn only
+    conv_channels: int = field(default=32, metadata=bounds(1, 4096))  # first block; doubles
     weights: str | None = None  # resnet only: local weights file; None = random init
     freeze_backbone: bool = False  # resnet only: train the new head only
 
 
 @dataclass(frozen=True)
 class EarlyStoppingConfig:
-    patience: int = field(default=5, metadata=_range(1))
-    min_delta: float = field(default=0.0, metadata=_range(0.0))
+    patience: int = field(default=5, metadata=bounds(1))
+    min_delta: float = field(default=0.0, metadata=bounds(0.0))
     restore_best: bool = True
 
 
@@ -157,20 +163,20 @@ class LrScheduleConfig:
     """ReduceLROnPlateau on validation loss."""
 
     enabled: bool = True
-    patience: int = field(default=2, metadata=_range(0))
-    factor: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
-    min_lr: float = field(default=1.0e-6, metadata=_range(0.0))
+    patience: int = field(default=2, metadata=bounds(0))
+    factor: float = field(default=0.5, metadata=bounds(0.0, 1.0, lo_open=True))
+    min_lr: float = field(default=1.0e-6, metadata=bounds(0.0))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
-    lr: float = field(default=1.0e-3, metadata=_range(0.0, 10.0, lo_open=True))
-    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))  # sgd, rmsprop
-    weight_decay: float = field(default=0.0, metadata=_range(0.0))
-    batch_size: int = field(default=256, metadata=_range(1))
-    max_epochs: int = field(default=30, metadata=_range(1))
-    val_fraction: float = field(default=0.2, metadata=_range(0.0, 0.9, lo_open=True))
+    lr: float = field(default=1.0e-3, metadata=bounds(0.0, 10.0, lo_open=True))
+    momentum: float = field(default=0.9, metadata=bounds(0.0, 1.0))  # sgd, rmsprop
+    weight_decay: float = field(default=0.0, metadata=bounds(0.0))
+    batch_size: int = field(default=256, metadata=bounds(1))
+    max_epochs: int = field(default=30, metadata=bounds(1))
+    val_fraction: float = field(default=0.2, metadata=bounds(0.0, 0.9, lo_open=True))
     hflip: bool = False  # random horizontal flips (colour images only)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     lr_schedule: LrScheduleConfig = field(default_factory=LrScheduleConfig)
@@ -180,8 +186,8 @@ class TrainConfig:
 class SearchConfig:
     studies: list[str] = field(default_factory=lambda: ["capacity"])  # one DVC stage each
     storage: str | None = None  # Optuna storage URL; None: a local file under studies/
-    cv_threshold: int = field(default=5000, metadata=_range(1))  # folds: auto uses k-fold below
-    cv_folds: int = field(default=5, metadata=_range(2))  # K for folds: auto
+    cv_threshold: int = field(default=5000, metadata=bounds(1))  # folds: auto uses k-fold below
+    cv_folds: int = field(default=5, metadata=bounds(2))  # K for folds: auto
     reports_dir: str = "reports/studies"
 
 
@@ -281,13 +287,7 @@ def _flatten(obj: Any, prefix: str, out: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 # Dotted paths
 # --------------------------------------------------------------------------------------------
-def get_dotted(raw: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise KeyError(dotted)
-        node = node[part]
-    return node
+_NOT_SETTABLE = ("root", "source", "raw", "datasets")
 
 
 def has_dotted_field(dotted: str) -> bool:
@@ -297,10 +297,25 @@ def has_dotted_field(dotted: str) -> bool:
         if not dataclasses.is_dataclass(cls):
             return False
         hints = get_type_hints(cls)
-        if part not in hints or part in ("root", "source", "raw", "datasets"):
+        if part not in hints or part in _NOT_SETTABLE:
             return False
         cls = hints[part]
     return not dataclasses.is_dataclass(cls)
+
+
+def dotted_fields(cls: Any = None, prefix: str = "") -> list[str]:
+    """Every settable dotted key of :class:`Params` (``seed``, ``model.width``, ...)."""
+    cls = cls or Params
+    out = []
+    for name, hint in get_type_hints(cls).items():
+        if name in _NOT_SETTABLE:
+            continue
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(hint):
+            out += dotted_fields(hint, key + ".")
+        else:
+            out.append(key)
+    return out
 
 
 def set_dotted(
@@ -309,7 +324,7 @@ def set_dotted(
     if not has_dotted_field(dotted):
         raise UserError(
             f"{origin}: {dotted!r} is not a key of {source}"
-            + _suggest(dotted, _all_dotted_fields())
+            + did_you_mean(dotted, sorted(dotted_fields()))
         )
     node = raw
     parts = dotted.split(".")
@@ -318,155 +333,18 @@ def set_dotted(
     node[parts[-1]] = value
 
 
-def _all_dotted_fields(cls: Any = None, prefix: str = "") -> list[str]:
-    cls = cls or Params
-    out = []
-    for name, hint in get_type_hints(cls).items():
-        if name in ("root", "source", "raw", "datasets"):
-            continue
-        key = f"{prefix}{name}"
-        if dataclasses.is_dataclass(hint):
-            out += _all_dotted_fields(hint, key + ".")
-        else:
-            out.append(key)
-    return out
-
-
 def parse_set_option(item: str) -> tuple[str, Any]:
-    """``train.lr=0.01`` -> ("train.lr", 0.01); the value is read as YAML."""
+    """``train.lr=1e-3`` -> ("train.lr", 0.001); the value is read as in params.yaml."""
     if "=" not in item:
         raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.01")
     key, text = item.split("=", 1)
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = text
-    return key.strip(), value
+    key = key.strip()
+    return key, parse_scalar(text, f"--set {key}")
 
 
 # --------------------------------------------------------------------------------------------
 # Parsing
 # --------------------------------------------------------------------------------------------
-def _suggest(word: str, options: list[str] | typing.Iterable[str]) -> str:
-    options = list(options)
-    close = difflib.get_close_matches(word, options, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    if not options:
-        return f"{hint}; none are declared"
-    return f"{hint}; allowed: {', '.join(sorted(options))}"
-
-
-def _type_name(hint: Any) -> str:
-    origin = get_origin(hint)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(hint))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(hint))
-    if hint is type(None):
-        return "null"
-    if origin is list:
-        return f"a list of {_type_name(get_args(hint)[0])}"
-    if origin is tuple:
-        return f"a list of {len(get_args(hint))} {_type_name(get_args(hint)[0])}"
-    if origin is dict:
-        return "a mapping"
-    if dataclasses.is_dataclass(hint):
-        return "a mapping"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        hint, str(hint)
-    )
-
-
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against the type ``hint``; return it converted (e.g. int -> float)."""
-    origin = get_origin(hint)
-    bad = UserError(f"{where}: expected {_type_name(hint)}, got {value!r}")
-    if hint is Any:
-        return value
-    if origin is Literal:
-        if value in get_args(hint) and not (isinstance(value, bool) and True in get_args(hint)):
-            return value
-        raise bad
-    if origin in (Union, types.UnionType):
-        args = get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, where)
-            except UserError:
-                continue
-        raise bad
-    if origin is list:
-        if not isinstance(value, list):
-            raise bad
-        return [_convert(v, get_args(hint)[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        args = get_args(hint)
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise bad
-        pairs = enumerate(zip(value, args, strict=True))
-        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in pairs)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad
-        _, vt = get_args(hint)
-        return {str(k): _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise bad
-        return _build(hint, value, where)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise bad
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise bad
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise bad
-    raise TypeError(f"unsupported config type {hint!r} at {where}")
-
-
-def _check_range(value: Any, meta: Mapping[str, Any], where: str) -> None:
-    if "lo" not in meta or not isinstance(value, int | float):
-        return
-    lo, hi, lo_open = meta["lo"], meta["hi"], meta["lo_open"]
-    low_ok = lo is None or (value > lo if lo_open else value >= lo)
-    high_ok = hi is None or value <= hi
-    if not (low_ok and high_ok):
-        left = "(" if lo_open else "["
-        lo_s = "-inf" if lo is None else f"{lo:g}"
-        hi_s = "inf" if hi is None else f"{hi:g}"
-        raise UserError(f"{where}: expected a value in {left}{lo_s}, {hi_s}], got {value!r}")
-
-
-def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            raise UserError(f"{where}.{key}: unknown key" + _suggest(str(key), fields))
-    kwargs = {}
-    for name, f in fields.items():
-        key = f"{where}.{name}"
-        if name in data:
-            kwargs[name] = _convert(data[name], hints[name], key)
-            _check_range(kwargs[name], f.metadata, key)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise UserError(f"{key}: missing required key ({_type_name(hints[name])})")
-    return cls(**kwargs)
-
-
 _SECTIONS: dict[str, type] = {
     "fetch": FetchConfig,
     "prepare": PrepareConfig,
@@ -477,102 +355,154 @@ _SECTIONS: dict[str, type] = {
     "evaluate": EvaluateConfig,
     "mlflow": MlflowConfig,
 }
-_SCALARS = {"seed": int, "device": str, "dataset": str}
+_OPTIONAL = ("overrides",)  # absent: no dataset has overrides
+_TOP_KEYS = ("seed", "device", "dataset", "datasets", *_OPTIONAL, *_SECTIONS)
 
 
-def _parse_dataset(name: str, data: Any, overrides: Any, source: str) -> DatasetEntry:
-    where = f"{source}: datasets.{name}"
+def _parse_dataset(name: str, data: Any, overrides: Any, top: Where) -> DatasetEntry:
+    where = top.child("datasets", name)
+    if not PLAIN_NAME.match(name):
+        raise UserError(
+            f"{where}: expected a dataset name of {PLAIN_NAME_RULE} (it names a cache folder)"
+        )
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping, got {data!r}")
     fmt = data.get("format")
-    if fmt not in _DATASET_FORMATS:
+    if not isinstance(fmt, str) or fmt not in _DATASET_FORMATS:
         raise UserError(
-            f"{where}.format: unknown dataset format {fmt!r}; expected one of "
+            f"{where.child('format')}: unknown dataset format {fmt!r}; expected one of "
             + ", ".join(repr(f) for f in _DATASET_FORMATS)
         )
-    source_cfg = _build(_DATASET_FORMATS[fmt], data, where)
+    source_cfg = build(_DATASET_FORMATS[fmt], data, where)
     if isinstance(source_cfg, JpegLabelsDataset):
         if not source_cfg.parts:
-            raise UserError(f"{where}.parts: expected at least one folder")
+            raise UserError(f"{where.child('parts')}: expected at least one folder")
         if source_cfg.test_part is not None and source_cfg.test_part not in source_cfg.parts:
             raise UserError(
-                f"{where}.test_part: {source_cfg.test_part!r} is not one of the parts "
+                f"{where.child('test_part')}: {source_cfg.test_part!r} is not one of the parts "
                 f"{sorted(source_cfg.parts)}"
             )
     overrides = overrides or {}
     if not isinstance(overrides, dict):
         raise UserError(
-            f"{source}: overrides.{name}: expected a mapping of dotted keys, got {overrides!r}"
+            f"{top.child('overrides', name)}: expected a mapping of dotted keys, got {overrides!r}"
         )
     for key in overrides:
         if not has_dotted_field(str(key)):
             raise UserError(
-                f"{source}: overrides.{name}.{key}: not a key of {source}"
-                + _suggest(str(key), _all_dotted_fields())
+                f"{top.child('overrides', name, str(key))}: not a key of {top.source}"
+                + did_you_mean(str(key), sorted(dotted_fields()))
             )
     return DatasetEntry(name=name, source=source_cfg, overrides=dict(overrides))
 
 
-def parse_params(raw: Mapping[str, Any], *, root: Path, source: str = PARAMS_FILE) -> Params:
-    """Check a params mapping and build :class:`Params`. Raises UserError on any problem."""
-    if not isinstance(raw, Mapping):
-        raise UserError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
-    allowed = set(_SECTIONS) | set(_SCALARS) | {"datasets", "overrides"}
+def _check_top_keys(raw: Mapping[Any, Any], top: Where) -> None:
     for key in raw:
-        if key not in allowed:
-            raise UserError(f"{source}: {key}: unknown key" + _suggest(str(key), allowed))
-    kwargs: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
-        kwargs[name] = _convert(raw.get(name) or {}, cls, f"{source}: {name}")
-    kwargs["seed"] = _convert(raw.get("seed", 42), int, f"{source}: seed")
-    device = _convert(raw.get("device", "auto"), str, f"{source}: device")
-    if device not in ("auto", "cpu", "mps") and not device.startswith("cuda"):
+        if key not in _TOP_KEYS:
+            raise UserError(
+                f"{top.child(str(key))}: unknown key" + did_you_mean(str(key), sorted(_TOP_KEYS))
+            )
+    for key in _TOP_KEYS:
+        if key not in raw and key not in _OPTIONAL:
+            raise UserError(
+                f"{top.child(key)}: missing key ({top.source} is the one home of defaults and "
+                "lists every setting)"
+            )
+
+
+def _parse_datasets(raw: Mapping[str, Any], top: Where) -> tuple[dict[str, DatasetEntry], str]:
+    datasets_raw = raw["datasets"]
+    if not isinstance(datasets_raw, dict) or not datasets_raw:
         raise UserError(
-            f"{source}: device: expected auto, cpu, cuda, cuda:N or mps, got {device!r}"
+            f"{top.child('datasets')}: expected a mapping of dataset name to its source"
         )
-    kwargs["device"] = device
-    datasets_raw = raw.get("datasets") or {}
-    if not isinstance(datasets_raw, dict):
-        raise UserError(f"{source}: datasets: expected a mapping of dataset name to its source")
     overrides_raw = raw.get("overrides") or {}
     if not isinstance(overrides_raw, dict):
-        raise UserError(f"{source}: overrides: expected a mapping of dataset name to dotted keys")
+        raise UserError(
+            f"{top.child('overrides')}: expected a mapping of dataset name to dotted keys"
+        )
     for name in overrides_raw:
         if name not in datasets_raw:
             raise UserError(
-                f"{source}: overrides.{name}: no dataset of that name"
-                + _suggest(str(name), [str(n) for n in datasets_raw])
+                f"{top.child('overrides', str(name))}: no dataset of that name"
+                + did_you_mean(str(name), sorted(str(n) for n in datasets_raw))
             )
     datasets = {
-        str(n): _parse_dataset(str(n), d, overrides_raw.get(n), source)
+        str(n): _parse_dataset(str(n), d, overrides_raw.get(n), top)
         for n, d in datasets_raw.items()
     }
-    dataset = _convert(raw.get("dataset", next(iter(datasets), "")), str, f"{source}: dataset")
-    if datasets and dataset not in datasets:
+    dataset = convert(raw["dataset"], str, top.child("dataset"))
+    if dataset not in datasets:
         raise UserError(
-            f"{source}: dataset: {dataset!r} is not declared under datasets"
-            + _suggest(dataset, datasets)
+            f"{top.child('dataset')}: {dataset!r} is not declared under datasets"
+            + did_you_mean(dataset, sorted(datasets))
         )
-    storage = kwargs["search"].storage
+    return datasets, dataset
+
+
+def _check_cross_keys(
+    sections: Mapping[str, Any], datasets: Mapping[str, Any], top: Where
+) -> None:
+    storage = sections["search"].storage
     if storage and has_password(storage):
         raise UserError(
-            f"{source}: search.storage: the URL holds a password, and this file is committed "
-            "(DVC also copies it into dvc.lock); expected a URL without one - put the full URL "
-            "in the PIPELINE_STORAGE environment variable or pass --storage instead"
+            f"{top.child('search', 'storage')}: the URL holds a password, and this file is "
+            "committed (DVC also copies it into dvc.lock); expected a URL without one - put the "
+            "full URL in the PIPELINE_STORAGE environment variable, or keep the password in a "
+            "libpq password file (~/.pgpass or PGPASSFILE) or in PGPASSWORD"
         )
-    for name in kwargs["prepare"].datasets:
+    for i, name in enumerate(sections["prepare"].datasets):
         if name not in datasets:
             raise UserError(
-                f"{source}: prepare.datasets: {name!r} is not declared under datasets"
-                + _suggest(name, datasets)
+                f"{top.child('prepare', 'datasets', i)}: {name!r} is not declared under datasets"
+                + did_you_mean(name, sorted(datasets))
             )
+
+
+def parse_params(
+    raw: Mapping[str, Any],
+    *,
+    root: Path,
+    source: str = PARAMS_FILE,
+    lines: Mapping[KeyPath, int] | None = None,
+) -> Params:
+    """Check a params mapping and build :class:`Params`.
+
+    Args:
+        raw: the mapping as read from YAML.
+        root: the project root.
+        source: the file name used in messages.
+        lines: the line of each key, so messages carry ``file:line``.
+
+    Raises:
+        UserError: anything wrong, naming the file, the line and the key.
+    """
+    top = Where(source, (), lines or {})
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    _check_top_keys(raw, top)
+    sections = {
+        name: convert(raw[name], cls, top.child(name), complete=True)
+        for name, cls in _SECTIONS.items()
+    }
+    seed = convert(raw["seed"], int, top.child("seed"))
+    check_bounds(seed, _SEED, int, top.child("seed"))
+    device = convert(raw["device"], str, top.child("device"))
+    if device not in ("auto", "cpu", "mps") and not re.fullmatch(r"cuda(:[0-9]+)?", device):
+        raise UserError(
+            f"{top.child('device')}: expected auto, cpu, cuda, cuda:N or mps, got {device!r}"
+        )
+    datasets, dataset = _parse_datasets(raw, top)
+    _check_cross_keys(sections, datasets, top)
     return Params(
         root=root,
         source=source,
         raw=copy.deepcopy(dict(raw)),
+        seed=seed,
+        device=device,
         dataset=dataset,
         datasets=datasets,
-        **kwargs,
+        **sections,
     )
 
 
@@ -584,6 +514,18 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
+def _check_dataset_overrides(params: Params, lines: Mapping[KeyPath, int]) -> None:
+    """Each ``overrides.<dataset>`` value gets the checks of the key it sets, at load time."""
+    for entry in params.datasets.values():
+        for key, value in entry.overrides.items():
+            where = Where(params.source, ("overrides", entry.name, key), lines)
+            try:
+                params.with_overrides({key: value}, origin=str(where))
+            except UserError as exc:
+                detail = str(exc).split(f"{params.source}: {key}: ", 1)[-1]
+                raise UserError(f"{where}: {detail}") from None
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Read and check ``params.yaml``; its folder is the project root."""
     path = Path(path).resolve()
@@ -591,11 +533,8 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         raise UserError(
             f"{path}: params file not found (run from the project root or pass --params)"
         )
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", exc)
-        raise UserError(f"{_display_path(path)}{line}: not valid YAML ({problem})") from None
-    return parse_params(raw, root=path.parent, source=_display_path(path))
+    source = _display_path(path)
+    doc = read_yaml(path, source)
+    params = parse_params(doc.data, root=path.parent, source=source, lines=doc.lines)
+    _check_dataset_overrides(params, doc.lines)
+    return params

@@ -16,24 +16,57 @@ A study file holds only the search; every other value comes from ``params.yaml``
       train.lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}
       model.batch_norm: {type: categorical, choices: [true, false]}
 
-Everything is checked on load: an unknown key, a wrong type, an empty space, ``low > high``, a
-dotted path that is not a key of ``params.yaml``, a value the params would reject, an unknown
-sampler or pruner, or a grid over a float range without ``step`` raises :class:`UserError`
-naming the file (with its line) and the key.
+Everything is checked on load, with the YAML reader and typed checker of
+:mod:`pipeline.config`: an unknown or repeated key, a wrong type, an empty space,
+``low > high``, a dotted path that is not a key of ``params.yaml``, a value the params would
+reject, or a grid over a float range without ``step`` raises :class:`UserError` naming the file
+(with its line) and the key. The sampler's and pruner's settings are Optuna's: the names and
+types a file may set are read from the constructor's signature, and the sampler and pruner are
+built on load so that Optuna checks the values itself; its refusal is quoted at the setting's
+line.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import operator
+import re
+import types
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
+from optuna.pruners import (
+    BasePruner,
+    HyperbandPruner,
+    MedianPruner,
+    NopPruner,
+    PercentilePruner,
+    SuccessiveHalvingPruner,
+)
+from optuna.samplers import BaseSampler, GridSampler, RandomSampler, TPESampler
 
-from pipeline.config import Params, has_dotted_field
+from pipeline.config import (
+    PLAIN_NAME,
+    PLAIN_NAME_RULE,
+    Params,
+    Where,
+    bounds,
+    build,
+    check_bounds,
+    convert,
+    did_you_mean,
+    dotted_fields,
+    has_dotted_field,
+    parse_yaml,
+    read_yaml,
+)
 from pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -47,6 +80,7 @@ __all__ = [
     "PrunerSpec",
     "SamplerSpec",
     "StudySpec",
+    "check_metric_for_task",
     "list_studies",
     "load_study",
     "make_pruner",
@@ -69,6 +103,9 @@ CLASSIFICATION_METRICS = ("val/loss", "val/accuracy")
 REGRESSION_METRICS = ("val/loss", "val/mae", "val/rmse")
 
 Scalar = bool | int | float | str | None
+_FOLDS = "auto, 0 (holdout) or a number of folds ≥ 2"
+# A grid sampler visits every point; more than this is a typo, not a search.
+_MAX_GRID_POINTS = 100_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,17 +160,21 @@ class ParamSpace:
         return f"{self.type} [{self.low:g}, {self.high:g}]{extra}"
 
 
+
 @dataclass(frozen=True)
 class Budget:
-    n_trials: int | None = 20  # trials per invocation (a rerun adds this many)
-    timeout_s: float | None = None  # stop starting new trials after this many seconds
+    n_trials: int | None = field(default=20, metadata=bounds(1))  # trials per invocation
+    # Stop starting new trials after this many seconds.
+    timeout_s: float | None = field(
+        default=None, metadata=bounds(0, lo_open=True, what="a number of seconds")
+    )
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
     type: Literal["tpe", "random", "grid"] = "tpe"
     seed: int | None = None  # None: params.yaml `seed`
-    options: dict[str, Any] = field(default_factory=dict)  # type-specific settings
+    options: dict[str, Any] = field(default_factory=dict)  # the sampler's own settings
 
 
 @dataclass(frozen=True)
@@ -146,8 +187,11 @@ class PrunerSpec:
 class CvSpec:
     """``folds``: ``"auto"`` (k-fold below ``search.cv_threshold`` samples), K ≥ 2, or 0."""
 
-    folds: int | Literal["auto"] = "auto"
-    holdout: float | None = None  # holdout validation fraction; None: train.val_fraction
+    folds: int | Literal["auto"] = field(default="auto", metadata={"what": _FOLDS})
+    # The holdout validation fraction; None: train.val_fraction.
+    holdout: float | None = field(
+        default=None, metadata=bounds(0.0, 0.9, lo_open=True, what="a validation fraction")
+    )
 
     def resolve(self, n_train: int, params: Params) -> tuple[int, float]:
         """``(K, holdout_fraction)`` for a training part of ``n_train`` samples; K=0: holdout."""
@@ -203,84 +247,109 @@ class StudySpec:
 
 
 # --------------------------------------------------------------------------------------------
-# Settings of each sampler and pruner: name -> (kind, default)
+# Samplers and pruners: Optuna's constructors, and the settings their signatures declare
 # --------------------------------------------------------------------------------------------
-_INT_GE0 = ("int", 0)
-_INT_GE1 = ("int", 1)
-_INT_GE2 = ("int", 2)
-_BOOL = ("bool", None)
-
-SAMPLER_OPTIONS: dict[str, dict[str, tuple[str, Any]]] = {
-    "tpe": {
-        "n_startup_trials": _INT_GE0,
-        "n_ei_candidates": _INT_GE1,
-        "multivariate": _BOOL,
-        "group": _BOOL,
-        "constant_liar": _BOOL,
-        "consider_endpoints": _BOOL,
-    },
-    "random": {},
-    "grid": {},
+_SAMPLERS: dict[str, type[BaseSampler]] = {
+    "tpe": TPESampler,
+    "random": RandomSampler,
+    "grid": GridSampler,
 }
-_PERCENTILE_COMMON = {
-    "n_startup_trials": _INT_GE0,
-    "n_warmup_steps": _INT_GE0,
-    "interval_steps": _INT_GE1,
-    "n_min_trials": _INT_GE1,
+_PRUNERS: dict[str, type[BasePruner]] = {
+    "none": NopPruner,
+    "median": MedianPruner,
+    "percentile": PercentilePruner,
+    "successive_halving": SuccessiveHalvingPruner,
+    "hyperband": HyperbandPruner,
 }
-PRUNER_OPTIONS: dict[str, dict[str, tuple[str, Any]]] = {
-    "none": {},
-    "median": dict(_PERCENTILE_COMMON),
-    "percentile": {"percentile": ("percent", None), **_PERCENTILE_COMMON},
-    "successive_halving": {
-        "min_resource": ("int_or_auto", 1),
-        "reduction_factor": _INT_GE2,
-        "min_early_stopping_rate": _INT_GE0,
-        "bootstrap_count": _INT_GE0,
-    },
-    "hyperband": {
-        "min_resource": _INT_GE1,
-        "max_resource": ("int_or_auto", 1),
-        "reduction_factor": _INT_GE2,
-        "bootstrap_count": _INT_GE0,
-    },
+# Constructor arguments that are not settings: the seed has its own key, a grid's values come
+# from the space.
+_NOT_SETTINGS = ("self", "seed", "search_space")
+_SCALAR_TYPES: dict[str, Any] = {
+    "bool": bool, "int": int, "float": float, "str": str, "None": type(None),
 }
-_REQUIRED_OPTIONS = {"percentile": ("percentile",)}
+# Values Optuna accepts when the object is built and trips on only while the search runs: a
+# negative n_startup_trials acts as 0, and n_ei_candidates=0 fails every trial after the
+# startup ones.
+_LATE_MINIMUM: dict[tuple[type, str], int] = {
+    (TPESampler, "n_startup_trials"): 0,
+    (TPESampler, "n_ei_candidates"): 1,
+}
+# Hyperband builds its successive-halving brackets at the first report, from these settings.
+_HYPERBAND_BRACKET = ("min_resource", "reduction_factor", "bootstrap_count")
 
 
-# --------------------------------------------------------------------------------------------
-# Locations: the line of a key in the YAML text, for messages
-# --------------------------------------------------------------------------------------------
-class _Where:
-    """Builds ``file:line: dotted.key`` prefixes from the composed YAML node tree."""
+def _scalar_hint(annotation: Any) -> Any:
+    """The type of an argument a YAML value can give, or None (callables, arrays, ...)."""
+    if isinstance(annotation, str):  # Optuna's modules use postponed annotations
+        parts = [_SCALAR_TYPES.get(name.strip()) for name in annotation.split("|")]
+    elif get_origin(annotation) in (Union, types.UnionType):
+        parts = list(get_args(annotation))
+    else:
+        parts = [annotation]
+    if any(p not in _SCALAR_TYPES.values() for p in parts):
+        return None
+    return functools.reduce(operator.or_, parts)
 
-    def __init__(self, source: str, text: str | None) -> None:
-        self.source = source
-        self.root: yaml.Node | None = None
-        if text is not None:
-            try:
-                self.root = yaml.compose(text)
-            except yaml.YAMLError:
-                self.root = None
 
-    def line(self, path: Sequence[str]) -> int | None:
-        node = self.root
-        found: yaml.Node | None = None
-        for part in path:
-            if not isinstance(node, yaml.MappingNode):
-                break
-            for key_node, value_node in node.value:
-                if str(key_node.value) == part:
-                    found, node = key_node, value_node
-                    break
-            else:
-                break
-        return None if found is None else found.start_mark.line + 1
+@functools.cache
+def _settings(cls: type) -> dict[str, tuple[Any, inspect.Parameter]]:
+    """What a study file may set for ``cls``: argument name -> (type, Optuna's parameter)."""
+    out = {}
+    for p in inspect.signature(cls).parameters.values():
+        if p.name in _NOT_SETTINGS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        hint = _scalar_hint(p.annotation)
+        if hint is not None:
+            out[p.name] = (hint, p)
+    return out
 
-    def __call__(self, *path: str) -> str:
-        line = self.line(path)
-        loc = f"{self.source}:{line}" if line is not None else self.source
-        return f"{loc}: {'.'.join(path)}" if path else loc
+
+def _read_settings(
+    cls: type, data: Mapping[str, Any], where: Where, *, label: str, keys: Sequence[str]
+) -> dict[str, Any]:
+    """Check the settings of ``cls`` in ``data`` by name and type (values: Optuna's check)."""
+    settings = _settings(cls)
+    for key in data:
+        if key not in settings:
+            raise UserError(
+                f"{where.child(key)}: unknown key" + did_you_mean(key, [*keys, *settings])
+            )
+    for name, (_, p) in settings.items():
+        if p.default is p.empty and name not in data:
+            raise UserError(f"{where.child(name)}: required by the {label}")
+    options = {}
+    for key, value in data.items():
+        options[key] = convert(value, settings[key][0], where.child(key))
+        low = _LATE_MINIMUM.get((cls, key))
+        if low is not None and options[key] < low:
+            raise UserError(f"{where.child(key)}: expected an integer ≥ {low}, got {value!r}")
+    return options
+
+
+def _sampler(kind: str, options: Mapping[str, Any], seed: int, space: Sequence[ParamSpace]) -> Any:
+    if kind == "grid":
+        grid = {p.name: p.grid_values() for p in space}
+        return GridSampler(grid, seed=seed, **options)  # type: ignore[arg-type]
+    return _SAMPLERS[kind](seed=seed, **options)  # type: ignore[call-arg]
+
+
+def _optuna_checks(make: Callable[[], Any], cls: type, keys: Sequence[str], where: Where) -> None:
+    """Build the object now so Optuna checks its arguments; its refusal names the setting."""
+    try:
+        with warnings.catch_warnings():
+            # Experimental and deprecation notes come again when the search builds it.
+            warnings.simplefilter("ignore")
+            make()
+    except (ValueError, TypeError) as exc:
+        message = " ".join(str(exc).split())
+        named = [k for k in keys if re.search(rf"(?<!\w){re.escape(k)}(?!\w)", message, re.I)]
+        at = where.child(max(named, key=len)) if named else where
+        raise UserError(f"{at}: {message} (Optuna's {cls.__name__})") from None
+
+
+def _hyperband_brackets(options: Mapping[str, Any]) -> None:
+    defaults = {k: p.default for k, (_, p) in _settings(HyperbandPruner).items()}
+    SuccessiveHalvingPruner(**{k: options.get(k, defaults[k]) for k in _HYPERBAND_BRACKET})
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,17 +358,17 @@ class _Where:
 _TOP_KEYS = (
     "description", "dataset", "metric", "direction", "budget", "sampler", "pruner", "cv", "space",
 )
+_SPACE_KEYS: dict[str, tuple[str, ...]] = {
+    "int": ("type", "low", "high", "step", "log"),
+    "float": ("type", "low", "high", "step", "log"),
+    "categorical": ("type", "choices"),
+}
+# What a trial trains with. Other params.yaml keys (paths, storage, tracking) would be
+# accepted by the params but change nothing a trial learns, or worse, where it is recorded.
+_SEARCHABLE = ("model.", "train.", "seed")
 
 
-def _suggest_key(word: str, allowed: Sequence[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(word, list(allowed), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{hint}; allowed: {', '.join(allowed) if allowed else 'none'}"
-
-
-def _mapping(value: Any, where: str) -> dict[str, Any]:
+def _mapping(value: Any, where: Where) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -307,210 +376,160 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     return {str(k): v for k, v in value.items()}
 
 
-def _check_keys(
-    data: Mapping[str, Any], allowed: Sequence[str], where: _Where, *path: str
-) -> None:
+def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], where: Where) -> None:
     for key in data:
         if key not in allowed:
-            raise UserError(f"{where(*path, key)}: unknown key" + _suggest_key(key, allowed))
+            raise UserError(f"{where.child(key)}: unknown key" + did_you_mean(key, allowed))
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _option(kind: str, low: Any, value: Any, at: str) -> Any:
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise UserError(f"{at}: expected true or false, got {value!r}")
-        return value
-    if kind == "int":
-        if not _is_int(value) or value < low:
-            raise UserError(f"{at}: expected an integer ≥ {low}, got {value!r}")
-        return value
-    if kind == "int_or_auto":
-        if value == "auto" or (_is_int(value) and value >= low):
-            return value
-        raise UserError(f"{at}: expected auto or an integer ≥ {low}, got {value!r}")
-    if kind == "percent":
-        if not _is_number(value) or not 0 <= value <= 100:
-            raise UserError(f"{at}: expected a number in [0, 100], got {value!r}")
-        return float(value)
-    raise AssertionError(kind)
-
-
-def _parse_sampler(raw: Any, where: _Where) -> SamplerSpec:
-    data = _mapping(raw, where("sampler"))
+def _parse_sampler(
+    raw: Any, where: Where, space: Sequence[ParamSpace], space_at: Where
+) -> SamplerSpec:
+    data = _mapping(raw, where)
     kind = data.pop("type", "tpe")
-    if kind not in SAMPLER_OPTIONS:
+    if not isinstance(kind, str) or kind not in _SAMPLERS:
         raise UserError(
-            f"{where('sampler', 'type')}: unknown sampler {kind!r}; allowed: "
-            + ", ".join(SAMPLER_OPTIONS)
+            f"{where.child('type')}: unknown sampler {kind!r}" + did_you_mean(str(kind), _SAMPLERS)
         )
-    seed = data.pop("seed", None)
-    if seed is not None and not _is_int(seed):
-        raise UserError(f"{where('sampler', 'seed')}: expected an integer or null, got {seed!r}")
-    allowed = SAMPLER_OPTIONS[kind]
-    _check_keys(data, ["type", "seed", *allowed], where, "sampler")
-    options = {
-        k: _option(allowed[k][0], allowed[k][1], v, where("sampler", k)) for k, v in data.items()
-    }
-    return SamplerSpec(type=kind, seed=seed, options=options)
+    seed = convert(data.pop("seed", None), int | None, where.child("seed"))
+    cls = _SAMPLERS[kind]
+    options = _read_settings(
+        cls, data, where, label=f"{kind} sampler", keys=("type", "seed")
+    )
+    if kind == "grid":
+        _check_grid(space, space_at)
+    _optuna_checks(
+        lambda: _sampler(kind, options, 0 if seed is None else seed, space),
+        cls,
+        [*options, *([] if seed is None else ["seed"])],
+        where,
+    )
+    return SamplerSpec(type=kind, seed=seed, options=options)  # type: ignore[arg-type]
 
 
-def _parse_pruner(raw: Any, where: _Where) -> PrunerSpec:
+def _check_grid(space: Sequence[ParamSpace], where: Where) -> None:
+    points = 1
+    for p in space:
+        size = _grid_size(p)
+        if size is None:
+            raise UserError(
+                f"{where.child(p.name)}: a grid sampler needs a finite set of values; "
+                "give this float range a step (or use type: categorical)"
+            )
+        points *= size
+        if points > _MAX_GRID_POINTS:
+            raise UserError(
+                f"{where.child(p.name)}: the grid has more than {_MAX_GRID_POINTS:,} points; "
+                "narrow the ranges, give larger steps, or use the tpe or random sampler"
+            )
+
+
+def _grid_size(p: ParamSpace) -> int | None:
+    """How many values a grid visits for ``p``, without listing them (None: continuous)."""
+    if p.type == "categorical":
+        return len(p.choices)
+    assert p.low is not None and p.high is not None
+    if p.step is None:
+        return None if p.type == "float" else int(p.high - p.low) + 1
+    return int(math.floor((p.high - p.low) / p.step + 1e-9)) + 1
+
+
+def _parse_pruner(raw: Any, where: Where) -> PrunerSpec:
     if raw is None:
         return PrunerSpec(type="none")
-    data = _mapping(raw, where("pruner"))
+    data = _mapping(raw, where)
     if "type" not in data:
-        raise UserError(
-            f"{where('pruner')}.type: required; one of " + ", ".join(PRUNER_OPTIONS)
-        )
+        raise UserError(f"{where.child('type')}: required; one of " + ", ".join(_PRUNERS))
     kind = data.pop("type")
-    if kind not in PRUNER_OPTIONS:
+    if not isinstance(kind, str) or kind not in _PRUNERS:
         raise UserError(
-            f"{where('pruner', 'type')}: unknown pruner {kind!r}; allowed: "
-            + ", ".join(PRUNER_OPTIONS)
+            f"{where.child('type')}: unknown pruner {kind!r}" + did_you_mean(str(kind), _PRUNERS)
         )
-    allowed = PRUNER_OPTIONS[kind]
-    _check_keys(data, ["type", *allowed], where, "pruner")
-    for key in _REQUIRED_OPTIONS.get(kind, ()):
-        if key not in data:
-            raise UserError(f"{where('pruner')}.{key}: required by the {kind} pruner")
-    options = {
-        k: _option(allowed[k][0], allowed[k][1], v, where("pruner", k)) for k, v in data.items()
-    }
-    return PrunerSpec(type=kind, options=options)
+    cls = _PRUNERS[kind]
+    options = _read_settings(cls, data, where, label=f"{kind} pruner", keys=("type",))
+    _optuna_checks(lambda: cls(**options), cls, list(options), where)
+    if kind == "hyperband":
+        _optuna_checks(lambda: _hyperband_brackets(options), cls, list(options), where)
+    return PrunerSpec(type=kind, options=options)  # type: ignore[arg-type]
 
 
-def _parse_budget(raw: Any, where: _Where) -> Budget:
-    data = _mapping(raw, where("budget"))
-    _check_keys(data, ["n_trials", "timeout_s"], where, "budget")
-    n_trials = data.get("n_trials", Budget.n_trials)
-    if n_trials is not None and (not _is_int(n_trials) or n_trials < 1):
+def _parse_budget(raw: Any, where: Where) -> Budget:
+    budget = build(Budget, _mapping(raw, where), where)
+    if budget.n_trials is None and budget.timeout_s is None:
         raise UserError(
-            f"{where('budget', 'n_trials')}: expected an integer ≥ 1 or null, got {n_trials!r}"
-        )
-    timeout = data.get("timeout_s")
-    if timeout is not None and (not _is_number(timeout) or timeout <= 0):
-        raise UserError(
-            f"{where('budget', 'timeout_s')}: expected a number of seconds > 0 or null, "
-            f"got {timeout!r}"
-        )
-    if n_trials is None and timeout is None:
-        raise UserError(
-            f"{where('budget')}: set n_trials or timeout_s (or both); with neither the search "
+            f"{where}: set n_trials or timeout_s (or both); with neither the search "
             "would never end"
         )
-    return Budget(n_trials=n_trials, timeout_s=None if timeout is None else float(timeout))
+    return budget
 
 
-def _parse_cv(raw: Any, where: _Where) -> CvSpec:
-    data = _mapping(raw, where("cv"))
-    _check_keys(data, ["folds", "holdout"], where, "cv")
-    folds = data.get("folds", "auto")
-    if not (folds == "auto" or (_is_int(folds) and (folds == 0 or folds >= 2))):
-        raise UserError(
-            f"{where('cv', 'folds')}: expected auto, 0 (holdout) or a number of folds ≥ 2, "
-            f"got {folds!r}"
-        )
-    holdout = data.get("holdout")
-    if holdout is not None and (not _is_number(holdout) or not 0 < holdout <= 0.9):
-        raise UserError(
-            f"{where('cv', 'holdout')}: expected a validation fraction in (0, 0.9], "
-            f"got {holdout!r}"
-        )
-    return CvSpec(folds=folds, holdout=None if holdout is None else float(holdout))
+def _parse_cv(raw: Any, where: Where) -> CvSpec:
+    cv = build(CvSpec, _mapping(raw, where), where)
+    if cv.folds != "auto" and (cv.folds < 0 or cv.folds == 1):
+        raise UserError(f"{where.child('folds')}: expected {_FOLDS}, got {cv.folds!r}")
+    return cv
 
 
-_SPACE_KEYS: dict[str, tuple[str, ...]] = {
-    "int": ("type", "low", "high", "step", "log"),
-    "float": ("type", "low", "high", "step", "log"),
-    "categorical": ("type", "choices"),
-}
-
-
-# What a trial trains with. Other params.yaml keys (paths, storage, tracking) would be
-# accepted by the params but change nothing a trial learns, or worse, where it is recorded.
-_SEARCHABLE = ("model.", "train.", "seed")
-
-
-def _parse_param(name: str, raw: Any, where: _Where) -> ParamSpace:
-    at = where("space", name)
-    from pipeline.config.params import _all_dotted_fields  # the list of settable keys
-
-    searchable = [k for k in _all_dotted_fields() if k.startswith(_SEARCHABLE)]
+def _parse_param(name: str, raw: Any, where: Where) -> ParamSpace:
     if not has_dotted_field(name):
-        raise UserError(f"{at}: not a key of params.yaml" + _suggest_key(name, searchable))
+        searchable = [k for k in dotted_fields() if k.startswith(_SEARCHABLE)]
+        raise UserError(f"{where}: not a key of params.yaml" + did_you_mean(name, searchable))
     if not name.startswith(_SEARCHABLE):
         raise UserError(
-            f"{at}: not a training setting; expected a model.*, train.* or seed key"
+            f"{where}: not a training setting; expected a model.*, train.* or seed key"
         )
-    data = _mapping(raw, at)
+    data = _mapping(raw, where)
     kind = data.get("type")
-    if kind not in _SPACE_KEYS:
+    if not isinstance(kind, str) or kind not in _SPACE_KEYS:
         raise UserError(
-            f"{where('space', name, 'type')}: expected int, float or categorical, got {kind!r}"
+            f"{where.child('type')}: expected int, float or categorical, got {kind!r}"
         )
-    _check_keys(data, _SPACE_KEYS[kind], where, "space", name)
+    _check_keys(data, _SPACE_KEYS[kind], where)
     if kind == "categorical":
-        choices = data.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise UserError(
-                f"{where('space', name, 'choices')}: expected a non-empty list, got {choices!r}"
-            )
-        for c in choices:
-            if c is not None and not isinstance(c, bool | int | float | str):
-                raise UserError(
-                    f"{where('space', name, 'choices')}: choices must be numbers, strings, "
-                    f"true/false or null, got {c!r}"
-                )
-        if len({(type(c), c) for c in choices}) != len(choices):
-            raise UserError(f"{where('space', name, 'choices')}: duplicate choices in {choices!r}")
-        return ParamSpace(name=name, type="categorical", choices=tuple(choices))
+        return _parse_choices(name, data.get("choices"), where.child("choices"))
+    return _parse_range(name, kind, data, where)
 
-    check = _is_int if kind == "int" else _is_number
+
+def _parse_choices(name: str, choices: Any, where: Where) -> ParamSpace:
+    if not isinstance(choices, list) or not choices:
+        raise UserError(f"{where}: expected a non-empty list, got {choices!r}")
+    for c in choices:
+        if c is not None and not isinstance(c, bool | int | float | str):
+            raise UserError(
+                f"{where}: choices must be numbers, strings, true/false or null, got {c!r}"
+            )
+    if len({(type(c), c) for c in choices}) != len(choices):
+        raise UserError(f"{where}: duplicate choices in {choices!r}")
+    return ParamSpace(name=name, type="categorical", choices=tuple(choices))
+
+
+def _parse_range(name: str, kind: str, data: Mapping[str, Any], where: Where) -> ParamSpace:
+    number: Any = int if kind == "int" else int | float  # a float range keeps an int bound
     expected = "an integer" if kind == "int" else "a number"
     for key in ("low", "high"):
         if key not in data:
-            raise UserError(f"{at}.{key}: required for type {kind}")
-        if not check(data[key]):
-            raise UserError(
-                f"{where('space', name, key)}: expected {expected}, got {data[key]!r}"
-            )
-    low, high = data["low"], data["high"]
+            raise UserError(f"{where.child(key)}: required for type {kind}")
+    low = convert(data["low"], number, where.child("low"), what=expected)
+    high = convert(data["high"], number, where.child("high"), what=expected)
     if low > high:
-        raise UserError(f"{where('space', name)}: low ({low}) is greater than high ({high})")
-    log = data.get("log", False)
-    if not isinstance(log, bool):
-        raise UserError(f"{where('space', name, 'log')}: expected true or false, got {log!r}")
-    step = data.get("step")
-    if step is not None and (not check(step) or step <= 0):
-        raise UserError(
-            f"{where('space', name, 'step')}: expected {expected} > 0 or null, got {step!r}"
-        )
+        raise UserError(f"{where}: low ({low}) is greater than high ({high})")
+    log = convert(data.get("log", False), bool, where.child("log"))
+    step = convert(data.get("step"), number | None, where.child("step"),
+                   what=f"{expected} > 0 or null")
+    if step is not None:
+        check_bounds(step, bounds(0, lo_open=True, what=expected), number, where.child("step"))
     if log and low <= 0:
-        raise UserError(f"{where('space', name, 'low')}: a log range needs low > 0, got {low!r}")
+        raise UserError(f"{where.child('low')}: a log range needs low > 0, got {low!r}")
     if log and step is not None and not (kind == "int" and step == 1):
         raise UserError(
-            f"{where('space', name)}: log and step cannot be combined (Optuna samples a log "
-            "range continuously); drop one"
+            f"{where}: log and step cannot be combined (Optuna samples a log range "
+            "continuously); drop one"
         )
-    return ParamSpace(
-        name=name,
-        type=kind,
-        low=low,
-        high=high,
-        log=log,
-        step=(1 if kind == "int" and step is None else step),
-    )
+    step = 1 if kind == "int" and step is None else step
+    return ParamSpace(name=name, type=kind, low=low, high=high, log=log, step=step)  # type: ignore[arg-type]
 
 
-def _check_against_params(spec: ParamSpace, params: Params, where: _Where) -> None:
+def _check_against_params(spec: ParamSpace, params: Params, where: Where) -> None:
     """Every value the search may draw must be one params.yaml accepts for that key."""
     if spec.type == "categorical":
         probes: list[Any] = list(spec.choices)
@@ -521,12 +540,88 @@ def _check_against_params(spec: ParamSpace, params: Params, where: _Where) -> No
             probes.append((spec.low + spec.high) / 2.0)  # a float an int-only key refuses
     for value in probes:
         try:
-            params.with_overrides({spec.name: value}, origin=where("space", spec.name))
+            params.with_overrides({spec.name: value}, origin=str(where))
         except UserError as exc:
             raise UserError(
-                f"{where('space', spec.name)}: the value {value!r} is not accepted by "
-                f"{params.source} ({exc})"
+                f"{where}: the value {value!r} is not accepted by {params.source} ({exc})"
             ) from None
+
+
+def _parse_space(raw: Any, where: Where) -> tuple[ParamSpace, ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise UserError(
+            f"{where}: expected a non-empty mapping of dotted params.yaml keys to ranges, "
+            f"got {raw!r}"
+        )
+    return tuple(_parse_param(str(k), v, where.child(str(k))) for k, v in raw.items())
+
+
+def _parse_header(
+    data: Mapping[str, Any], top: Where, params: Params | None
+) -> tuple[str, str | None, str, Literal["minimize", "maximize"]]:
+    """``(description, dataset, metric, direction)``."""
+    description = data.get("description")
+    if not isinstance(description, str) or not description.strip():
+        raise UserError(
+            f"{top.child('description')}: expected a one-line description of the study "
+            f"(shown by --list), got {description!r}"
+        )
+    dataset = convert(data.get("dataset"), str | None, top.child("dataset"),
+                      what="a dataset name")
+    if dataset is not None and not PLAIN_NAME.match(dataset):
+        raise UserError(f"{top.child('dataset')}: expected a dataset name, got {dataset!r}")
+    if dataset is not None and params is not None and dataset not in params.datasets:
+        raise UserError(
+            f"{top.child('dataset')}: {dataset!r} is not declared under datasets in "
+            f"{params.source}" + did_you_mean(dataset, sorted(params.datasets))
+        )
+    metric = data.get("metric", "val/loss")
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise UserError(
+            f"{top.child('metric')}: unknown metric {metric!r}"
+            + did_you_mean(str(metric), METRICS)
+        )
+    direction = data.get("direction", METRICS[metric])
+    if direction not in ("minimize", "maximize"):
+        raise UserError(
+            f"{top.child('direction')}: expected minimize or maximize, got {direction!r}"
+        )
+    if direction != METRICS[metric]:
+        raise UserError(
+            f"{top.child('direction')}: {metric} is better when "
+            f"{'lower' if METRICS[metric] == 'minimize' else 'higher'}, so direction must be "
+            f"{METRICS[metric]}, got {direction}"
+        )
+    return " ".join(description.split()), dataset, metric, direction
+
+
+def _parse(raw: Any, *, name: str, top: Where, params: Params | None) -> StudySpec:
+    if not isinstance(raw, dict):
+        raise UserError(
+            f"{top.source}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
+    data = {str(k): v for k, v in raw.items()}
+    _check_keys(data, _TOP_KEYS, top)
+    description, dataset, metric, direction = _parse_header(data, top, params)
+    space = _parse_space(data.get("space"), top.child("space"))
+    spec = StudySpec(
+        name=name,
+        source=top.source,
+        description=description,
+        dataset=dataset,
+        metric=metric,
+        direction=direction,
+        budget=_parse_budget(data.get("budget"), top.child("budget")),
+        sampler=_parse_sampler(data.get("sampler"), top.child("sampler"), space,
+                               top.child("space")),
+        pruner=_parse_pruner(data.get("pruner"), top.child("pruner")),
+        cv=_parse_cv(data.get("cv"), top.child("cv")),
+        space=space,
+    )
+    if params is not None:
+        for p in space:
+            _check_against_params(p, params, top.child("space", p.name))
+    return spec
 
 
 def parse_study(
@@ -549,80 +644,21 @@ def parse_study(
     Raises:
         UserError: anything wrong, naming the file, line and key.
     """
-    where = _Where(source, text)
-    if not isinstance(raw, dict):
-        raise UserError(f"{source}: expected a mapping at the top level, got {raw!r}")
-    data = {str(k): v for k, v in raw.items()}
-    _check_keys(data, _TOP_KEYS, where)
-
-    description = data.get("description")
-    if not isinstance(description, str) or not description.strip():
-        raise UserError(
-            f"{where('description')}: expected a one-line description of the study (shown by "
-            f"--list), got {description!r}"
-        )
-    dataset = data.get("dataset")
-    if dataset is not None and not isinstance(dataset, str):
-        raise UserError(f"{where('dataset')}: expected a dataset name, got {dataset!r}")
-    if dataset is not None and params is not None and dataset not in params.datasets:
-        raise UserError(
-            f"{where('dataset')}: {dataset!r} is not declared under datasets in "
-            f"{params.source}" + _suggest_key(dataset, sorted(params.datasets))
-        )
-
-    metric = data.get("metric", "val/loss")
-    if metric not in METRICS:
-        raise UserError(
-            f"{where('metric')}: unknown metric {metric!r}"
-            + _suggest_key(str(metric), list(METRICS))
-        )
-    direction = data.get("direction", METRICS[metric])
-    if direction not in ("minimize", "maximize"):
-        raise UserError(
-            f"{where('direction')}: expected minimize or maximize, got {direction!r}"
-        )
-    if direction != METRICS[metric]:
-        raise UserError(
-            f"{where('direction')}: {metric} is better when "
-            f"{'lower' if METRICS[metric] == 'minimize' else 'higher'}, so direction must be "
-            f"{METRICS[metric]}, got {direction}"
-        )
-
-    space_raw = data.get("space")
-    if not isinstance(space_raw, dict) or not space_raw:
-        raise UserError(
-            f"{where('space')}: expected a non-empty mapping of dotted params.yaml keys to "
-            f"ranges, got {space_raw!r}"
-        )
-    space = tuple(_parse_param(str(k), v, where) for k, v in space_raw.items())
-    sampler = _parse_sampler(data.get("sampler"), where)
-    if sampler.type == "grid":
-        for p in space:
-            if p.grid_values() is None:
-                raise UserError(
-                    f"{where('space', p.name)}: a grid sampler needs a finite set of values; "
-                    "give this float range a step (or use type: categorical)"
-                )
-    spec = StudySpec(
-        name=name,
-        source=source,
-        description=" ".join(description.split()),
-        dataset=dataset,
-        metric=metric,
-        direction=direction,
-        budget=_parse_budget(data.get("budget"), where),
-        sampler=sampler,
-        pruner=_parse_pruner(data.get("pruner"), where),
-        cv=_parse_cv(data.get("cv"), where),
-        space=space,
-    )
-    if params is not None:
-        for p in space:
-            _check_against_params(p, params, where)
-    return spec
+    lines = parse_yaml(text, source).lines if text is not None else {}
+    return _parse(raw, name=name, top=Where(source, (), lines), params=params)
 
 
 def study_path(folder: Path, name: str) -> Path:
+    """``<folder>/<name>.yaml``; the name must be plain, so the path stays in ``folder``.
+
+    Raises:
+        UserError: ``name`` holds anything but letters, digits, ``-`` and ``_``.
+    """
+    if not isinstance(name, str) or not PLAIN_NAME.match(name):
+        raise UserError(
+            f"study {name!r}: expected a plain study name ({PLAIN_NAME_RULE}), the stem of a "
+            f"file in {Path(folder).name}/"
+        )
     return Path(folder) / f"{name}.yaml"
 
 
@@ -633,12 +669,16 @@ def list_studies(folder: Path) -> dict[str, str]:
     """
     out: dict[str, str] = {}
     for path in sorted(Path(folder).glob("*.yaml")):
+        if not PLAIN_NAME.match(path.stem):
+            out[path.stem] = f"(not a plain study name: {PLAIN_NAME_RULE}; rename the file)"
+            continue
         try:
-            raw = yaml.safe_load(path.read_text())
-            desc = raw.get("description") if isinstance(raw, dict) else None
-            out[path.stem] = " ".join(str(desc).split()) if desc else "(no description)"
-        except (OSError, yaml.YAMLError) as exc:
-            out[path.stem] = f"(unreadable: {type(exc).__name__})"
+            raw = read_yaml(path, path.name).data
+        except UserError as exc:
+            out[path.stem] = f"(unreadable: {exc})"
+            continue
+        desc = raw.get("description") if isinstance(raw, dict) else None
+        out[path.stem] = " ".join(str(desc).split()) if desc else "(no description)"
     return out
 
 
@@ -646,31 +686,19 @@ def load_study(name: str, folder: Path, params: Params | None = None) -> StudySp
     """Read and check ``<folder>/<name>.yaml``.
 
     Raises:
-        UserError: the study does not exist (the message lists the available ones) or the file
-            is wrong.
+        UserError: the name is not plain, the study does not exist (the message lists the
+            available ones) or the file is wrong.
     """
     path = study_path(folder, name)
     if not path.is_file():
         available = list_studies(folder)
-        import difflib
-
         listing = ", ".join(available) if available else f"none (no *.yaml in {folder})"
-        close = difflib.get_close_matches(name, list(available), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UserError(
-            f"unknown study {name!r}{hint}: no file {path}; available studies: {listing}"
+            f"unknown study {name!r}{did_you_mean(name, available, listing=False)}: no file "
+            f"{path}; available studies: {listing}"
         )
-    text = path.read_text()
-    source = f"{Path(folder).name}/{path.name}"
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise UserError(
-            f"{source}{line}: not valid YAML ({getattr(exc, 'problem', exc)})"
-        ) from None
-    return parse_study(raw, name=name, source=source, params=params, text=text)
+    doc = read_yaml(path, f"{Path(folder).name}/{path.name}")
+    return _parse(doc.data, name=name, top=doc.where(), params=params)
 
 
 # --------------------------------------------------------------------------------------------
@@ -683,35 +711,13 @@ def suggest(trial: Any, space: Sequence[ParamSpace]) -> dict[str, Any]:
 
 def make_sampler(spec: StudySpec, *, default_seed: int) -> Any:
     """The Optuna sampler the study file names, seeded (``sampler.seed`` or ``default_seed``)."""
-    import optuna
-
     seed = spec.sampler.seed if spec.sampler.seed is not None else default_seed
-    if spec.sampler.type == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, **spec.sampler.options)
-    if spec.sampler.type == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if spec.sampler.type == "grid":
-        grid = {p.name: p.grid_values() for p in spec.space}
-        return optuna.samplers.GridSampler(grid, seed=seed)  # type: ignore[arg-type]
-    raise AssertionError(spec.sampler.type)
+    return _sampler(spec.sampler.type, spec.sampler.options, seed, spec.space)
 
 
 def make_pruner(spec: StudySpec) -> Any:
     """The Optuna pruner the study file names, with its settings."""
-    import optuna
-
-    kind, options = spec.pruner.type, dict(spec.pruner.options)
-    if kind == "none":
-        return optuna.pruners.NopPruner()
-    if kind == "median":
-        return optuna.pruners.MedianPruner(**options)
-    if kind == "percentile":
-        return optuna.pruners.PercentilePruner(**options)
-    if kind == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(**options)
-    if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(**options)
-    raise AssertionError(kind)
+    return _PRUNERS[spec.pruner.type](**spec.pruner.options)
 
 
 def check_metric_for_task(spec: StudySpec, task: str) -> None:

@@ -189,19 +189,19 @@ CASES: list[tuple[str, Callable[[TinyProject], None], str, str]] = [
     (
         "unknown format",
         lambda t: _params(t, lambda r: r["datasets"]["tiny"].update(format="jpeg_folder")),
-        r"params\.yaml: datasets\.tiny\.format: unknown dataset format 'jpeg_folder'",
+        r"params\.yaml:\d+: datasets\.tiny\.format: unknown dataset format 'jpeg_folder'",
         "tiny",
     ),
     (
         "typo'd key",
         lambda t: _params(t, lambda r: r["datasets"]["tiny"].update(imgae={"channels": 1})),
-        r"params\.yaml: datasets\.tiny\.imgae: unknown key \(did you mean 'image'\?\)",
+        r"params\.yaml:\d+: datasets\.tiny\.imgae: unknown key \(did you mean 'image'\?\)",
         "tiny",
     ),
     (
         "typo'd prepare key",
         lambda t: _params(t, lambda r: r["prepare"].update(sed=1)),
-        r"params\.yaml: prepare\.sed: unknown key \(did you mean 'seed'\?\)",
+        r"params\.yaml:\d+: prepare\.sed: unknown key \(did you mean 'seed'\?\)",
         "tiny",
     ),
 ]
