@@ -29,7 +29,8 @@ def test_a_repeated_key_is_refused_with_both_lines() -> None:
 
 def test_a_repeated_key_in_params_yaml_stops_loading(tmp_path: Path) -> None:
     path = _copy_params(tmp_path, lambda t: t.replace("model:\n", "model:\n  width: 16\n", 1))
-    with pytest.raises(UserError, match=r"params\.yaml:\d+: duplicate key 'width' \(first at line"):
+    message = r"params\.yaml:\d+: duplicate key 'width' \(first at line"
+    with pytest.raises(UserError, match=message):
         load_params(path)
 
 
