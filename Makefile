@@ -48,9 +48,13 @@ ui: $(STAMP)
 
 # Serve the champion of the default dataset over HTTP on 127.0.0.1 (see README).
 SERVE_MODEL ?= models:/pipeline-digits@champion
+# The model's format is checked first (pt2 PyTorch only) and pickle stays off while it serves.
 serve: $(STAMP)
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db}" \
+		$(PY) -m pipeline.predict --check-model "$(SERVE_MODEL)"
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 		MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db}" \
+		MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false \
 		$(VENV)/bin/mlflow models serve \
 		-m $(SERVE_MODEL) --env-manager local --host 127.0.0.1 -p 5001
 

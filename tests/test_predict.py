@@ -141,7 +141,7 @@ def test_wrong_input_kind(
     table = tmp_path / "rows.csv"
     table.write_text("a,b\n1,2\n")
     assert _predict(world, world.image_run, table) == 2
-    assert "takes JPEG files" in error_line(capsys)
+    assert "takes image files" in error_line(capsys)
     assert _predict(world, world.image_run, tmp_path / "nope.jpg") == 2
     assert "no such file" in error_line(capsys)
 
@@ -176,3 +176,58 @@ def test_csv_missing_feature_column(
     assert _predict(w, w.table_run, tmp_path / "partial.csv") == 2
     line = error_line(capsys)
     assert "partial.csv" in line and "f2" in line
+
+
+def test_png_images_predict_as_they_train(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """prepare reads PNG; predict used to take only .jpg/.jpeg, so a PNG dataset trained but
+    could not be predicted on."""
+    w = world
+    source = w.raw / w.cache.meta.test_sources[0]
+    png = tmp_path / "one.png"
+    assert cv2.imwrite(str(png), cv2.imread(str(source), cv2.IMREAD_GRAYSCALE))
+    assert _predict(w, w.image_run, png, source) == 0
+    png_line, jpg_line = capsys.readouterr().out.splitlines()
+    assert png_line.split(" ")[0] == str(png)
+    assert png_line.split(" ")[1] == jpg_line.split(" ")[1]
+
+
+def test_a_value_beyond_float32_is_an_error_not_nan(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    w = world
+    names = w.table.meta.feature_names
+    rows = [",".join(names), ",".join(["1e39"] + ["0.5"] * (len(names) - 1))]
+    (tmp_path / "huge.csv").write_text("\n".join(rows) + "\n")
+    assert _predict(w, w.table_run, tmp_path / "huge.csv") == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    (line,) = [x for x in captured.err.splitlines() if x.startswith("error:")]
+    assert "huge.csv:2" in line and "float32" in line
+
+
+class _NanModel:
+    """A stand-in whose outputs are not finite (the real reader refuses such inputs, so a real
+    model cannot be driven there from a file; this checks the output guard itself)."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.full((len(x),), np.nan, dtype=np.float32)
+
+
+def test_a_non_finite_output_is_an_error_naming_the_row() -> None:
+    from pipeline.errors import UserError
+    from pipeline.registry.inference import _predict_finite
+
+    x = np.ones((3, 2), np.float32)
+    with pytest.raises(UserError, match=r"^rows\.csv:1: the model's output is not a finite"):
+        _predict_finite(_NanModel(), x, batch_size=2, keys=["rows.csv:1", "rows.csv:2", "x"])
+
+
+def test_check_model_accepts_the_projects_own_models(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = f"runs:/{world.image_run}/model"
+    args = ["--check-model", uri, "--params", str(world.root / "params.yaml")]
+    assert predict.main(args) == 0
+    assert "pt2 PyTorch model" in capsys.readouterr().out

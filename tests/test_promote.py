@@ -130,6 +130,9 @@ def test_gate_sequence(world: World, capsys: pytest.CaptureFixture[str]) -> None
     assert version.tags["trial"] == "7" and version.tags["fingerprint"] == "synthetic-images-0"
     assert float(version.tags["test/accuracy"]) == pytest.approx(weak_acc, rel=1e-5)
     assert version.tags["decision"] == "champion"
+    old = MlflowClient().get_model_version(w.name, "2").tags
+    assert old["decision"] == "superseded" and old["superseded_by"] == "1"
+    assert old["superseded_at"].startswith("20") and old["superseded_at"].endswith("+00:00")
 
     # 6. The gate still works after a forced decision: the strong model wins it back.
     code, rec, out = _promote(w, "better", w.strong, capsys=capsys)
@@ -137,6 +140,8 @@ def test_gate_sequence(world: World, capsys: pytest.CaptureFixture[str]) -> None
     assert rec["decision"]["moved"] and not rec["decision"]["forced"]
     assert _state(w) == (2, w.strong, None)
     assert MlflowClient().get_model_version(w.name, "2").tags["forced"] == "false"
+    assert MlflowClient().get_model_version(w.name, "2").tags["decision"] == "champion"
+    assert MlflowClient().get_model_version(w.name, "1").tags["superseded_by"] == "2"
 
 
 def test_stale_cache_and_champion_from_other_data(

@@ -250,11 +250,19 @@ class Params:
         return self.datasets[name]
 
     def with_overrides(self, overrides: Mapping[str, Any], origin: str = "override") -> Params:
-        """Return a copy with dotted-path values laid over the raw mapping, checked again."""
+        """Return a copy with dotted-path values laid over the raw mapping, checked again.
+
+        A refused value is reported at ``origin`` (``--set``, a study file's line, ...), where
+        the user gave it, not at the params file.
+        """
         raw = copy.deepcopy(self.raw)
         for dotted, value in overrides.items():
             set_dotted(raw, dotted, value, origin=origin, source=self.source)
-        return parse_params(raw, root=self.root, source=self.source)
+        try:
+            return parse_params(raw, root=self.root, source=self.source)
+        except UserError as exc:
+            detail = re.sub(rf"^{re.escape(self.source)}(:[0-9]+)?: ", "", str(exc))
+            raise UserError(f"{origin}: {detail}") from None
 
     def for_dataset(self, name: str | None) -> Params:
         """The params a run on ``name`` uses: defaults plus the dataset's own overrides."""
@@ -522,7 +530,7 @@ def _check_dataset_overrides(params: Params, lines: Mapping[KeyPath, int]) -> No
             try:
                 params.with_overrides({key: value}, origin=str(where))
             except UserError as exc:
-                detail = str(exc).split(f"{params.source}: {key}: ", 1)[-1]
+                detail = str(exc).removeprefix(f"{where}: ").removeprefix(f"{key}: ")
                 raise UserError(f"{where}: {detail}") from None
 
 

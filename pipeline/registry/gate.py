@@ -90,16 +90,10 @@ def quiet_downloads() -> None:
 
 
 def load_model(uri: str) -> PyFuncModel:
-    """Load a logged or registered model as a pyfunc; a missing model is a UserError."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    """Load a model through the project's one no-pickle loader."""
+    from pipeline.tracking.models import load_model as load_safely
 
-    try:
-        return mlflow.pyfunc.load_model(uri)
-    except MlflowException as exc:
-        raise UserError(f"cannot load model {uri!r}: {_first_line(exc)}") from None
-    except OSError as exc:
-        raise UserError(f"cannot load model {uri!r}: {exc}") from None
+    return load_safely(uri)
 
 
 def model_metadata(model: PyFuncModel) -> dict[str, Any]:
@@ -383,6 +377,8 @@ def promote(
     forced = moved and verdict.forced
     if moved:
         client.set_registered_model_alias(name, CHAMPION, version.version)
+        if current is not None and str(current.version) != str(version.version):
+            _mark_superseded(client, name, str(current.version), str(version.version))
         challenger = get_alias(client, name, CHALLENGER)
         if challenger is not None and challenger.version == version.version:
             client.delete_registered_model_alias(name, CHALLENGER)
@@ -443,6 +439,17 @@ def _quote(text: str) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _mark_superseded(client: MlflowClient, name: str, old: str, new: str) -> None:
+    """The champion that lost its alias says so: by which version and when (UTC)."""
+    import datetime
+
+    when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    tags = {"decision": "superseded", "superseded_by": new, "superseded_at": when}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, old, key, value)
+    logger.info("v%s superseded by v%s", old, new)
 
 
 def _user() -> str:

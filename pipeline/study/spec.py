@@ -540,7 +540,7 @@ def _check_against_params(spec: ParamSpace, params: Params, where: Where) -> Non
             probes.append((spec.low + spec.high) / 2.0)  # a float an int-only key refuses
     for value in probes:
         try:
-            params.with_overrides({spec.name: value}, origin=str(where))
+            params.with_overrides({spec.name: value}, origin=params.source)
         except UserError as exc:
             raise UserError(
                 f"{where}: the value {value!r} is not accepted by {params.source} ({exc})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,12 +20,15 @@ import mlflow.pytorch
 import mlflow.utils.environment
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
+from mlflow.pyfunc import PyFuncModel
 from mlflow.tracking import MlflowClient
 from torch import nn
 
 from pipeline.data.cache import CacheMeta
+from pipeline.errors import UserError
 from pipeline.tracking.store import active_run_id
 from pipeline.training.models import model_metadata, package_model
 
@@ -182,3 +186,87 @@ def warm_up_export() -> None:
             torch.export.export(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), (torch.zeros(2, 2),))
     except Exception:  # only a warm-up: the real export reports real problems
         logger.debug("torch.export warm-up failed", exc_info=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: the one way the project's commands load a model
+# --------------------------------------------------------------------------------------------
+# MLflow's own switch, read by its pytorch flavor (and others) at load time; with it off,
+# MLflow also checks that a pt2 archive holds no pickle payload before torch loads it.
+PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+_SAFE_FLAVORS = {"pytorch", "python_function"}
+
+
+def refuse_pickle() -> None:
+    """Switch MLflow's pickle deserialization off for this process and its children."""
+    os.environ[PICKLE_SWITCH] = "false"
+
+
+def unsafe_format(flavors: dict[str, dict]) -> str | None:
+    """Why a model with these MLmodel flavors could run code on load, or None when it cannot.
+
+    Only the PyTorch flavor behind MLflow's pytorch pyfunc loader passes. Whether its weights
+    are ``pt2`` or a pickle shows only in its files, so that part is MLflow's own check: with
+    :data:`PICKLE_SWITCH` off it refuses pickled weights and pickle payloads inside a ``pt2``.
+    """
+    extra = sorted(set(flavors) - _SAFE_FLAVORS)
+    if extra:
+        return f"its flavors {extra} load with pickle or run the model's own code"
+    if "pytorch" not in flavors:
+        return "it has no PyTorch flavor"
+    loader = flavors.get("python_function", {}).get("loader_module")
+    if loader != "mlflow.pytorch":
+        return f"its pyfunc loader is {loader!r}, not mlflow.pytorch"
+    return None
+
+
+def _refusal(uri: str, problem: str) -> UserError:
+    return UserError(
+        f"model {uri!r} is refused: {problem}; this project loads only PyTorch models logged "
+        "in the pt2 format (torch.export), which run no code when loaded"
+    )
+
+
+def check_format(uri: str) -> None:
+    """Read only the model's MLmodel file and refuse anything but a pt2 PyTorch model.
+
+    Also switches pickle off for this process, so whatever loads the model next cannot unpickle.
+
+    Raises:
+        UserError: the model is missing, unreadable or could run code when loaded.
+    """
+    refuse_pickle()
+    try:
+        flavors = mlflow.models.get_model_info(uri).flavors
+    except MlflowException as exc:
+        raise UserError(f"cannot load model {uri!r}: {_first_line(exc)}") from None
+    except OSError as exc:
+        raise UserError(f"cannot load model {uri!r}: {exc}") from None
+    problem = unsafe_format(flavors)
+    if problem:
+        raise _refusal(uri, problem)
+
+
+def load_model(uri: str) -> PyFuncModel:
+    """Load a logged or registered model as a pyfunc, never unpickling.
+
+    The MLmodel file is read first and anything but a ``pt2`` PyTorch model is refused
+    before any of its files are deserialized; pickle stays switched off for the load itself.
+
+    Raises:
+        UserError: the model is missing, unreadable or not in the safe format.
+    """
+    check_format(uri)
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except MlflowException as exc:
+        if "using pickle is disallowed" in str(exc):
+            raise _refusal(uri, "its weights are pickled") from None
+        raise UserError(f"cannot load model {uri!r}: {_first_line(exc)}") from None
+    except OSError as exc:
+        raise UserError(f"cannot load model {uri!r}: {exc}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -150,10 +150,7 @@ def resolve_params(options: TrainOptions) -> tuple[Params, str | None]:
         params = params.with_overrides(from_run, origin=f"--from-run {options.from_run}")
     sets = dict(parse_set_option(item) for item in options.overrides)
     if sets:
-        try:
-            params = params.with_overrides(sets, origin="--set")
-        except UserError as exc:
-            raise UserError(f"--set {' '.join(options.overrides)}: {exc}") from None
+        params = params.with_overrides(sets, origin=f"--set {' '.join(options.overrides)}")
     return params, fingerprint
 
 

@@ -74,3 +74,82 @@ def test_other_requirements_still_get_mlflows_check(no_package_scan: list[str]) 
     assert no_package_scan == []
     check(["scikit-learn==0.0.1"])
     assert no_package_scan == ["scan"]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading never unpickles
+# --------------------------------------------------------------------------------------------
+MARKER = "PIPELINE_TEST_UNPICKLED"
+
+
+class _Booby(torch.nn.Linear):
+    """Writes a file when it is unpickled: proof that loading ran the model's own code."""
+
+    def __setstate__(self, state: dict) -> None:
+        import os
+
+        Path(os.environ[MARKER]).write_text("ran")
+        super().__setstate__(state)
+
+
+class _BoobyPyfunc(mlflow.pyfunc.PythonModel):
+    def __setstate__(self, state: dict) -> None:
+        import os
+
+        Path(os.environ[MARKER]).write_text("ran")
+        self.__dict__.update(state)
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        return model_input
+
+
+def _refused(uri: str, marker: Path, reason: str) -> None:
+    from pipeline.errors import UserError
+    from pipeline.tracking.models import load_model
+
+    with pytest.raises(UserError, match=reason) as info:
+        load_model(uri)
+    assert "pt2" in str(info.value) and "\n" not in str(info.value)
+    assert not marker.exists(), "the model's code ran while loading"
+
+
+def test_pickle_models_are_refused_before_their_code_runs(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "ran.txt"
+    monkeypatch.setenv(MARKER, str(marker))
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # MLflow's default
+    configure(params)
+    with mlflow.start_run(experiment_id=experiment("models", params)):
+        torch_pickle = mlflow.pytorch.log_model(
+            _Booby(2, 2), name="pickled", serialization_format="pickle", pip_requirements=[]
+        )
+        cloudpickle = mlflow.pyfunc.log_model(
+            name="pyfunc", python_model=_BoobyPyfunc(), pip_requirements=[]
+        )
+    # Proof that the booby trap works: MLflow's own default loader springs it.
+    mlflow.pyfunc.load_model(cloudpickle.model_uri)
+    assert marker.read_text() == "ran"
+    marker.unlink()
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    _refused(torch_pickle.model_uri, marker, r"refused: its weights are pickled")
+    _refused(cloudpickle.model_uri, marker, r"refused: it has no PyTorch flavor")
+
+
+def test_the_projects_pt2_models_load_with_pickle_off(
+    params: Params, image_cache: Callable[..., tuple[Path, CacheMeta]]
+) -> None:
+    import os
+
+    from pipeline.tracking.models import load_model
+
+    folder, meta = image_cache()
+    cache = load_cache(folder)
+    net = build_model(ModelConfig(hidden_layers=1, width=8), meta).eval()
+    configure(params)
+    x = np.asarray(cache.train_x[:3], dtype=np.float32)
+    with mlflow.start_run(experiment_id=experiment("models", params)):
+        info = log_model(net, meta, example=x)
+    model = load_model(info.model_uri)
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+    assert np.asarray(model.predict(x)).shape[0] == 3
