@@ -131,6 +131,10 @@ class PrepareConfig:
     cache_dir: str = "data/cache"
     seed: int = field(default=42, metadata=_SEED)  # test split and fold assignment
     workers: int = field(default=0, metadata=bounds(0))  # 0: one per CPU core
+    # An image whose header declares more pixels is refused before it is decoded.
+    max_image_pixels: int = field(default=50_000_000, metadata=bounds(1))
+    # The fewest training items a dataset may have: enough for a holdout and the folds.
+    min_train_items: int = field(default=5, metadata=bounds(2))
     datasets: list[str] = field(default_factory=lambda: ["digits", "diabetes"])
 
 

@@ -112,8 +112,8 @@ def _check_built(meta: CacheMeta, *, key: str, min_train: int) -> None:
     if meta.n_train < min_train:
         raise UserError(
             f"{key}: {meta.n_train} training item(s) after the test split ({meta.n_test} "
-            f"test); expected at least {min_train}, so that a validation holdout and the "
-            "study's folds each get items"
+            f"test); expected at least {min_train} (prepare.min_train_items), so that a "
+            "validation holdout and the study's folds each get items"
         )
     stats = [*meta.mean, *meta.std, meta.target_mean, meta.target_std]
     if not all(np.isfinite(stats)):  # values are checked to fit float32, so never expected

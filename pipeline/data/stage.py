@@ -12,9 +12,8 @@ import time
 from dataclasses import dataclass, field
 
 from pipeline.config import Params
-from pipeline.data.build import MIN_TRAIN_ITEMS, build_dataset
+from pipeline.data.build import build_dataset
 from pipeline.data.cache import CacheMeta, write_cache
-from pipeline.data.images import MAX_IMAGE_PIXELS
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +23,6 @@ class PrepareOptions:
     params: Params
     datasets: tuple[str, ...] = ()  # empty: prepare.datasets
     progress: bool = False  # a progress bar while decoding
-    max_pixels: int = MAX_IMAGE_PIXELS  # images declaring more pixels are refused undecoded
-    min_train: int = MIN_TRAIN_ITEMS  # the fewest training items a dataset may have
 
 
 @dataclass(frozen=True)
@@ -51,8 +48,8 @@ def run_prepare(options: PrepareOptions) -> PrepareResult:
             seed=params.prepare.seed,
             workers=params.prepare.workers,
             progress=options.progress,
-            max_pixels=options.max_pixels,
-            min_train=options.min_train,
+            max_pixels=params.prepare.max_image_pixels,
+            min_train=params.prepare.min_train_items,
         )
         write_cache(params.cache_dir(entry.name), built.meta, built.arrays)
         meta = built.meta

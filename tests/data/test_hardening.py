@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 import pipeline.data.images as images_mod
 from pipeline.data import load_cache, remove_stale_staging, staged_dir
@@ -313,3 +314,18 @@ def test_huge_label_is_refused(tiny: TinyProject, capsys, label: str) -> None:
     assert re.search(
         r"train_labels\.txt:3: label '?\d+'? .*is too large; expected a class id", err
     )
+
+
+def _set_prepare(params: Path, **values: int) -> None:
+    raw = yaml.safe_load(params.read_text())
+    raw["prepare"].update(values)
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def test_limits_are_settings_in_params_yaml(tiny: TinyProject, capsys) -> None:
+    _set_prepare(tiny.params, max_image_pixels=10)
+    assert run_prepare(tiny.params, "tiny") == 2
+    assert "expected at most 10 pixels (prepare.max_image_pixels" in _one_error_line(capsys)
+    _set_prepare(tiny.params, max_image_pixels=50_000_000, min_train_items=10_000)
+    assert run_prepare(tiny.params, "tiny") == 2
+    assert "expected at least 10000 (prepare.min_train_items)" in _one_error_line(capsys)
