@@ -177,7 +177,10 @@ _UNDECODABLE = (CORRUPT, "corrupt image (OpenCV could not decode it); expected a
 
 def _too_large(data: bytes, max_pixels: int) -> tuple[str, str] | None:
     """``(TOO_LARGE, what)`` when the header declares more than ``max_pixels`` pixels."""
-    limit = f"expected at most {max_pixels:,} pixels (prepare.max_image_pixels in params.yaml; checked before decoding)"
+    limit = (
+        f"expected at most {max_pixels:,} pixels (prepare.max_image_pixels in params.yaml; "
+        "checked before decoding)"
+    )
     try:
         size = image_pixels(data)
     except PillowRefused as exc:
