@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import load_params  # noqa: E402
-from pipeline.search import SearchOptions, run_search  # noqa: E402
+from pipeline.study.runner import SearchOptions, run_search  # noqa: E402
 
 
 def make_project(tmp: Path, study: str, *, pruner_none: bool) -> Path:

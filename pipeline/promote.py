@@ -17,7 +17,6 @@ See :mod:`pipeline.registry.gate` for the gate's rules.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,43 +27,27 @@ from pipeline.config import Params, load_params
 from pipeline.errors import UserError
 from pipeline.registry.gate import CHAMPION, Candidate, Decision, alias_uri, quiet_downloads
 from pipeline.secrets import redact
+from pipeline.study.report import StudyReport, find_report
 
 logger = logging.getLogger(__name__)
 
 
 
-def read_study_report(path: Path, study: str) -> dict[str, Any]:
-    """The summary ``pipeline.search`` wrote for ``study``; UserError when unusable."""
-    if not path.is_file():
-        raise UserError(
-            f"{path}: no study report for study {study!r}; run the search first "
-            f"(dvc repro or python -m pipeline.search --study {study})"
-        )
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a valid study report ({exc}); rerun the search") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: not a valid study report (expected a JSON object)")
-    best = data.get("best")
+def candidate_from_report(report: StudyReport, study: str, path: Path) -> Candidate:
+    """The study's best trial as a promotion candidate; UserError when there is none yet."""
+    best = report.best
     if not isinstance(best, dict) or not best.get("run_id"):
         raise UserError(
-            f"{path}: study {study!r} has no completed trial with a logged model yet; "
-            f"run more trials (python -m pipeline.search --study {study} --n-trials N)"
+            f"{path}: study {study!r} has no completed trial with a logged model yet; run more "
+            f"trials (python -m pipeline.search --study {study} --dataset {report.dataset} "
+            "--n-trials N)"
         )
-    if not data.get("dataset"):
-        raise UserError(f"{path}: the study report names no dataset; rerun the search")
-    return data
-
-
-def candidate_from_report(data: dict[str, Any], study: str) -> Candidate:
-    best = data["best"]
     run_id = str(best["run_id"])
     number = best.get("number")
     value = best.get("value")
     return Candidate(
         study=study,
-        dataset=str(data["dataset"]),
+        dataset=report.dataset,
         run_id=run_id,
         model_uri=str(best.get("model_uri") or f"runs:/{run_id}/model"),
         trial=None if number is None else int(number),
@@ -130,25 +113,6 @@ def summary(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def study_report_path(params: Params, study: str, dataset: str | None) -> Path:
-    """``reports/studies/<study>.json``, or ``<study>-<dataset>.json`` for a search that was run
-    with ``--dataset`` on another dataset than the study's own (as ``pipeline.search`` names it).
-    """
-    folder = params.path(params.search.reports_dir)
-    plain = folder / f"{study}.json"
-    if dataset is None:
-        return plain
-    other = folder / f"{study}-{dataset}.json"
-    if other.is_file():
-        return other
-    if plain.is_file() and json.loads(plain.read_text()).get("dataset") == dataset:
-        return plain
-    raise UserError(
-        f"{other}: no study report for study {study!r} on dataset {dataset!r}; run "
-        f"python -m pipeline.search --study {study} --dataset {dataset} first"
-    )
-
-
 def display_uri(uri: str, root: Path) -> str:
     """The tracking URI for the record: secrets redacted, the project root left out."""
 
@@ -170,8 +134,8 @@ def run_promote(
     from pipeline.registry import gate as registry
     from pipeline.tracking import runs as tracking
 
-    path = study_report_path(params, study, dataset)
-    candidate = candidate_from_report(read_study_report(path, study), study)
+    path = find_report(params, study, dataset)
+    candidate = candidate_from_report(StudyReport.read(path, study), study, path)
     params.dataset_entry(candidate.dataset)  # must still be declared
     cache = load_cache(params.cache_dir(candidate.dataset))
     uri = tracking.configure(params)

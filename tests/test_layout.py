@@ -18,7 +18,7 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "pipeline"
 # Library packages from the bottom up: a package may import only those below it.
-LAYERS = {"config": 0, "data": 1, "training": 2, "tracking": 3, "study": 4, "registry": 4}
+LAYERS = {"config": 0, "data": 1, "training": 2, "tracking": 3, "study": 4, "registry": 5}
 # Small shared plumbing: importable by everyone, importing nothing of ours but errors.
 PLUMBING = {"cli", "errors", "atomic", "secrets"}
 # Third-party packages a library package must not import (the joins happen higher up).
@@ -33,13 +33,9 @@ MAX_FUNCTION_LINES = 60
 MAX_PARAMETERS = 8
 # Known offenders that issue 9's study/registry split has not reached yet. The checks fail on
 # any new one, and on an entry here that no longer offends (so the list only shrinks).
-KNOWN_BIG_COMMANDS = {"pipeline/evaluate.py", "pipeline/search.py"}
+KNOWN_BIG_COMMANDS = {"pipeline/evaluate.py"}
 KNOWN_LONG_FUNCTIONS = {
     "pipeline/registry/gate.py promote",
-    "pipeline/search.py run_search",
-    "pipeline/search.py _optimize",
-    "pipeline/search.py _log_parent_params",
-    "pipeline/search.py _finish_parent",
     "pipeline/study/objective.py __init__",
     "pipeline/study/objective.py _record",
     "pipeline/study/spec.py _parse_param",

@@ -212,7 +212,7 @@ def test_a_trial_whose_record_fails_keeps_its_result(
     proj: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """MLflow failing to store a model loses neither the trial nor the rest of its record."""
-    from pipeline.search import SearchOptions, run_search
+    from pipeline.study.runner import SearchOptions, run_search
     from pipeline.tracking import runs as tracking
 
     original = tracking.log_model
@@ -244,11 +244,11 @@ def test_a_trial_whose_record_fails_keeps_its_result(
 
 @pytest.mark.parametrize("background", [False, True])
 def test_parallel_threads_log_every_trial_once(proj: Path, background: bool) -> None:
-    from pipeline.search import SearchOptions, run_search
+    from pipeline.study.runner import SearchOptions, run_search
 
     result = run_search(SearchOptions(study="tiny", params_path=proj / "params.yaml",
                                       n_trials=4, n_jobs=2, background_logging=background))
-    assert result.report["n_trials"] == 4 and result.mlflow_s > 0
+    assert result.report.n_trials == 4 and result.mlflow_s > 0
     trials = load_study(proj).trials
     assert len(trials) == 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     _, parents, children = mlflow_runs(proj)
@@ -285,7 +285,7 @@ def test_list_help_and_unknown_study(
     err = capsys.readouterr().err
     assert "unknown study 'nope'" in err and "available studies:" in err and "tiny" in err
     assert main(["--params", str(proj / "params.yaml")]) == 2
-    assert search(proj, "--n-trials", "0") == 2
+    assert search(proj, "--n-trials", "-1") == 2
     assert "--n-trials" in capsys.readouterr().err
 
 
@@ -313,7 +313,7 @@ def test_storage_precedence_and_redaction(
 def test_continuing_a_study_with_other_settings_warns(
     proj: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from pipeline.search import _check_settings
+    from pipeline.study.runner import _check_settings
 
     study = optuna.create_study()
     _check_settings(study, {"params.train.max_epochs": "3", "data.fingerprint": "a"}, where="x")

@@ -193,6 +193,12 @@ class SearchConfig:
     cv_threshold: int = field(default=5000, metadata=bounds(1))  # folds: auto uses k-fold below
     cv_folds: int = field(default=5, metadata=bounds(2))  # K for folds: auto
     reports_dir: str = "reports/studies"
+    # Every worker renews its lease in the study this often (and RDB trials beat as often)...
+    heartbeat_interval_s: int = field(default=60, metadata=bounds(1))
+    # ...a worker (on another host) or RDB trial silent this long is taken for dead...
+    grace_period_s: int = field(default=180, metadata=bounds(1))
+    # ...its running trials failed and queued again at most this many times.
+    max_retry: int = field(default=2, metadata=bounds(0))
 
 
 @dataclass(frozen=True)

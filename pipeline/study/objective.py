@@ -209,6 +209,11 @@ class Objective:
         epoch_cap: stop every trial after this many epochs (``--dry-run``).
         stop: when set (Ctrl-C), the running trials stop after their current epoch and are
             recorded as failed.
+        trial_attrs: user attributes set on every trial when it starts (the worker's id).
+
+    A trial whose sampled configuration equals an earlier complete or pruned trial's is not
+    trained again: it takes that trial's result (Optuna's FAQ recipe) and records which trial
+    it repeats (``pipeline.duplicate_of``).
     """
 
     def __init__(
@@ -221,8 +226,10 @@ class Objective:
         tracker: TrialTracker | None = None,
         epoch_cap: int | None = None,
         stop: threading.Event | None = None,
+        trial_attrs: dict[str, Any] | None = None,
     ) -> None:
         check_metric_for_task(study, cache.meta.task)
+        self.trial_attrs = dict(trial_attrs or {})
         self.params = params
         self.study = study
         self.meta: CacheMeta = cache.meta
@@ -239,8 +246,13 @@ class Objective:
 
     # ----------------------------------------------------------------------------------------
     def __call__(self, trial: optuna.trial.BaseTrial) -> float:
+        for key, attr in self.trial_attrs.items():
+            trial.set_user_attr(key, attr)
         values = suggest(trial, self.study.space)
         number = int(getattr(trial, "number", 0))
+        earlier = _same_configuration(trial)
+        if earlier is not None:
+            return _reuse(trial, earlier)
         progress = TrialProgress(
             number=number, seed=derive_seed(self.params.seed, number), values=values
         )
@@ -340,6 +352,56 @@ class Objective:
             trial.set_user_attr(key, value)
         if self.tracker is not None:
             self.tracker.finish(progress)
+
+
+def _retry_tags(trial: Any) -> dict[str, str]:
+    """For a retry of a trial whose worker died: the trial and MLflow run it replaces.
+
+    Both our reaper and Optuna's heartbeat retry put the old number in the system attribute
+    ``failed_trial``; Optuna's copies the old user attributes (its ``mlflow_run_id``), ours
+    stores the old run as ``pipeline.retry_of_run``.
+    """
+    study = getattr(trial, "study", None)
+    if study is None:
+        return {}
+    # Trial objects do not expose system attributes; the storage has them.
+    frozen = study._storage.get_trial(trial._trial_id)
+    replaced = frozen.system_attrs.get("failed_trial")
+    if replaced is None:
+        return {}
+    attrs = frozen.user_attrs
+    run = attrs.get("pipeline.retry_of_run") or attrs.get("mlflow_run_id")
+    tags = {"pipeline.retry_of_trial": str(replaced)}
+    if run:
+        tags["pipeline.retry_of_run"] = str(run)
+    return tags
+
+
+def _same_configuration(trial: Any) -> Any:
+    """An earlier complete or pruned trial with exactly this trial's params, or None."""
+    study = getattr(trial, "study", None)
+    if study is None:  # a FixedTrial (dry runs, tests)
+        return None
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    for earlier in done:
+        if earlier.number != trial.number and earlier.params == trial.params:
+            return earlier
+    return None
+
+
+def _reuse(trial: Any, earlier: Any) -> float:
+    """Take ``earlier``'s result instead of training the same configuration again."""
+    trial.set_user_attr("pipeline.duplicate_of", earlier.number)
+    for key in ("mlflow_run_id", "epochs", "value_std", "folds"):
+        if key in earlier.user_attrs:
+            trial.set_user_attr(key, earlier.user_attrs[key])
+    logger.info("trial %d: same configuration as trial %d; its result is reused, no training",
+                trial.number, earlier.number)
+    if earlier.state.name == "PRUNED" or earlier.value is None:
+        raise optuna.TrialPruned(f"same configuration as trial {earlier.number}, pruned")
+    return float(earlier.value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,6 +515,7 @@ class MlflowTrialTracker:
             "pipeline.trial_seed": str(progress.seed),
             "pipeline.searched": ", ".join(progress.values),
         }
+        tags.update(_retry_tags(trial))
         run = self.client.create_run(
             self.experiment_id, run_name=f"trial-{progress.number}", tags=tags
         )

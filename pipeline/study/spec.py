@@ -163,7 +163,9 @@ class ParamSpace:
 
 @dataclass(frozen=True)
 class Budget:
-    n_trials: int | None = field(default=20, metadata=bounds(1))  # trials per invocation
+    # The study's total: a run adds trials until this many are done or running (every worker
+    # and every earlier run counts); None: no limit (stop with --timeout or Ctrl-C).
+    n_trials: int | None = field(default=20, metadata=bounds(1))
     # Stop starting new trials after this many seconds.
     timeout_s: float | None = field(
         default=None, metadata=bounds(0, lo_open=True, what="a number of seconds")
@@ -710,9 +712,25 @@ def suggest(trial: Any, space: Sequence[ParamSpace]) -> dict[str, Any]:
 
 
 def make_sampler(spec: StudySpec, *, default_seed: int) -> Any:
-    """The Optuna sampler the study file names, seeded (``sampler.seed`` or ``default_seed``)."""
+    """The Optuna sampler the study file names, seeded (``sampler.seed`` or ``default_seed``).
+
+    Each trial draws from its own stream, seeded from the study seed and the trial number, so
+    workers sharing a study never repeat each other and a rerun does not replay its first
+    samples (:class:`TrialSeededSampler`).
+    """
+    from pipeline.study._sampling import TrialSeededSampler
+
     seed = spec.sampler.seed if spec.sampler.seed is not None else default_seed
-    return _sampler(spec.sampler.type, spec.sampler.options, seed, spec.space)
+    sampler = spec.sampler
+    if sampler.type == "grid":
+        # Optuna's grid sampler already hands grid points out by trial number (unique across
+        # workers); its seed shuffles the grid, which must be the same in every worker.
+        return _sampler(sampler.type, sampler.options, seed, spec.space)
+
+    def factory(trial_seed: int) -> Any:
+        return _sampler(sampler.type, sampler.options, trial_seed, spec.space)
+
+    return TrialSeededSampler(factory, seed)
 
 
 def make_pruner(spec: StudySpec) -> Any:

@@ -23,15 +23,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.errors import UserError
-from pipeline.secrets import redact, redact_text
+from pipeline.secrets import has_password, redact, redact_text
 
 logger = logging.getLogger(__name__)
 
 ENV_STORAGE = "PIPELINE_STORAGE"
 JOURNAL_SUFFIX = ".journal"
-HEARTBEAT_INTERVAL_S = 60  # a running trial proves it is alive this often
-GRACE_PERIOD_S = 180  # after this long without a heartbeat, a trial is failed...
-MAX_RETRY = 2  # ...and re-queued with the same params at most this many times
 
 
 @dataclass(frozen=True)
@@ -70,6 +67,13 @@ def resolve_storage(
         (params_value, f"{params_source}: search.storage"),
     ):
         if value is not None and str(value).strip():
+            if origin == "--storage" and has_password(str(value)):
+                raise UserError(
+                    f"--storage {redact(str(value))}: the URL holds a password, which every "
+                    "user of this machine can read on a command line (ps); put the URL in the "
+                    f"{ENV_STORAGE} environment variable, or keep the password in a libpq "
+                    "password file (~/.pgpass or PGPASSFILE) or in PGPASSWORD"
+                )
             return _parse(str(value).strip(), origin=origin, root=root)
     path = default_journal(root, studies_dir, study_name)
     return StorageChoice(kind="journal", target=str(path), origin="default")
@@ -86,8 +90,14 @@ def _parse(value: str, *, origin: str, root: Path) -> StorageChoice:
     return StorageChoice(kind="journal", target=str(path), origin=origin)
 
 
-def open_storage(choice: StorageChoice) -> Any:
+def open_storage(
+    choice: StorageChoice, *, heartbeat_interval_s: int = 60, grace_period_s: int = 180,
+    max_retry: int = 2,
+) -> Any:
     """The Optuna storage object for ``choice`` (journal, RDB with heartbeats, or in-memory).
+
+    The heartbeat settings are ``search.*`` in params.yaml; on RDB storage Optuna's heartbeat
+    fails and re-queues a silent trial, on every storage :mod:`pipeline.study.workers` does.
 
     Raises:
         UserError: the storage cannot be opened (message with the redacted URL).
@@ -121,10 +131,10 @@ def open_storage(choice: StorageChoice) -> Any:
                 engine_kwargs=(
                     None if choice.target.startswith("sqlite:") else {"pool_pre_ping": True}
                 ),
-                heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=GRACE_PERIOD_S,
+                heartbeat_interval=heartbeat_interval_s,
+                grace_period=grace_period_s,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=MAX_RETRY
+                    max_retry=max_retry
                 ),
             )
     except Exception as exc:  # SQLAlchemy/driver errors: report them as the user's problem

@@ -74,8 +74,26 @@ def configure(params: Params, *, ignore_env: bool = False) -> str:
     env = "" if ignore_env else os.environ.get(ENV_URI, "").strip()
     uri = env or _absolute_uri(params.mlflow.tracking_uri, params.root)
     mlflow.set_tracking_uri(uri)
+    _create_sqlite_schema(uri)
     logger.debug("MLflow tracking URI: %s", redact(uri))
     return uri
+
+
+def _create_sqlite_schema(uri: str) -> None:
+    """Create (or migrate) a SQLite store's schema under a lock beside the database.
+
+    Two processes that open a new store at once both run MLflow's migrations, and the second
+    dies in alembic; the lock makes the second wait and find the schema made.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 
 def is_local_store(uri: str | None = None) -> bool:

@@ -6,7 +6,6 @@ engine on a synthetic cache, log it with ``tracking.log_model``, write a study r
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -65,17 +64,18 @@ def write_study_report(
     value: float = 0.5,
 ) -> Path:
     """A minimal ``reports/studies/<study>.json`` as ``pipeline.search`` writes it."""
-    path = params.path(params.search.reports_dir) / f"{study}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from pipeline.study.report import StudyReport, report_path
+
+    path = report_path(params, study, dataset, dataset)
     best = None
     if run_id is not None:
         best = {"number": number, "value": value, "params": {}, "run_id": run_id,
                 "model_uri": f"runs:/{run_id}/model"}
-    path.write_text(json.dumps({
-        "study": study, "study_name": f"{study}-{dataset}", "dataset": dataset,
-        "direction": "minimize", "metric": "val/loss", "best": best, "counts": {},
-        "trials": [],
-    }))
+    StudyReport(
+        study=study, description="", optuna_study=f"{study}-{dataset}", dataset=dataset,
+        fingerprint="", direction="minimize", metric="val/loss", storage="", best=best,
+        counts={},
+    ).write(path)
     return path
 
 

@@ -11,6 +11,7 @@ import yaml
 
 from pipeline.config import Params
 from pipeline.errors import UserError
+from pipeline.study._sampling import TrialSeededSampler
 from pipeline.study.spec import (
     CvSpec,
     ParamSpace,
@@ -112,9 +113,8 @@ def test_defaults_and_cv_resolution(tmp_path: Path, params: Params) -> None:
     assert spec.pruner.type == "none" and spec.dataset is None
     assert spec.study_name("digits") == "s-digits"
     assert isinstance(make_pruner(spec), optuna.pruners.NopPruner)
-    assert make_sampler(spec, default_seed=7)._rng.rng.randint(1000) == (
-        optuna.samplers.TPESampler(seed=7)._rng.rng.randint(1000)
-    )
+    sampler = make_sampler(spec, default_seed=7)
+    assert isinstance(sampler, TrialSeededSampler) and sampler._seed == 7
     threshold, k = params.search.cv_threshold, params.search.cv_folds
     assert CvSpec("auto").resolve(threshold - 1, params) == (k, params.train.val_fraction)
     assert CvSpec("auto").resolve(threshold, params) == (0, params.train.val_fraction)
@@ -147,6 +147,8 @@ def test_samplers_and_pruners(tmp_path: Path, sampler: dict, pruner: dict, cls: 
     spec = load(tmp_path, raw)
     assert isinstance(make_pruner(spec), cls)
     s = make_sampler(spec, default_seed=0)
+    if isinstance(s, TrialSeededSampler):  # a fresh inner sampler per trial
+        s = s._factory(s.trial_seed(0))
     expected = {"random": optuna.samplers.RandomSampler, "grid": optuna.samplers.GridSampler,
                 "tpe": optuna.samplers.TPESampler}[sampler["type"]]
     assert isinstance(s, expected)

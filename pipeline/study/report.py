@@ -1,0 +1,205 @@
+"""The study report: the contract between ``search`` (writes it) and ``promote`` (reads it).
+
+``reports/studies/<study>.json`` for a search on the study's own dataset, else
+``<study>-<dataset>.json``; both names are decided here only (:func:`report_path`,
+:func:`find_report`). The JSON keys are those of :meth:`StudyReport.to_json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.atomic import write_json_atomic
+from pipeline.config import Params
+from pipeline.errors import UserError
+
+TOP_TRIALS = 10  # rows of the leaderboard printed at the end of a search
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """Every trial of the study (all workers, all runs) and its best, as JSON."""
+
+    study: str
+    description: str
+    optuna_study: str
+    dataset: str
+    fingerprint: str
+    direction: str
+    metric: str
+    storage: str  # redacted
+    best: dict[str, Any] | None  # number, value, value_std, params, run_id, model_uri, epochs
+    counts: dict[str, int]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    parent_run_id: str = ""
+    experiment_id: str = ""
+
+    @property
+    def n_trials(self) -> int:
+        return len(self.trials)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "study": self.study,
+            "description": self.description,
+            "optuna_study": self.optuna_study,
+            "dataset": self.dataset,
+            "fingerprint": self.fingerprint,
+            "direction": self.direction,
+            "metric": self.metric,
+            "storage": self.storage,
+            "best": self.best,
+            "counts": self.counts,
+            "n_trials": self.n_trials,
+            "trials": self.trials,
+            "parent_run_id": self.parent_run_id,
+            "experiment_id": self.experiment_id,
+        }
+
+    def write(self, path: Path) -> None:
+        write_json_atomic(path, self.to_json())
+
+    @classmethod
+    def read(cls, path: Path, study: str) -> StudyReport:
+        """The report at ``path``; UserError naming the file when it is missing or unusable."""
+        if not path.is_file():
+            raise UserError(
+                f"{path}: no study report for study {study!r}; run the search first "
+                f"(dvc repro or python -m pipeline.search --study {study})"
+            )
+        unusable = f"{path}: not a valid study report"
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{unusable} ({exc}); rerun the search") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: not a valid study report (expected a JSON object)")
+        if not data.get("dataset"):
+            raise UserError(f"{path}: the study report names no dataset; rerun the search")
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise UserError(f"{unusable} ({exc}); rerun the search") from None
+
+
+def from_study(
+    optuna_study: Any, *, study: Any, dataset: str, storage: str, fingerprint: str,
+    parent_run_id: str, experiment_id: str,
+) -> StudyReport:
+    """The report of every trial ``optuna_study`` holds."""
+    from optuna.trial import TrialState
+
+    trials = optuna_study.get_trials(deepcopy=False)
+    counts = {s.name: 0 for s in TrialState}
+    for t in trials:
+        counts[t.state.name] += 1
+    best = None
+    if any(t.state == TrialState.COMPLETE and t.value is not None for t in trials):
+        bt = optuna_study.best_trial
+        run_id = bt.user_attrs.get("mlflow_run_id")
+        best = {
+            "number": bt.number,
+            "value": bt.value,
+            "value_std": bt.user_attrs.get("value_std"),
+            "params": dict(bt.params),
+            "run_id": run_id,
+            "model_uri": f"runs:/{run_id}/model" if run_id else None,
+            "epochs": bt.user_attrs.get("epochs"),
+        }
+    return StudyReport(
+        study=study.name, description=study.description, optuna_study=optuna_study.study_name,
+        dataset=dataset, fingerprint=fingerprint, direction=study.direction,
+        metric=study.metric, storage=storage, best=best,
+        counts={k: v for k, v in counts.items() if v or k in ("COMPLETE", "PRUNED", "FAIL")},
+        trials=[_trial_row(t) for t in trials],
+        parent_run_id=parent_run_id, experiment_id=experiment_id,
+    )
+
+
+def _trial_row(t: Any) -> dict[str, Any]:
+    row = {
+        "number": t.number,
+        "state": t.state.name,
+        "value": t.value if t.value is None or math.isfinite(t.value) else None,
+        "run_id": t.user_attrs.get("mlflow_run_id"),
+        "epochs": t.user_attrs.get("epochs"),
+        "params": dict(t.params),
+    }
+    for name in ("retry_of", "duplicate_of"):
+        if f"pipeline.{name}" in t.user_attrs:
+            row[name] = t.user_attrs[f"pipeline.{name}"]
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# Where reports live
+# --------------------------------------------------------------------------------------------
+def report_path(params: Params, study: str, dataset: str, default_dataset: str) -> Path:
+    """Where a search of ``study`` on ``dataset`` writes its report."""
+    name = study if dataset == default_dataset else f"{study}-{dataset}"
+    return params.path(params.search.reports_dir) / f"{name}.json"
+
+
+def find_report(params: Params, study: str, dataset: str | None) -> Path:
+    """The report to read for ``study`` (on ``dataset`` when given), as :func:`report_path`
+    names it; UserError when a search on that dataset has not written one."""
+    folder = params.path(params.search.reports_dir)
+    plain = folder / f"{study}.json"
+    if dataset is None:
+        return plain
+    other = folder / f"{study}-{dataset}.json"
+    if other.is_file():
+        return other
+    if plain.is_file() and json.loads(plain.read_text()).get("dataset") == dataset:
+        return plain
+    raise UserError(
+        f"{other}: no study report for study {study!r} on dataset {dataset!r}; run "
+        f"python -m pipeline.search --study {study} --dataset {dataset} first"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# For humans
+# --------------------------------------------------------------------------------------------
+def fmt_value(value: Any) -> str:
+    """A sampled value as people read it: floats to 3 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def short_params(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={fmt_value(v)}" for k, v in values.items())
+
+
+def leaderboard(report: StudyReport, space_keys: list[str]) -> list[str]:
+    """The best complete trials as aligned text rows, and a line for what is not shown."""
+    trials = report.trials
+    # Complete trials only: a pruned trial's value is its last report, not a finished score.
+    finished = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
+    finished.sort(key=lambda t: t["value"], reverse=report.direction == "maximize")
+    shown = finished[:TOP_TRIALS]
+    if not shown:
+        return []
+    header = ["trial", report.metric, "state", "epochs", *[k.split(".")[-1] for k in space_keys]]
+    rows = [
+        [str(t["number"]), f"{t['value']:.4f}", t["state"], str(t.get("epochs") or ""),
+         *[fmt_value(t["params"].get(k, "")) for k in space_keys]]
+        for t in shown
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in [header, *rows]]
+    others = {s: sum(t["state"] == s for t in trials) for s in ("PRUNED", "FAIL", "RUNNING")}
+    more = len(finished) - len(shown)
+    hidden = [f"{more} more complete"] if more else []
+    hidden += [f"{n} {state.lower()}" for state, n in others.items() if n]
+    if hidden:
+        lines.append(f"(not shown: {', '.join(hidden)})")
+    return lines

@@ -1,0 +1,528 @@
+"""Running a study: the library side of ``python -m pipeline.search``.
+
+:func:`run_search` loads the params, the study file and the cache, opens the study (journal
+file, RDB or in memory), runs trials until this run's budget (:mod:`pipeline.study.budget`) or
+timeout is spent, and records everything: each trial an MLflow run, one parent run per
+invocation (:mod:`pipeline.study.parent`), the study report (:mod:`pipeline.study.report`).
+Every worker holds a lease in the study and cleans up after workers that died
+(:mod:`pipeline.study.workers`). It never prints; the command prints the summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PARAMS_FILE, Params, load_params
+from pipeline.errors import UserError
+from pipeline.study import budget as budgets
+from pipeline.study.report import StudyReport, from_study, report_path, short_params
+from pipeline.study.spec import STUDIES_DIR, StudySpec, load_study
+from pipeline.study.storage import StorageChoice, open_storage, resolve_storage
+
+logger = logging.getLogger(__name__)
+
+DRY_RUN_EPOCHS = 2
+MAX_CONSECUTIVE_FAILURES = 5  # stop a search whose every trial fails (a config problem)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Everything the command line can set; None means "from the study file / params.yaml"."""
+
+    study: str
+    params_path: Path = Path(PARAMS_FILE)
+    dataset: str | None = None
+    n_trials: int | None = None  # trials to add; None: up to the study's total budget
+    timeout_s: float | None = None
+    storage: str | None = None
+    n_jobs: int = 1
+    dry_run: bool = False
+    device: str | None = None
+    log_models: bool = True
+    # Write each trial's record (metrics, curves, model) while the next trial trains. None:
+    # only when training runs on an accelerator; on the CPU the writer competes with training
+    # for the same cores (see BENCHMARKS.md).
+    background_logging: bool | None = None
+
+
+@dataclass
+class SearchResult:
+    """What one invocation did and where it is recorded."""
+
+    study: StudySpec
+    optuna_study: str
+    dataset: str
+    storage: str  # redacted
+    report: StudyReport
+    report_path: Path | None
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    budget: str = ""  # what this run set out to do, in words
+    new_trials: list[int] = field(default_factory=list)
+    reaped: list[int] = field(default_factory=list)  # trials of dead workers failed here
+    interrupted: bool = False
+    dry_run: bool = False
+    wall_s: float = 0.0
+    mlflow_s: float = 0.0  # time spent writing this invocation's trial runs (any thread)
+    mlflow_blocking_s: float = 0.0  # of which trials waited for
+    mlflow_blocking_by_trial: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What a search runs on, loaded and checked before anything is written."""
+
+    params: Params  # the dataset's params
+    study: StudySpec
+    dataset: str
+    default_dataset: str
+    cache: Any
+    device: Any
+    choice: StorageChoice
+    timeout: float | None
+    n_trials: int | None  # --n-trials, or None for the study's total
+
+
+def _load(options: SearchOptions) -> _Setup:
+    from pipeline.data.cache import load_cache
+    from pipeline.training import runtime
+
+    if options.n_trials is not None and options.n_trials < 0:
+        raise UserError(f"--n-trials: expected an integer ≥ 0, got {options.n_trials}")
+    if options.timeout_s is not None and options.timeout_s <= 0:
+        raise UserError(f"--timeout: expected seconds > 0, got {options.timeout_s:g}")
+    if options.n_jobs < 1:
+        raise UserError(f"--n-jobs: expected an integer ≥ 1, got {options.n_jobs}")
+    params = load_params(options.params_path)
+    study = load_study(options.study, params.path(STUDIES_DIR), params)
+    default_dataset = study.dataset or params.dataset
+    dataset = options.dataset or default_dataset
+    base = params.for_dataset(dataset)
+    timeout = options.timeout_s if options.timeout_s is not None else study.budget.timeout_s
+    if options.dry_run:
+        choice = StorageChoice(kind="memory", target="", origin="--dry-run")
+    else:
+        choice = resolve_storage(
+            options.storage, params_value=base.search.storage, root=base.root,
+            studies_dir=STUDIES_DIR, study_name=study.study_name(dataset),
+            params_source=base.source,
+        )
+    return _Setup(
+        params=base, study=study, dataset=dataset, default_dataset=default_dataset,
+        cache=load_cache(base.cache_dir(dataset)),
+        device=runtime.resolve_device(options.device or base.device), choice=choice,
+        timeout=None if options.dry_run else timeout,
+        n_trials=1 if options.dry_run else options.n_trials,
+    )
+
+
+def run_search(options: SearchOptions) -> SearchResult:
+    """Load everything, run the study, record it; the body of the stage (and of benchmarks).
+
+    Raises:
+        UserError: bad study, params, dataset, cache or storage; the study storage lost.
+        KeyboardInterrupt: after recording the interrupted trial and writing the report (the
+            result is attached as ``exc.result``).
+    """
+    import optuna
+    import torch
+
+    from pipeline import tracking
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
+    setup = _load(options)
+    with _tracking_params(setup.params, dry_run=options.dry_run) as tracked:
+        uri = tracking.configure(tracked, ignore_env=options.dry_run)
+        optuna_study = _open_study(setup)
+        _check_settings(optuna_study, trial_settings(setup.study, setup.params,
+                                                     setup.cache.meta.fingerprint),
+                        where=setup.choice.display())
+        exp_id = tracking.experiment(optuna_study.study_name, tracked)
+        logger.info(
+            "study %s on %r (%d training samples), storage %s (from %s), %d trial(s) so far",
+            optuna_study.study_name, setup.dataset, setup.cache.meta.n_train,
+            setup.choice.display(), setup.choice.origin, len(optuna_study.trials),
+        )
+        threads_before = torch.get_num_threads()
+        if options.n_jobs > 1:
+            torch.set_num_threads(max(1, threads_before // options.n_jobs))
+        try:
+            return _Search(options, setup, tracked, optuna_study, exp_id, uri).run()
+        finally:
+            torch.set_num_threads(threads_before)
+
+
+@contextlib.contextmanager
+def _tracking_params(params: Params, *, dry_run: bool) -> Iterator[Params]:
+    """The params to track with: as given, or (dry run) MLflow in a temporary folder."""
+    if not dry_run:
+        yield params
+        return
+    with tempfile.TemporaryDirectory(prefix="search-dry-run-") as tmp:
+        yield params.with_overrides(
+            {"mlflow.tracking_uri": f"sqlite:///{tmp}/mlflow.db",
+             "mlflow.artifacts_dir": f"{tmp}/artifacts"},
+            origin="--dry-run",
+        )
+
+
+def _open_study(setup: _Setup) -> Any:
+    import optuna
+
+    from pipeline.study.spec import make_pruner, make_sampler
+
+    spec, search = setup.study, setup.params.search
+    storage = open_storage(
+        setup.choice, heartbeat_interval_s=search.heartbeat_interval_s,
+        grace_period_s=search.grace_period_s, max_retry=search.max_retry,
+    )
+    name = spec.study_name(setup.dataset)
+    study = optuna.create_study(
+        study_name=name, storage=storage, pruner=make_pruner(spec), direction=spec.direction,
+        sampler=make_sampler(spec, default_seed=setup.params.seed), load_if_exists=True,
+    )
+    if study.direction.name.lower() != spec.direction:
+        raise UserError(
+            f"{spec.source}: direction: the stored study {name!r} was created with "
+            f"{study.direction.name.lower()}, the file says {spec.direction}; use another "
+            "storage or delete the study"
+        )
+    return study
+
+
+def trial_settings(study: StudySpec, params: Params, fingerprint: str) -> dict[str, str]:
+    """Everything that makes two trials' values comparable: data, base params, space, CV."""
+    out = {"data.fingerprint": fingerprint}
+    out.update({f"params.{k}": str(v) for k, v in params.flat().items()})
+    skip = ("study.n_trials", "study.timeout_s", "study.sampler", "study.pruner")
+    out.update({k: v for k, v in study.summary().items() if not k.startswith(skip)})
+    return out
+
+
+def _check_settings(optuna_study: Any, settings: dict[str, str], *, where: str) -> None:
+    """Warn when a continued study's earlier trials ran with other settings (not comparable)."""
+    stored = optuna_study.user_attrs.get("settings")
+    if stored is None:
+        optuna_study.set_user_attr("settings", settings)
+        return
+    changed = [
+        f"{k} ({stored.get(k, '-')} -> {settings.get(k, '-')})"
+        for k in sorted(set(stored) | set(settings))
+        if stored.get(k) != settings.get(k)
+    ]
+    if changed:
+        logger.warning(
+            "study %s in %s holds trials run with other settings: %s. New trials are not "
+            "comparable with them; to start afresh use another --storage or delete the study",
+            optuna_study.study_name, where, "; ".join(changed[:8])
+            + (f"; and {len(changed) - 8} more" if len(changed) > 8 else ""),
+        )
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    """A lost study database (SQLAlchemy's errors, or Optuna tripping over one)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, SQLAlchemyError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class _Search:
+    """One invocation's trials and records (split from :func:`run_search` for its length)."""
+
+    def __init__(self, options: SearchOptions, setup: _Setup, params: Params,
+                 optuna_study: Any, experiment_id: str, tracking_uri: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from pipeline import tracking
+
+        self.options, self.setup, self.params = options, setup, params
+        self.optuna_study, self.experiment_id, self.tracking_uri = (
+            optuna_study, experiment_id, tracking_uri,
+        )
+        self.client = MlflowClient()
+        self.storage_error: BaseException | None = None
+        meta = setup.cache.meta
+        self.base_tags = {
+            **tracking.run_tags(meta, params.root),
+            "pipeline.study": setup.study.name,
+            "pipeline.dataset": setup.dataset,
+            "pipeline.fingerprint": meta.fingerprint,
+            "pipeline.storage": setup.choice.display(),
+        }
+
+    # ----------------------------------------------------------------------------------------
+    def run(self) -> SearchResult:
+        from pipeline.study import parent, workers
+
+        setup, search = self.setup, self.params.search
+        parent_id = parent.create_parent(
+            self.client, self.experiment_id, dry_run=self.options.dry_run,
+            tags={**self.base_tags, "optuna.study": self.optuna_study.study_name,
+                  "pipeline.role": "search", "mlflow.note.content": setup.study.description},
+        )
+        lease = workers.new_lease(parent_id)
+        heartbeat = workers.Heartbeat(self.optuna_study, lease,
+                                      interval_s=search.heartbeat_interval_s)
+        reaped = self._reap(lease.id)
+        done = budgets.counted(t.state.name for t in self.optuna_study.get_trials(deepcopy=False))
+        total = None if self.options.dry_run else setup.study.budget.n_trials
+        run_budget = budgets.plan(extra=setup.n_trials, total=total, done=done)
+        logger.info("budget: %s", run_budget.describe(done))
+        tracker, objective, stop = self._objective(parent_id, lease.id)
+        self._log_parent_params(parent_id, objective.plan.describe(), run_budget)
+        progress = _Progress(study=setup.study, n_trials=run_budget.n_trials)
+        t0 = time.perf_counter()
+        outcome = "done"
+        try:
+            outcome = self._optimize(objective, run_budget, progress, stop, lease.id)
+        finally:
+            progress.close()
+            failed_records = tracker.flush()  # every trial's run is complete before the report
+            tracker.close()
+            if outcome != "storage lost":
+                heartbeat.end()
+        if outcome == "storage lost":
+            self._end_after_storage_loss(parent_id)
+        reaped += self._reap(lease.id)
+        return self._finish(
+            parent_id, tracker, progress, run_budget.describe(done), reaped,
+            interrupted=outcome == "interrupted", wall=time.perf_counter() - t0,
+            failed_records=failed_records,
+        )
+
+    def _reap(self, me: str) -> list[int]:
+        from pipeline.study import workers
+
+        search = self.params.search
+        return workers.reap(
+            self.optuna_study, self.client, me=me, grace_s=search.grace_period_s,
+            interval_s=search.heartbeat_interval_s, max_retry=search.max_retry,
+        )
+
+    def _objective(self, parent_id: str, worker: str) -> tuple[Any, Any, threading.Event]:
+        from pipeline.study.objective import MlflowTrialTracker, Objective
+        from pipeline.study.workers import WORKER_ATTR
+
+        options, setup = self.options, self.setup
+        background = (
+            options.background_logging if options.background_logging is not None
+            else setup.device.type != "cpu"
+        )
+        tracker = MlflowTrialTracker(
+            experiment_id=self.experiment_id, parent_run_id=parent_id,
+            optuna_study=self.optuna_study.study_name, meta=setup.cache.meta,
+            base_tags={**self.base_tags, "pipeline.role": "trial"},
+            metric=setup.study.metric, direction=setup.study.direction,
+            log_models=options.log_models, background=background,
+            # One trial at a time on the CPU: record in the trial's thread (see the tracker).
+            inline=not background and options.n_jobs == 1,
+        )
+        stop = threading.Event()
+        objective = Objective(
+            params=self.params, study=setup.study, cache=setup.cache, device=setup.device,
+            tracker=tracker, epoch_cap=DRY_RUN_EPOCHS if options.dry_run else None, stop=stop,
+            trial_attrs={WORKER_ATTR: worker},
+        )
+        tracker.example = objective.example
+        return tracker, objective, stop
+
+    def _log_parent_params(self, parent_id: str, plan: str, run_budget: Any) -> None:
+        from pipeline.study import parent
+
+        setup, options = self.setup, self.options
+        parent.log_parent_params(self.client, parent_id, {
+            **setup.study.summary(),
+            "study.description": setup.study.description,
+            "dataset": setup.dataset,
+            "fingerprint": setup.cache.meta.fingerprint,
+            "storage": setup.choice.display(),
+            "storage.origin": setup.choice.origin,
+            "validation": plan,
+            "run.n_trials": str(run_budget.n_trials),
+            "run.study_total": str(run_budget.total),
+            "run.timeout_s": str(setup.timeout),
+            "run.n_jobs": str(options.n_jobs),
+            "run.device": str(setup.device),
+            "run.dry_run": str(options.dry_run),
+        })
+        logger.info("MLflow experiment %r, parent run %s; validation: %s",
+                    self.optuna_study.study_name, parent_id, plan)
+
+    def _optimize(self, objective: Any, run_budget: Any, progress: _Progress,
+                  stop: threading.Event, me: str) -> str:
+        """Run the trials; ``"done"``, ``"interrupted"`` (Ctrl-C) or ``"storage lost"``."""
+        if run_budget.n_trials == 0:
+            return "done"
+        callbacks: list[Any] = [progress, lambda study, trial: self._reap(me)]
+        if run_budget.total is not None:
+            callbacks.append(budgets.stop_at_total(run_budget.total))
+        try:
+            with _sigint_sets(stop), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"optuna")
+                self.optuna_study.optimize(
+                    objective, n_trials=run_budget.n_trials, timeout=self.setup.timeout,
+                    n_jobs=self.options.n_jobs, catch=(Exception,), callbacks=callbacks,
+                    gc_after_trial=False, show_progress_bar=False,
+                )
+        except KeyboardInterrupt:
+            return "interrupted"
+        except Exception as exc:
+            if not _is_storage_error(exc):
+                raise
+            self.storage_error = exc
+            return "storage lost"
+        return "done"
+
+    def _end_after_storage_loss(self, parent_id: str) -> None:
+        """The study database went away: end this worker's MLflow runs and say what to do."""
+        from pipeline.secrets import redact_text
+
+        exc = self.storage_error
+        assert exc is not None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = (
+            f"lost the study storage {self.setup.choice.display()} "
+            f"({redact_text(first, self.setup.choice.target)})"
+        )
+        for run in self.client.search_runs(
+            [self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"
+            " and attributes.status = 'RUNNING'",
+        ):
+            self.client.set_tag(run.info.run_id, "pipeline.error", reason)
+            self.client.set_tag(run.info.run_id, "optuna.state", "FAIL")
+            self.client.set_terminated(run.info.run_id, status="FAILED")
+        self.client.set_tag(parent_id, "pipeline.error", reason)
+        self.client.set_terminated(parent_id, status="FAILED")
+        raise UserError(
+            f"{reason}; every finished trial is kept in the study. Its running trial is "
+            "failed and retried by the next search once the storage is back: rerun the same "
+            "command"
+        )
+
+    def _finish(self, parent_id: str, tracker: Any, progress: _Progress, budget_text: str,
+                reaped: list[int], *, interrupted: bool, wall: float,
+                failed_records: list[int]) -> SearchResult:
+        from pipeline.study import parent
+
+        setup, options = self.setup, self.options
+        report = from_study(
+            self.optuna_study, study=setup.study, dataset=setup.dataset,
+            storage=setup.choice.display(), fingerprint=setup.cache.meta.fingerprint,
+            parent_run_id=parent_id, experiment_id=self.experiment_id,
+        )
+        path = report_path(self.params, setup.study.name, setup.dataset, setup.default_dataset)
+        if not options.dry_run:
+            report.write(path)
+        parent.finish_parent(
+            self.client, parent_id, self.optuna_study, report=report, report_name=path.name,
+            interrupted=interrupted,
+            metrics={"trials/this_run": float(len(progress.numbers)), "search/wall_s": wall,
+                     "search/mlflow_s": tracker.work_s,
+                     "search/mlflow_blocking_s": tracker.blocking_s},
+        )
+        if failed_records:
+            raise RuntimeError(
+                f"the MLflow runs of trial(s) {failed_records} could not be completed (see the "
+                "errors above); the Optuna study and the report are written"
+            )
+        if progress.gave_up:
+            raise UserError(
+                f"{setup.study.source}: the last {MAX_CONSECUTIVE_FAILURES} trials all failed "
+                "(see the warnings above and the MLflow runs' pipeline.error tag); stopped"
+            )
+        result = SearchResult(
+            study=setup.study, optuna_study=self.optuna_study.study_name, dataset=setup.dataset,
+            storage=setup.choice.display(), report=report,
+            report_path=None if options.dry_run else path, parent_run_id=parent_id,
+            experiment_id=self.experiment_id, tracking_uri=self.tracking_uri,
+            budget=budget_text, new_trials=progress.numbers, reaped=reaped,
+            interrupted=interrupted, dry_run=options.dry_run, wall_s=wall,
+            mlflow_s=tracker.work_s, mlflow_blocking_s=tracker.blocking_s,
+            mlflow_blocking_by_trial=dict(tracker.blocking_by_trial),
+        )
+        if interrupted:
+            stopped = SearchInterrupted()
+            stopped.result = result
+            raise stopped
+        return result
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended the search after it recorded everything; ``result`` says what was done."""
+
+    result: SearchResult
+
+
+@contextlib.contextmanager
+def _sigint_sets(stop: threading.Event) -> Iterator[None]:
+    """While searching, Ctrl-C also sets ``stop`` so trials in worker threads end too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _Progress:
+    """Optuna callback: a progress bar over trials (a log line per trial when not a tty)."""
+
+    def __init__(self, *, n_trials: int | None, study: StudySpec) -> None:
+        from tqdm import tqdm
+
+        self.study = study
+        self.numbers: list[int] = []
+        self.failures_in_a_row = 0
+        self.gave_up = False
+        self._lock = threading.Lock()
+        self.bar = tqdm(
+            total=n_trials, unit="trial", desc=study.name, disable=not sys.stderr.isatty(),
+            dynamic_ncols=True,
+        )
+
+    def __call__(self, optuna_study: Any, trial: Any) -> None:
+        with self._lock:
+            self.numbers.append(trial.number)
+            state = trial.state.name
+            self.failures_in_a_row = self.failures_in_a_row + 1 if state == "FAIL" else 0
+            value = f"{trial.value:.4g}" if trial.value is not None else "-"
+            logger.info(
+                "trial %d %s %s=%s after %s epoch(s) in %.1f s (%s)",
+                trial.number, state, self.study.metric, value,
+                trial.user_attrs.get("epochs", "?"),
+                trial.duration.total_seconds() if trial.duration else float("nan"),
+                short_params(trial.params),
+            )
+            self.bar.update(1)
+            with contextlib.suppress(ValueError):
+                self.bar.set_postfix(best=f"{optuna_study.best_value:.4g}")
+            if self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES and not self.gave_up:
+                self.gave_up = True
+                optuna_study.stop()
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,160 @@
+"""Many workers and faults on one study: a total budget, no repeats, kill -9 cleaned up.
+
+Real processes, a real journal file and a real MLflow SQLite store in tmp_path; the PostgreSQL
+versions of the same paths are in ``test_search_postgres.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.test_search import TINY, load_study, mlflow_runs, proj, report, search
+
+__all__ = ["proj"]  # the fixture, shared with test_search
+
+
+def _write_study(proj: Path, **changes: Any) -> None:
+    study = {**TINY, **changes}
+    (proj / "studies" / "tiny.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+
+
+def _set_params(proj: Path, **train: Any) -> None:
+    path = proj / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["train"].update(train)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def test_the_budget_is_the_studys_total(proj: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert search(proj) == 0  # the study's 3
+    assert len(load_study(proj).trials) == 3
+    assert search(proj) == 0  # already there: nothing trained
+    assert len(load_study(proj).trials) == 3
+    out = capsys.readouterr().out
+    assert "0 new trial(s)" in out
+    assert search(proj, "--n-trials", "1") == 0  # --n-trials adds
+    assert len(load_study(proj).trials) == 4
+    assert search(proj, "--n-trials", "0") == 0  # only checks the study
+    assert len(load_study(proj).trials) == 4
+    assert report(proj)["n_trials"] == 4
+
+
+def test_a_repeated_configuration_is_not_trained_again(proj: Path) -> None:
+    _write_study(proj, space={"model.batch_norm": {"type": "categorical", "choices": [False]}},
+                 pruner={"type": "none"})
+    assert search(proj, "--n-trials", "2") == 0
+    first, second = load_study(proj).trials
+    assert second.user_attrs["pipeline.duplicate_of"] == 0
+    assert second.value == first.value
+    assert second.user_attrs["mlflow_run_id"] == first.user_attrs["mlflow_run_id"]
+    _, _, children = mlflow_runs(proj)
+    assert len(children) == 1  # one training run: the second trial reused it
+    assert report(proj)["trials"][1]["duplicate_of"] == 0
+
+
+def test_a_password_on_the_command_line_is_refused(
+    proj: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "postgresql+psycopg://user:p#ss@127.0.0.1:5432/db"
+    assert search(proj, "--storage", url) == 2
+    err = capsys.readouterr().err
+    assert "p#ss" not in err and "PIPELINE_STORAGE" in err and "ps" in err
+
+
+def _worker(proj: Path, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",
+                                                            "PIPELINE_STORAGE")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.search", "--params", str(proj / "params.yaml"),
+         "--study", "tiny", *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _wait_for_running_trial(proj: Path, proc: subprocess.Popen[str], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        if (proj / "studies" / "tiny-digits.journal").exists():
+            try:
+                trials = load_study(proj).trials
+            except KeyError:  # the study is not created yet
+                trials = []
+            running = [t for t in trials if t.state.name == "RUNNING"
+                       and t.user_attrs.get("mlflow_run_id")]
+            if running:
+                return running[0]
+        time.sleep(0.3)
+    raise AssertionError("no trial started in time")
+
+
+def test_kill_9_mid_trial_is_cleaned_up_by_the_next_search(
+    proj: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _set_params(proj, max_epochs=5000, early_stopping={"patience": 5000, "min_delta": 0.0,
+                                                       "restore_best": True})
+    _write_study(proj, pruner={"type": "none"})
+    proc = _worker(proj, "--n-trials", "2")
+    try:
+        victim = _wait_for_running_trial(proj, proc, timeout=120)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    client, parents, children = mlflow_runs(proj)
+    assert [r.info.status for r in children] == ["RUNNING"]  # what MLflow leaves behind
+
+    assert search(proj, "--n-trials", "0") == 0  # any later search cleans up
+    out = capsys.readouterr().out
+    assert "of a worker that died" in out
+    trials = load_study(proj).trials
+    dead, retry = trials[victim.number], trials[-1]
+    assert dead.state.name == "FAIL" and "stopped without finishing" in dead.user_attrs[
+        "pipeline.error"]
+    assert retry.state.name == "WAITING" and retry.params == dead.params
+    assert retry.user_attrs["pipeline.retry_of"] == dead.number
+    client, parents, children = mlflow_runs(proj)
+    run = client.get_run(victim.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["optuna.state"] == "FAIL"
+    assert "stopped without finishing" in run.data.tags["pipeline.error"]
+    killed_parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert killed_parent.info.status == "KILLED"
+    assert not [r for r in parents + children if r.info.status == "RUNNING"]
+    assert report(proj)["counts"].get("RUNNING", 0) == 0
+
+    # The retry runs first and links the run it replaces.
+    _set_params(proj, max_epochs=3)
+    assert search(proj, "--n-trials", "1") == 0
+    trials = load_study(proj).trials
+    assert trials[retry.number].state.name in ("COMPLETE", "PRUNED")
+    new_run = client.get_run(trials[retry.number].user_attrs["mlflow_run_id"])
+    assert new_run.data.tags["pipeline.retry_of_trial"] == str(dead.number)
+    assert new_run.data.tags["pipeline.retry_of_run"] == run.info.run_id
+    assert search(proj, "--n-trials", "0") == 0  # nothing more to clean: idempotent
+    assert len(load_study(proj).trials) == len(trials)
+
+
+@pytest.mark.slow
+def test_two_workers_at_once_on_a_fresh_project_never_repeat(proj: Path) -> None:
+    """Started together: no MLflow schema race, no repeated configurations, total respected."""
+    _write_study(proj, budget={"n_trials": 6}, sampler={"type": "tpe", "seed": 0})
+    procs = [_worker(proj) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert not any("Traceback" in o for o in outputs), outputs
+    trials = load_study(proj).trials
+    assert 6 <= len(trials) <= 7  # the total, overshot by at most one per other worker
+    configs = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(configs)) == len(configs)
+    _, parents, children = mlflow_runs(proj)
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
