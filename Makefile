@@ -42,6 +42,8 @@ bench: $(STAMP)
 
 # mlflow starts its server (uvicorn) by name: the venv must be first on PATH.
 ui: $(STAMP)
+	@echo "MLflow UI on http://127.0.0.1:$(MLFLOW_PORT); open an experiment from the link"
+	@echo "pipeline.search prints (…/runs?workflowType=machine_learning: the runs table)"
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
 		--backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db}" \
 		--default-artifact-root mlruns/artifacts

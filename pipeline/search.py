@@ -77,8 +77,10 @@ def print_summary(result: SearchResult, out: TextIO) -> None:
         print(f"report: {result.report_path}", file=out)
     print(f"storage: {result.storage}", file=out)
     if result.tracking_uri.startswith("sqlite:"):
-        print(f"MLflow: experiment {result.optuna_study!r} - open the UI with `make ui` "
-              "(http://127.0.0.1:5000)", file=out)
+        from pipeline.tracking import ui_url
+
+        print(f"MLflow: experiment {result.optuna_study!r} - `make ui`, then "
+              f"{ui_url(result.experiment_id)}", file=out)
     else:
         from pipeline.secrets import redact
 

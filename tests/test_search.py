@@ -116,12 +116,13 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
     assert parent.data.params["dataset"] == "digits"
     assert parent.data.params["fingerprint"] == "synthetic-images-0"
     by_run = {r.info.run_id: r for r in children}
-    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+    status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+    names = {"COMPLETE": "trial-{}", "PRUNED": "trial-{} pruned", "FAIL": "trial-{} failed"}
     example = np.random.default_rng(0).integers(0, 255, (2, 1, 8, 8)).astype(np.float32)
     for t in trials:
         run = by_run[t.user_attrs["mlflow_run_id"]]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert run.info.run_name == f"trial-{t.number}"
+        assert run.info.run_name == names[t.state.name].format(t.number)
         assert run.data.tags["optuna.trial_number"] == str(t.number)
         assert run.data.tags["optuna.study"] == "tiny-digits"
         assert run.data.tags["optuna.state"] == t.state.name
@@ -192,6 +193,7 @@ def test_interrupt_then_resume_adds_trials_without_duplicates(
     states = {r.data.tags["optuna.trial_number"]: (r.info.status, r.data.tags["optuna.state"])
               for r in children}
     assert states == {"0": ("FINISHED", "COMPLETE"), "1": ("FAILED", "FAIL")}
+    assert {r.info.run_name for r in children} == {"trial-0", "trial-1 interrupted"}
     assert report(proj)["counts"]["COMPLETE"] == 1  # written on the way out
     assert "interrupted" in capsys.readouterr().out
 

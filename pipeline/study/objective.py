@@ -59,8 +59,18 @@ __all__ = [
 ]
 
 # Optuna trial states as they appear on MLflow runs (tag `optuna.state`) and the run status each
-# gets: completed trials FINISHED, pruned ones KILLED, failed ones FAILED.
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+# gets. MLflow's runs table draws KILLED and FAILED with the same red cross, so a pruned trial
+# (a normal outcome of a search) ends FINISHED and says "pruned" in its run name instead.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+
+
+def trial_run_name(number: int, state: str, *, interrupted: bool = False) -> str:
+    """``trial-7``, ``trial-7 pruned``, ``trial-7 failed`` or ``trial-7 interrupted``."""
+    if interrupted:
+        return f"trial-{number} interrupted"
+    return {"PRUNED": f"trial-{number} pruned", "FAIL": f"trial-{number} failed"}.get(
+        state, f"trial-{number}"
+    )
 _AVERAGED_SKIP = ("epoch", "time_s")
 
 
@@ -422,7 +432,8 @@ class MlflowTrialTracker:
     OpenMP runtime more threads than cores, and it then puts the training threads to sleep
     between parallel regions instead of letting them spin — measured here, training took 40 %
     longer for the whole search. :meth:`flush` waits for queued records. Pruned runs end
-    KILLED, failed ones FAILED; every run carries the tag ``optuna.state`` (COMPLETE / PRUNED /
+    FINISHED named ``trial-N pruned``, failed ones FAILED; every run carries the tag
+    ``optuna.state`` (COMPLETE / PRUNED /
     FAIL). A record that cannot be written (a full disk, a lost server) is logged, its run ends
     FAILED and the search reports it when it ends; the trial keeps its Optuna state and value.
 
@@ -605,6 +616,9 @@ class MlflowTrialTracker:
                         t.history, timestamp_ms=now, prefix=f"fold{i}/")
             tags = {
                 "optuna.state": progress.state,
+                "mlflow.runName": trial_run_name(
+                    progress.number, progress.state, interrupted=progress.interrupted
+                ),
                 "pipeline.epochs": str(progress.epochs),
                 "pipeline.folds": str(max(1, len(progress.trainers))),
             }

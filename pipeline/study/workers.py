@@ -230,10 +230,14 @@ def _end_run(client: Any, run_id: str | None, *, state: str | None, reason: str)
         return
     if run.info.status != "RUNNING":
         return
-    if state is not None:
-        client.set_tag(run_id, "optuna.state", state)
+    from pipeline.study.objective import RUN_STATUS, trial_run_name
+
     client.set_tag(run_id, "pipeline.error", reason)
-    status = "KILLED" if state is None or state == "PRUNED" else (
-        "FINISHED" if state == "COMPLETE" else "FAILED"
-    )
-    client.set_terminated(run_id, status=status)
+    if state is None:  # the parent run
+        client.set_terminated(run_id, status="KILLED")
+        return
+    client.set_tag(run_id, "optuna.state", state)
+    number = run.data.tags.get("optuna.trial_number")
+    if number is not None:
+        client.set_tag(run_id, "mlflow.runName", trial_run_name(int(number), state))
+    client.set_terminated(run_id, status=RUN_STATUS.get(state, "FAILED"))

@@ -31,6 +31,7 @@ from pipeline.tracking.store import (
     experiment,
     is_local_store,
     quiet_mlflow,
+    ui_url,
 )
 from pipeline.tracking.train_run import (
     TrainOptions,
@@ -58,6 +59,7 @@ __all__ = [
     "log_history",
     "log_metrics",
     "log_model",
+    "ui_url",
     "pip_requirements",
     "plot_history",
     "quiet_mlflow",

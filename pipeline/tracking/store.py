@@ -118,10 +118,20 @@ def artifact_root(params: Params, uri: str | None = None) -> Path | None:
     return params.path(params.mlflow.artifacts_dir)
 
 
-# MLflow 3's UI opens an experiment without this tag on its GenAI (traces) view; with it, on the
-# runs table of "Model training", where our trials are.
+# The kind MLflow's API records for an experiment of training runs. MLflow 3.17's UI does not
+# read it (it takes the view from the URL or the browser's saved toggle), hence :func:`ui_url`.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `make ui` serves
+
+
+def ui_url(experiment_id: str, base: str = UI_ADDRESS) -> str:
+    """The experiment's runs table in the MLflow UI, in its "Model training" view.
+
+    Without ``workflowType=machine_learning`` a fresh browser opens MLflow 3's GenAI view (an
+    empty traces overview, no Model registry in the sidebar).
+    """
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def experiment(name: str, params: Params) -> str:

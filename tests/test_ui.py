@@ -1,0 +1,97 @@
+"""What users see in the MLflow UI, in a real browser (slow: starts ``mlflow server`` and
+Debian's chromium, driven headless by Playwright).
+
+After a tiny search with a complete, a pruned and a failed trial, the URL the search prints
+must open the experiment's runs table in MLflow's "Model training" view (the Model registry in
+the sidebar), and the three outcomes must read apart in the run names.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.test_search import DIVERGE_LR, diverging, journal, proj, search
+
+pytestmark = pytest.mark.slow
+__all__ = ["diverging", "proj"]  # fixtures shared with test_search
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def mlflow_ui(proj: Path) -> Iterator[str]:
+    port = _free_port()
+    venv_bin = Path(os.sys.executable).parent
+    server = subprocess.Popen(
+        [str(venv_bin / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{proj / 'mlruns' / 'mlflow.db'}",
+         "--default-artifact-root", str(proj / "mlruns" / "artifacts")],
+        env={**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "no server"
+                time.sleep(0.5)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_the_printed_url_opens_the_runs_table_with_outcomes_apart(
+    proj: Path, diverging: None, mlflow_ui: str, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is needed: apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    study = optuna.create_study(study_name="tiny-digits", storage=journal(proj))
+    for params in (
+        {"model.width": 8, "train.optimizer": "adam", "train.lr": 0.01},
+        {"model.width": 16, "train.optimizer": "adam", "train.lr": 0.02},
+        {"model.width": 8, "train.optimizer": "adam", "train.lr": DIVERGE_LR},  # fails
+        {"model.width": 8, "train.optimizer": "sgd", "train.lr": 5.0},  # pruned
+    ):
+        study.enqueue_trial(params)
+    assert search(proj, "--n-trials", "4") == 0
+    out = capsys.readouterr().out
+    (printed,) = [w for w in out.split() if "workflowType=machine_learning" in w]
+    url = printed.replace("http://127.0.0.1:5000", mlflow_ui)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(url)
+        page.get_by_text("search-", exact=False).first.wait_for(timeout=60_000)
+        # Expand the parent run (the button in its name cell) to show its trials.
+        page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
+        page.get_by_text("trial-3 pruned").wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "runs.png"))
+        text = page.inner_text("body")
+        browser.close()
+    assert "Model registry" in text  # the "Model training" view, not GenAI's
+    assert "trial-2 failed" in text and "trial-3 pruned" in text and "trial-0" in text
