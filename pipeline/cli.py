@@ -25,13 +25,11 @@ def setup_logging(verbose: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # Third-party libraries are chatty at INFO; keep their warnings.
-    for name in ("mlflow", "alembic", "optuna", "urllib3", "git", "matplotlib", "PIL"):
+    # Third-party libraries are chatty at INFO; keep their warnings. MLflow's own quieting is
+    # `pipeline.tracking.quiet_mlflow`, applied wherever MLflow is configured.
+    for name in ("optuna", "urllib3", "git", "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    # No network from a laptop run; no per-file progress bars in logs.
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

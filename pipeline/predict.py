@@ -29,7 +29,6 @@ from pathlib import Path
 
 from pipeline import cli
 from pipeline.errors import UserError
-from pipeline.registry.gate import quiet_downloads
 from pipeline.registry.inference import DEFAULT_BATCH, run_predict
 
 logger = logging.getLogger(__name__)
@@ -68,12 +67,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose)
-    quiet_downloads()
 
     def body() -> int:
+        from pipeline import tracking
+
+        tracking.quiet_mlflow()
         params_path = Path(args.params)
         if params_path.is_file():
-            from pipeline import tracking
             from pipeline.config import load_params
 
             tracking.configure(load_params(params_path))

@@ -25,7 +25,7 @@ from pipeline import cli
 from pipeline.atomic import write_json_atomic
 from pipeline.config import Params, load_params
 from pipeline.errors import UserError
-from pipeline.registry.gate import CHAMPION, Candidate, Decision, alias_uri, quiet_downloads
+from pipeline.registry.gate import CHAMPION, Candidate, Decision, alias_uri
 from pipeline.secrets import redact
 from pipeline.study.report import StudyReport, find_report
 
@@ -130,9 +130,9 @@ def run_promote(
     """Promote ``study``'s best trial; write and return the decision record."""
     from mlflow import MlflowClient
 
+    from pipeline import tracking
     from pipeline.data.cache import load_cache
     from pipeline.registry import gate as registry
-    from pipeline.tracking import runs as tracking
 
     path = find_report(params, study, dataset)
     candidate = candidate_from_report(StudyReport.read(path, study), study, path)
@@ -190,7 +190,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose)
-    quiet_downloads()
 
     def body() -> int:
         params = load_params(args.params)

@@ -60,7 +60,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 def _register_champion(w: World) -> str:
     from mlflow import MlflowClient
 
-    from pipeline.tracking import runs as tracking
+    from pipeline import tracking
 
     tracking.configure(w.params)
     client = MlflowClient()
@@ -118,8 +118,11 @@ def test_classification_champion(world: World, capsys: pytest.CaptureFixture[str
             float(np.mean(pred[y == k] == k))
         )
     assert values["n_test"] == w.digits.meta.n_test
-    assert values["model"] == f"models:/pipeline-digits/{version}"
-    assert values["dataset"] == "digits"
+    assert values["model_version"] == int(version)
+    assert all(isinstance(v, int | float) for v in values.values())  # dvc metrics diff
+    about = json.loads((reports / "evaluation.json").read_text())
+    assert about["model"] == f"models:/pipeline-digits/{version}"
+    assert about["dataset"] == "digits" and about["fingerprint"] == w.digits.meta.fingerprint
 
     rows = _rows(reports / "plots" / "confusion.csv")
     assert len(rows) == w.digits.meta.n_test
@@ -157,8 +160,9 @@ def test_regression_by_uri(world: World, capsys: pytest.CaptureFixture[str]) -> 
     assert values["rmse"] == pytest.approx(float(np.sqrt(np.mean((pred - y) ** 2))), rel=1e-6)
     r2 = 1 - np.sum((pred - y) ** 2) / np.sum((y - y.mean()) ** 2)
     assert values["r2"] == pytest.approx(float(r2), rel=1e-6)
-    assert set(values) == {"mae", "rmse", "r2", "n_test", "dataset", "model"}
-    assert values["model"] == f"runs:/{w.table_run}/model"
+    assert set(values) == {"mae", "rmse", "r2", "n_test"}
+    about = json.loads((reports / "evaluation.json").read_text())
+    assert about["model"] == f"runs:/{w.table_run}/model" and about["dataset"] == "diabetes"
     rows = _rows(reports / "plots" / "predictions.csv")
     assert len(rows) == w.table.meta.n_test
     assert float(rows[0]["actual"]) == pytest.approx(y[0], rel=1e-5)

@@ -33,7 +33,7 @@ MAX_FUNCTION_LINES = 60
 MAX_PARAMETERS = 8
 # Known offenders that issue 9's study/registry split has not reached yet. The checks fail on
 # any new one, and on an entry here that no longer offends (so the list only shrinks).
-KNOWN_BIG_COMMANDS = {"pipeline/evaluate.py"}
+KNOWN_BIG_COMMANDS: set[str] = set()
 KNOWN_LONG_FUNCTIONS = {
     "pipeline/registry/gate.py promote",
     "pipeline/study/objective.py __init__",

@@ -214,8 +214,8 @@ def test_a_trial_whose_record_fails_keeps_its_result(
     proj: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """MLflow failing to store a model loses neither the trial nor the rest of its record."""
+    from pipeline import tracking
     from pipeline.study.runner import SearchOptions, run_search
-    from pipeline.tracking import runs as tracking
 
     original = tracking.log_model
     broken: list[str] = []

@@ -24,7 +24,6 @@ from __future__ import annotations
 import getpass
 import logging
 import math
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -84,11 +83,6 @@ def alias_uri(name: str, alias: str = CHAMPION) -> str:
 # --------------------------------------------------------------------------------------------
 # Loading and scoring a logged model
 # --------------------------------------------------------------------------------------------
-def quiet_downloads() -> None:
-    """No per-file download progress bars on stderr while a stage loads models."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
 def load_model(uri: str) -> PyFuncModel:
     """Load a model through the project's one no-pickle loader."""
     from pipeline.tracking.models import load_model as load_safely

@@ -489,7 +489,7 @@ class MlflowTrialTracker:
         self.inline = inline
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
         if log_models and not inline:
-            from pipeline.tracking.runs import warm_up_export
+            from pipeline.tracking import warm_up_export
 
             # torch.export's first call costs ~1.4 s; take it while the first trial trains.
             self._executor.submit(warm_up_export)
@@ -601,7 +601,7 @@ class MlflowTrialTracker:
         """Metrics, tags, curves, model and final status of one trial's run (logging thread)."""
         from mlflow.entities import Metric, Param, RunTag
 
-        from pipeline.tracking import runs as tracking
+        from pipeline import tracking
 
         run_id = progress.run_id
         assert run_id is not None
@@ -677,7 +677,7 @@ class MlflowTrialTracker:
 
     def _log_model(self, run_id: str, progress: TrialProgress, fold: int) -> str | None:
         """Log fold ``fold``'s model to the trial's run; returns MLflow's model id."""
-        from pipeline.tracking import runs as tracking
+        from pipeline import tracking
 
         info = tracking.log_model(
             progress.trainers[fold].model, self.meta, example=self.example, validate=False,

@@ -19,25 +19,8 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from pipeline.data.cache import CacheMeta
-
-# Transitional: commands and tests written before the split reach these through
-# `pipeline.tracking.runs`; new code uses the package face `pipeline.tracking`.
-from pipeline.secrets import redact  # noqa: F401  (tests/tracking/test_runs.py)
-from pipeline.tracking.models import (  # noqa: F401
-    example_input,
-    log_model,
-    pip_requirements,
-    warm_up_export,
-)
 from pipeline.tracking.plots import plot_history
-from pipeline.tracking.store import (  # noqa: F401
-    ENV_URI,
-    active_run_id,
-    artifact_root,
-    configure,
-    experiment,
-    is_local_store,
-)
+from pipeline.tracking.store import active_run_id
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ _CHATTY_LOGGERS = ("mlflow", "alembic")
 
 
 def quiet_mlflow() -> None:
-    """The one place MLflow is made quiet: INFO chatter off, no per-file progress bars.
+    """The one place MLflow is made quiet: INFO chatter off, no per-file progress bars, no
+    telemetry (no network from a laptop run).
 
     Idempotent; a level set explicitly to WARNING or above (or ``-v``'s DEBUG on the root
     logger, which leaves these loggers alone) is kept.
@@ -39,6 +40,7 @@ def quiet_mlflow() -> None:
         if lg.level == logging.NOTSET or lg.level < logging.WARNING:
             lg.setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def _absolute_uri(uri: str, root: Path) -> str:

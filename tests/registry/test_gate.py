@@ -36,7 +36,7 @@ def train_and_log(
     import mlflow
     import torch
 
-    from pipeline.tracking import runs as tracking
+    from pipeline import tracking
     from pipeline.training import engine, models, runtime
 
     p = params.with_overrides(
@@ -90,7 +90,7 @@ def error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 def setup_store(params: Params, name: str = "tests") -> str:
     """Point MLflow at the project's store and return an experiment id."""
-    from pipeline.tracking import runs as tracking
+    from pipeline import tracking
 
     tracking.configure(params)
     return tracking.experiment(name, params)

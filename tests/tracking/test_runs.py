@@ -17,9 +17,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from pipeline import tracking
 from pipeline.config import ModelConfig, Params, TrainConfig
 from pipeline.data.cache import CacheMeta, load_cache
-from pipeline.tracking import runs as tracking
 from pipeline.tracking.plots import plot_history
 from pipeline.training.engine import Trainer, fit, make_split
 from pipeline.training.models import build_model, package_model
@@ -99,18 +99,6 @@ def test_configure_relative_paths_from_any_cwd(params: Params, project: Path,
     custom = params.with_overrides({})
     uri = tracking.configure(custom)
     assert Path(uri[len("sqlite:///"):]).parent == project / "mlruns"
-
-
-@pytest.mark.parametrize(("url", "expected"), [
-    ("postgresql://user:secret@db.example:5432/mlflow",
-     "postgresql://user:***@db.example:5432/mlflow"),
-    ("postgresql+psycopg2://u:p%40ss@h/db", "postgresql+psycopg2://u:***@h/db"),
-    ("http://mlflow.example:5000", "http://mlflow.example:5000"),
-    ("sqlite:////abs/mlruns/mlflow.db", "sqlite:////abs/mlruns/mlflow.db"),
-    ("postgresql://h/db?user=u&password=hunter2", "postgresql://h/db?user=u&password=***"),
-])
-def test_redact(url: str, expected: str) -> None:
-    assert tracking.redact(url) == expected
 
 
 def test_experiment_get_or_create_with_local_artifacts(params: Params, project: Path) -> None:
