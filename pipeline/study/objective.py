@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import statistics
 import threading
 import time
 import traceback
@@ -40,7 +39,7 @@ import torch
 
 from pipeline.config import Params
 from pipeline.data.cache import Cache, CacheMeta
-from pipeline.data.splits import holdout_split, kfold_splits
+from pipeline.study.folds import combine, combine_rows, plan_folds
 from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
 from pipeline.training.engine import Split, Trainer, make_split
 from pipeline.training.models import build_model
@@ -49,13 +48,11 @@ from pipeline.training.runtime import derive_seed, set_seed
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FoldPlan",
     "MlflowTrialTracker",
     "Objective",
     "TrialInterrupted",
     "TrialProgress",
     "TrialTracker",
-    "plan_folds",
 ]
 
 # Optuna trial states as they appear on MLflow runs (tag `optuna.state`) and the run status each
@@ -81,45 +78,6 @@ class TrialInterrupted(KeyboardInterrupt):
 # --------------------------------------------------------------------------------------------
 # Folds
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FoldPlan:
-    """How a trial validates: ``k`` folds (0 = one holdout split of ``fraction``)."""
-
-    k: int
-    fraction: float
-    folds: tuple[tuple[np.ndarray, np.ndarray], ...]  # (train_idx, val_idx) into the train part
-
-    @property
-    def n_models(self) -> int:
-        return len(self.folds)
-
-    def describe(self) -> str:
-        if self.k:
-            return f"{self.k}-fold cross-validation"
-        return f"holdout ({self.fraction:g} of the training part for validation)"
-
-
-def plan_folds(cache: Cache, study: StudySpec, params: Params) -> FoldPlan:
-    """Resolve ``cv`` for this cache: K folds or a holdout, seeded by the cache's split seed."""
-    meta = cache.meta
-    y = np.asarray(cache.train_y)
-    k, fraction = study.cv.resolve(len(y), params)
-    classification = meta.task == "classification"
-    if k:
-        if k > len(y):
-            from pipeline.errors import UserError
-
-            raise UserError(
-                f"{study.source}: cv.folds: {k} folds but the training part of {meta.name!r} has "
-                f"only {len(y)} samples"
-            )
-        folds = kfold_splits(y, k=k, seed=meta.split_seed, classification=classification)
-    else:
-        folds = [holdout_split(y, fraction=fraction, seed=meta.split_seed,
-                               classification=classification)]
-    return FoldPlan(k=k, fraction=fraction, folds=tuple((tr, va) for tr, va in folds))
-
-
 # --------------------------------------------------------------------------------------------
 # A trial in progress
 # --------------------------------------------------------------------------------------------
@@ -136,7 +94,6 @@ class TrialProgress:
     state: str = "RUNNING"  # COMPLETE | PRUNED | FAIL once finished
     value: float | None = None  # trial value (mean over folds at each fold's best epoch)
     value_std: float | None = None
-    fold_values: list[float] = field(default_factory=list)
     error: str | None = None
     interrupted: bool = False
     train_s: float = 0.0
@@ -175,14 +132,10 @@ def _best_row(trainer: Trainer) -> dict[str, float]:
 
 
 def _averaged_row(rows: Sequence[dict[str, float]], epoch: int, metric: str) -> dict[str, float]:
-    """Mean of each numeric value over folds, plus ``<metric>_std`` when there are ≥ 2 folds."""
-    keys = [k for k in rows[0] if k not in _AVERAGED_SKIP]
+    """One lockstep epoch over the folds: each value combined (``<metric>_std`` beside it),
+    the epoch number, and the time summed (the compute spent)."""
     out: dict[str, float] = {"epoch": epoch}
-    for key in keys:
-        vals = [float(r[key]) for r in rows if key in r]
-        out[key] = sum(vals) / len(vals)
-    if len(rows) > 1:
-        out[f"{metric}_std"] = statistics.pstdev(float(r[metric]) for r in rows)
+    out.update(combine_rows(rows, skip=_AVERAGED_SKIP, spread=metric))
     out["time_s"] = sum(float(r.get("time_s", 0.0)) for r in rows)
     return out
 
@@ -334,10 +287,9 @@ class Objective:
                     raise optuna.TrialPruned(
                         f"pruned after epoch {epoch}: {metric} {value:.4g}"
                     )
-            fold_values = [float(_best_row(t)[metric]) for t in progress.trainers]
-            progress.fold_values = fold_values
-            progress.value = sum(fold_values) / len(fold_values)
-            progress.value_std = statistics.pstdev(fold_values) if len(fold_values) > 1 else 0.0
+            progress.value, progress.value_std = combine(
+                float(_best_row(t)[metric]) for t in progress.trainers
+            )
         finally:
             progress.train_s = time.perf_counter() - t0
 
@@ -687,24 +639,16 @@ class MlflowTrialTracker:
         return info.model_id
 
     def _summary(self, progress: TrialProgress) -> dict[str, float]:
-        out: dict[str, float] = {}
+        """``best/*``: each fold's best epoch, combined; per-fold values when there are folds."""
         rows = [_best_row(t) for t in progress.trainers]
-        rows = [r for r in rows if r]
-        if rows:
-            for key in rows[0]:
-                if key in _AVERAGED_SKIP or key == "lr":
-                    continue
-                vals = [float(r[key]) for r in rows if key in r]
-                out[f"best/{key}"] = sum(vals) / len(vals)
-            out["best/epoch"] = sum(float(r["epoch"]) for r in rows) / len(rows)
-            if len(rows) > 1:
-                for i, t in enumerate(progress.trainers):
-                    row = _best_row(t)
-                    if row:
-                        out[f"fold{i}/best/{self.metric}"] = float(row[self.metric])
-                out[f"best/{self.metric}_std"] = statistics.pstdev(
-                    float(r[self.metric]) for r in rows
-                )
+        out = {f"best/{k}": v for k, v in combine_rows(
+            rows, skip=(*_AVERAGED_SKIP, "lr"), spread=self.metric).items()}
+        if any(rows):
+            out["best/epoch"] = combine(float(r["epoch"]) for r in rows if r)[0]
+        if len(rows) > 1:
+            for i, row in enumerate(rows):
+                if row:
+                    out[f"fold{i}/best/{self.metric}"] = float(row[self.metric])
         out["epochs"] = float(progress.epochs)
         out["fold_epochs"] = float(progress.fold_epochs)
         out["train_s"] = float(progress.train_s)
