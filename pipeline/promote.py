@@ -9,8 +9,9 @@ rerunning with the same best trial registers nothing new), its tags, the ``champ
 
     python -m pipeline.promote --study capacity [--params params.yaml] [--force] [--report PATH]
 
-``--force`` moves ``champion`` to the candidate even when it does not beat the current champion
-(a human decision, recorded in the version's ``forced`` / ``forced_by`` tags).
+``--allow-interrupted`` also considers trials that Ctrl-C stopped (default: finished trials
+only). ``--force`` moves ``champion`` to the candidate even when it does not beat the current
+champion (a human decision, recorded in the version's ``forced`` / ``forced_by`` tags).
 See :mod:`pipeline.registry.gate` for the gate's rules.
 """
 
@@ -33,9 +34,15 @@ logger = logging.getLogger(__name__)
 
 
 
-def candidate_from_report(report: StudyReport, study: str, path: Path) -> Candidate:
-    """The study's best trial as a promotion candidate; UserError when there is none yet."""
-    best = report.best
+def candidate_from_report(
+    report: StudyReport, study: str, path: Path, *, allow_interrupted: bool = False
+) -> Candidate:
+    """The study's best trial as a promotion candidate; UserError when there is none yet.
+
+    By default only trials that finished count; ``allow_interrupted`` also takes a trial that
+    Ctrl-C stopped (it keeps the model of its best epoch).
+    """
+    best = report.best_with_interrupted if allow_interrupted else report.best
     if not isinstance(best, dict) or not best.get("run_id"):
         raise UserError(
             f"{path}: study {study!r} has no completed trial with a logged model yet; run more "
@@ -126,6 +133,7 @@ def run_promote(
     dataset: str | None = None,
     force: bool = False,
     report: Path | None = None,
+    allow_interrupted: bool = False,
 ) -> dict[str, Any]:
     """Promote ``study``'s best trial; write and return the decision record."""
     from mlflow import MlflowClient
@@ -135,7 +143,9 @@ def run_promote(
     from pipeline.registry import gate as registry
 
     path = find_report(params, study, dataset)
-    candidate = candidate_from_report(StudyReport.read(path, study), study, path)
+    candidate = candidate_from_report(
+        StudyReport.read(path, study), study, path, allow_interrupted=allow_interrupted
+    )
     params.dataset_entry(candidate.dataset)  # must still be declared
     cache = load_cache(params.cache_dir(candidate.dataset))
     uri = tracking.configure(params)
@@ -179,6 +189,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "in the version's tags)",
     )
     parser.add_argument(
+        "--allow-interrupted", action="store_true",
+        help="also consider trials stopped by Ctrl-C (they keep the model of their best epoch); "
+        "by default only finished trials are candidates",
+    )
+    parser.add_argument(
         "--report", type=Path, default=None,
         help="where to write the decision record (default: reports/promote/ + the study "
         "report's file name)",
@@ -194,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         params = load_params(args.params)
         record = run_promote(
-            params, study=args.study, dataset=args.dataset, force=args.force, report=args.report
+            params, study=args.study, dataset=args.dataset, force=args.force, report=args.report,
+            allow_interrupted=args.allow_interrupted,
         )
         print(summary(record))
         return 0

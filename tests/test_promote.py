@@ -177,3 +177,21 @@ def test_user_errors_are_one_line(world: World, capsys: pytest.CaptureFixture[st
     write_study_report(w.params, "empty", dataset="digits", run_id=None)
     assert promote.main(["--study", "empty", *args]) == 2
     assert "no completed trial" in error_line(capsys)
+
+
+def test_interrupted_trials_are_candidates_only_when_allowed(tmp_path) -> None:
+    from pipeline.errors import UserError
+    from pipeline.study.report import StudyReport
+
+    kept = {"number": 3, "value": 0.4, "params": {}, "run_id": "abc",
+            "model_uri": "runs:/abc/model", "interrupted": True}
+    report = StudyReport(
+        study="s", description="", optuna_study="s-digits", dataset="digits", fingerprint="",
+        direction="minimize", metric="val/loss", storage="", best=None, counts={},
+        best_with_interrupted=kept,
+    )
+    path = tmp_path / "s.json"
+    with pytest.raises(UserError, match=r"no completed trial.*--dataset digits"):
+        promote.candidate_from_report(report, "s", path)
+    candidate = promote.candidate_from_report(report, "s", path, allow_interrupted=True)
+    assert candidate.run_id == "abc" and candidate.trial == 3

@@ -194,8 +194,17 @@ def test_interrupt_then_resume_adds_trials_without_duplicates(
               for r in children}
     assert states == {"0": ("FINISHED", "COMPLETE"), "1": ("FAILED", "FAIL")}
     assert {r.info.run_name for r in children} == {"trial-0", "trial-1 interrupted"}
+    # What the interrupted trial learned is kept: its best epoch's model and value.
+    stopped = {r.data.tags["optuna.trial_number"]: r for r in children}["1"]
+    assert stopped.data.tags["pipeline.stop_reason"] == "interrupted"
+    assert mlflow.models.get_model_info(f"runs:/{stopped.info.run_id}/model").flavors
+    assert "pipeline.interrupted_value" in trials[1].user_attrs
+    rep = report(proj)
+    assert rep["best"]["number"] == 0  # promote's default: finished trials only
+    assert rep["best_with_interrupted"]["number"] in (0, 1)
     assert report(proj)["counts"]["COMPLETE"] == 1  # written on the way out
-    assert "interrupted" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "interrupted" in captured.out and "Traceback" not in captured.err
 
     monkeypatch.setattr(engine.Trainer, "run_epoch", original)
     assert search(proj, "--n-trials", "2") == 0
@@ -208,6 +217,30 @@ def test_interrupt_then_resume_adds_trials_without_duplicates(
     assert numbers == [0, 1, 2, 3]
     assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in children}
     assert report(proj)["n_trials"] == 4
+
+
+def test_the_time_budget_holds_for_a_running_trial(proj: Path) -> None:
+    """--timeout stops the trial still running at the deadline, which keeps what it reached."""
+    import time
+
+    from pipeline.study.runner import SearchOptions, run_search
+
+    raw = yaml.safe_load((proj / "params.yaml").read_text())
+    raw["train"]["max_epochs"] = 100_000
+    raw["train"]["early_stopping"]["patience"] = 100_000
+    (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    t0 = time.monotonic()
+    result = run_search(SearchOptions(study="tiny", params_path=proj / "params.yaml",
+                                      timeout_s=3.0))
+    wall = time.monotonic() - t0
+    (trial,) = load_study(proj).trials
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["pipeline.cut_short"] == "deadline"
+    assert 3.0 <= trial.duration.total_seconds() < 30  # one epoch is milliseconds here
+    assert wall < 60
+    assert result.report.best is not None and result.report.best["number"] == 0
+    _, _, children = mlflow_runs(proj)
+    assert children[0].data.tags["pipeline.stop_reason"] == "deadline"
+    assert mlflow.models.get_model_info(result.report.best["model_uri"]).flavors
 
 
 def test_a_trial_whose_record_fails_keeps_its_result(

@@ -96,6 +96,7 @@ class TrialProgress:
     value_std: float | None = None
     error: str | None = None
     interrupted: bool = False
+    cut_short: str | None = None  # "deadline": stopped at the search's time budget
     train_s: float = 0.0
     tracking_s: float = 0.0  # time spent on this trial's MLflow record (any thread)
     record_s: float = 0.0  # of which the end-of-trial record
@@ -173,6 +174,8 @@ class Objective:
         stop: when set (Ctrl-C), the running trials stop after their current epoch and are
             recorded as failed.
         trial_attrs: user attributes set on every trial when it starts (the worker's id).
+        deadline: a ``time.monotonic()`` time: a trial still training then stops after its
+            current epoch and completes with what it reached (``pipeline.cut_short``).
 
     A trial whose sampled configuration equals an earlier complete or pruned trial's is not
     trained again: it takes that trial's result (Optuna's FAQ recipe) and records which trial
@@ -190,9 +193,11 @@ class Objective:
         epoch_cap: int | None = None,
         stop: threading.Event | None = None,
         trial_attrs: dict[str, Any] | None = None,
+        deadline: float | None = None,
     ) -> None:
         check_metric_for_task(study, cache.meta.task)
         self.trial_attrs = dict(trial_attrs or {})
+        self.deadline = deadline
         self.params = params
         self.study = study
         self.meta: CacheMeta = cache.meta
@@ -275,6 +280,11 @@ class Objective:
                     break
                 if self.stop is not None and self.stop.is_set():
                     raise TrialInterrupted(f"trial {progress.number} interrupted")
+                if epoch and self.deadline is not None and time.monotonic() >= self.deadline:
+                    progress.cut_short = "deadline"
+                    logger.info("trial %d: the search's time budget is spent; it ends at epoch "
+                                "%d with what it reached", progress.number, epoch)
+                    break
                 epoch += 1
                 rows = []
                 for t in progress.trainers:
@@ -294,11 +304,8 @@ class Objective:
             progress.train_s = time.perf_counter() - t0
 
     def _finish(self, trial: optuna.trial.BaseTrial, progress: TrialProgress) -> None:
-        if progress.interrupted:
-            # Be quick: the user is waiting. History and state only, no model.
-            if self.tracker is not None:
-                self.tracker.finish(progress)
-            return
+        # An interrupted trial keeps what it learned too: its best weights become its model
+        # and the value it reached is kept (it stays FAIL in Optuna: it did not finish).
         best = progress.best_fold(self.study.direction, self.study.metric)
         attrs: dict[str, Any] = {
             "epochs": progress.epochs,
@@ -310,6 +317,12 @@ class Objective:
             attrs["value_std"] = progress.value_std
         if best is not None:
             attrs["model_fold"] = best
+        if progress.cut_short:
+            attrs["pipeline.cut_short"] = progress.cut_short
+        if progress.interrupted and any(_best_row(t) for t in progress.trainers):
+            reached = combine(float(_best_row(t)[self.study.metric])
+                              for t in progress.trainers if _best_row(t))
+            attrs["pipeline.interrupted_value"] = reached[0]
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         if self.tracker is not None:
@@ -581,6 +594,8 @@ class MlflowTrialTracker:
                 tags["pipeline.stop_reason"] = "pruned"
             elif progress.interrupted:
                 tags["pipeline.stop_reason"] = "interrupted"
+            elif progress.cut_short:
+                tags["pipeline.stop_reason"] = progress.cut_short
             elif stops:
                 tags["pipeline.stop_reason"] = ",".join(stops)
             best = progress.best_fold(self.direction, self.metric)
@@ -595,7 +610,9 @@ class MlflowTrialTracker:
             # per-fold metrics). Logged afterwards with the model's id, the summary metrics
             # reach the model in the same request that writes them to the run.
             model_id, model_error = None, None
-            if self.log_models and best is not None and progress.state in ("COMPLETE", "PRUNED"):
+            if self.log_models and best is not None and (
+                progress.state in ("COMPLETE", "PRUNED") or progress.interrupted
+            ):
                 try:
                     model_id = self._log_model(run_id, progress, best)
                 except Exception as exc:  # still write the metrics, then report it
@@ -610,7 +627,7 @@ class MlflowTrialTracker:
                     params=params if i == 0 else [],
                     tags=run_tags if i == 0 else [], synchronous=True,
                 )
-            if progress.history and not progress.interrupted:
+            if progress.history:
                 tracking.log_curves(
                     progress.history, run_id=run_id,
                     title=f"{self.optuna_study} trial {progress.number} ({progress.state})",

@@ -38,6 +38,9 @@ class StudyReport:
     trials: list[dict[str, Any]] = field(default_factory=list)
     parent_run_id: str = ""
     experiment_id: str = ""
+    # The best of the complete trials and of those Ctrl-C interrupted (which keep the model
+    # of their best epoch): what `promote --allow-interrupted` takes.
+    best_with_interrupted: dict[str, Any] | None = None
 
     @property
     def n_trials(self) -> int:
@@ -59,6 +62,7 @@ class StudyReport:
             "trials": self.trials,
             "parent_run_id": self.parent_run_id,
             "experiment_id": self.experiment_id,
+            "best_with_interrupted": self.best_with_interrupted,
         }
 
     def write(self, path: Path) -> None:
@@ -99,19 +103,22 @@ def from_study(
     counts = {s.name: 0 for s in TrialState}
     for t in trials:
         counts[t.state.name] += 1
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     best = None
-    if any(t.state == TrialState.COMPLETE and t.value is not None for t in trials):
-        bt = optuna_study.best_trial
-        run_id = bt.user_attrs.get("mlflow_run_id")
-        best = {
-            "number": bt.number,
-            "value": bt.value,
-            "value_std": bt.user_attrs.get("value_std"),
-            "params": dict(bt.params),
-            "run_id": run_id,
-            "model_uri": f"runs:/{run_id}/model" if run_id else None,
-            "epochs": bt.user_attrs.get("epochs"),
-        }
+    if complete:
+        best = _best_entry(optuna_study.best_trial, float(optuna_study.best_trial.value))
+    interrupted = [
+        (t, float(t.user_attrs["pipeline.interrupted_value"])) for t in trials
+        if t.state == TrialState.FAIL and "pipeline.interrupted_value" in t.user_attrs
+        and t.user_attrs.get("mlflow_run_id")
+    ]
+    sign = -1.0 if study.direction == "maximize" else 1.0
+    pool = [(float(t.value), t) for t in complete] + [(v, t) for t, v in interrupted]
+    pool = [(v, t) for v, t in pool if math.isfinite(v)]
+    best_any = None
+    if pool:
+        value, trial = min(pool, key=lambda vt: (sign * vt[0], vt[1].number))
+        best_any = _best_entry(trial, value)
     return StudyReport(
         study=study.name, description=study.description, optuna_study=optuna_study.study_name,
         dataset=dataset, fingerprint=fingerprint, direction=study.direction,
@@ -119,7 +126,24 @@ def from_study(
         counts={k: v for k, v in counts.items() if v or k in ("COMPLETE", "PRUNED", "FAIL")},
         trials=[_trial_row(t) for t in trials],
         parent_run_id=parent_run_id, experiment_id=experiment_id,
+        best_with_interrupted=best_any,
     )
+
+
+def _best_entry(trial: Any, value: float) -> dict[str, Any]:
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    entry = {
+        "number": trial.number,
+        "value": value,
+        "value_std": trial.user_attrs.get("value_std"),
+        "params": dict(trial.params),
+        "run_id": run_id,
+        "model_uri": f"runs:/{run_id}/model" if run_id else None,
+        "epochs": trial.user_attrs.get("epochs"),
+    }
+    if trial.state.name == "FAIL":
+        entry["interrupted"] = True
+    return entry
 
 
 def _trial_row(t: Any) -> dict[str, Any]:
@@ -131,7 +155,7 @@ def _trial_row(t: Any) -> dict[str, Any]:
         "epochs": t.user_attrs.get("epochs"),
         "params": dict(t.params),
     }
-    for name in ("retry_of", "duplicate_of"):
+    for name in ("retry_of", "duplicate_of", "cut_short", "interrupted_value"):
         if f"pipeline.{name}" in t.user_attrs:
             row[name] = t.user_attrs[f"pipeline.{name}"]
     return row

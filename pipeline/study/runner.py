@@ -370,6 +370,8 @@ class _Search:
         """Run the trials; ``"done"``, ``"interrupted"`` (Ctrl-C) or ``"storage lost"``."""
         if run_budget.n_trials == 0:
             return "done"
+        if self.setup.timeout is not None:  # trials running at the deadline end there too
+            objective.deadline = time.monotonic() + self.setup.timeout
         callbacks: list[Any] = [progress, lambda study, trial: self._reap(me)]
         if run_budget.total is not None:
             callbacks.append(budgets.stop_at_total(run_budget.total))
