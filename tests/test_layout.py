@@ -35,11 +35,8 @@ MAX_PARAMETERS = 8
 # any new one, and on an entry here that no longer offends (so the list only shrinks).
 KNOWN_BIG_COMMANDS: set[str] = set()
 KNOWN_LONG_FUNCTIONS = {
-    "pipeline/registry/gate.py promote",
     "pipeline/study/objective.py __init__",
     "pipeline/study/objective.py _record",
-    "pipeline/study/spec.py _parse_param",
-    "pipeline/study/spec.py parse_study",
 }
 
 
@@ -218,17 +215,19 @@ def test_functions_are_short_and_take_few_parameters() -> None:
         checked_length = _is_command(module) or _area(module) in ("study", "registry")
         for fn in _functions(tree):
             where = f"{path.relative_to(REPO)}:{fn.lineno} {fn.name}"
-            if f"{path.relative_to(REPO)} {fn.name}" in KNOWN_LONG_FUNCTIONS:
-                known.add(f"{path.relative_to(REPO)} {fn.name}")
-                continue
             length = (fn.end_lineno or fn.lineno) - fn.lineno + 1
-            if checked_length and length > MAX_FUNCTION_LINES:
-                wrong.append(f"{where}: {length} lines")
             args = fn.args
             names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
             names = [n for n in names if n not in ("self", "cls")]
+            too_long = checked_length and length > MAX_FUNCTION_LINES
+            problems = [f"{length} lines"] if too_long else []
             if len(names) > MAX_PARAMETERS:
-                wrong.append(f"{where}: {len(names)} parameters")
+                problems.append(f"{len(names)} parameters")
+            if f"{path.relative_to(REPO)} {fn.name}" in KNOWN_LONG_FUNCTIONS:
+                if problems:  # still offends: stays listed; once fixed the list must shrink
+                    known.add(f"{path.relative_to(REPO)} {fn.name}")
+                continue
+            wrong += [f"{where}: {p}" for p in problems]
     assert not wrong, "\n".join(wrong)
     fixed = KNOWN_LONG_FUNCTIONS - known
     assert not fixed, f"fixed, drop from the list: {fixed}"

@@ -299,99 +299,25 @@ def promote(
     """Register the candidate (once), run the gate, move the aliases, tag the version."""
     fingerprint = cache.meta.fingerprint
     model = load_model(candidate.model_uri)
-    meta = model_metadata(model)
-    model_fp = meta.get("fingerprint")
-    if model_fp and model_fp != fingerprint:
-        raise UserError(
-            f"the best trial of study {candidate.study!r} (run {candidate.run_id}) was trained on "
-            f"data with fingerprint {str(model_fp)[:12]}…, but the cache for dataset "
-            f"{cache.meta.name!r} now has {fingerprint[:12]}…; rerun the search "
-            f"(dvc repro or python -m pipeline.search --study {candidate.study})"
-        )
-    if metric not in M.HIGHER_IS_BETTER:
-        raise UserError(f"registry: unknown gate metric {metric!r}")
+    _check_candidate(candidate, model_metadata(model).get("fingerprint"), cache, metric)
     scored = score(model, cache)
     logger.info("candidate run %s: %s", candidate.run_id, _fmt_metrics(scored.metrics))
 
-    ensure_registered_model(client, name, dataset=candidate.dataset)
-    base_tags = {
-        "study": candidate.study,
-        "trial": "" if candidate.trial is None else str(candidate.trial),
-        "run_id": candidate.run_id,
-        "dataset": candidate.dataset,
-        "fingerprint": fingerprint,
-        "gate_metric": metric,
-        **{f"test/{k}": _fmt(v) for k, v in scored.metrics.items() if k in _TAGGED_METRICS},
-    }
-    version, created = register(
-        client, name=name, source_uri=candidate.model_uri, run_id=candidate.run_id,
-        tags=base_tags,
-    )
-    if not created:  # refresh the summary tags: the test split may have been rebuilt
-        for key, value in base_tags.items():
-            client.set_model_version_tag(name, version.version, key, value)
-
+    tags = _version_tags(candidate, fingerprint=fingerprint, metric=metric,
+                         metrics=scored.metrics)
+    version, created = _register_candidate(client, name, candidate, tags)
     current = get_alias(client, name, CHAMPION)
-    previous: dict[str, Any] | None = None
-    if current is not None and current.version == version.version:
-        verdict = Verdict(True, f"v{version.version} is already the champion")
-        moved = False
-    else:
-        champ_metrics: dict[str, float] | None = None
-        same_data = True
-        if current is not None:
-            # Our versions carry the fingerprint as a tag; one registered by hand may only
-            # have it in the model's metadata (or nowhere: then assume the same data).
-            champ_model = None
-            champ_fp = (current.tags or {}).get("fingerprint")
-            if not champ_fp:
-                champ_model = load_model(model_uri(name, current.version))
-                champ_fp = model_metadata(champ_model).get("fingerprint")
-            same_data = not champ_fp or champ_fp == fingerprint
-            if same_data:
-                champ_model = champ_model or load_model(model_uri(name, current.version))
-                champ_metrics = score(champ_model, cache).metrics
-                logger.info("champion v%s: %s", current.version, _fmt_metrics(champ_metrics))
-            previous = {
-                "version": current.version,
-                "run_id": current.run_id,
-                "same_data": same_data,
-                "metrics": champ_metrics,
-            }
-        verdict = decide(
-            metric=metric,
-            candidate=scored.metrics,
-            champion_version=None if current is None else current.version,
-            champion=champ_metrics,
-            same_data=same_data,
-            force=force,
-        )
-        moved = verdict.take_champion
-
+    verdict, moved, previous = _judge(
+        name, version=version, current=current, cache=cache, metric=metric,
+        candidate_metrics=scored.metrics, force=force,
+    )
     forced = moved and verdict.forced
-    if moved:
-        client.set_registered_model_alias(name, CHAMPION, version.version)
-        if current is not None and str(current.version) != str(version.version):
-            _mark_superseded(client, name, str(current.version), str(version.version))
-        challenger = get_alias(client, name, CHALLENGER)
-        if challenger is not None and challenger.version == version.version:
-            client.delete_registered_model_alias(name, CHALLENGER)
-        logger.info("alias %s -> v%s: %s", CHAMPION, version.version, verdict.reason)
-    elif not verdict.take_champion:
-        client.set_registered_model_alias(name, CHALLENGER, version.version)
-        logger.info("alias %s -> v%s: %s", CHALLENGER, version.version, verdict.reason)
+    _move_aliases(client, name, version=version, current=current, verdict=verdict, moved=moved)
     alias = CHAMPION if verdict.take_champion else CHALLENGER
-
-    decision_tags = {
-        "decision": alias,
-        "decision_reason": verdict.reason,
-        "promoted_by": "pipeline.promote",
-    }
-    # `forced` says how the version last took champion: by the gate or by a human's --force.
-    if moved or "forced" not in (version.tags or {}):
-        decision_tags["forced"] = "true" if forced else "false"
-    if forced:
-        decision_tags["forced_by"] = _user()
+    decision_tags = _decision_tags(
+        alias, verdict.reason, moved=moved, forced=forced, version_tags=version.tags or {},
+        forced_by=_user() if forced else None,
+    )
     for key, value in decision_tags.items():
         client.set_model_version_tag(name, version.version, key, value)
 
@@ -411,6 +337,162 @@ def promote(
         previous_champion=previous,
         champion_version="" if champion_now is None else str(champion_now.version),
     )
+
+
+def _check_candidate(candidate: Candidate, model_fp: Any, cache: Cache, metric: str) -> None:
+    """Refuse a candidate the gate could not judge fairly, before anything is registered."""
+    fingerprint = cache.meta.fingerprint
+    # A model trained on an older cache would be scored on test items it may have trained on.
+    if model_fp and model_fp != fingerprint:
+        raise UserError(
+            f"the best trial of study {candidate.study!r} (run {candidate.run_id}) was trained on "
+            f"data with fingerprint {str(model_fp)[:12]}…, but the cache for dataset "
+            f"{cache.meta.name!r} now has {fingerprint[:12]}…; rerun the search "
+            f"(dvc repro or python -m pipeline.search --study {candidate.study})"
+        )
+    if metric not in M.HIGHER_IS_BETTER:
+        raise UserError(f"registry: unknown gate metric {metric!r}")
+
+
+def _version_tags(
+    candidate: Candidate, *, fingerprint: str, metric: str, metrics: dict[str, float]
+) -> dict[str, str]:
+    """The lineage and test-metric summary every candidate version carries."""
+    return {
+        "study": candidate.study,
+        "trial": "" if candidate.trial is None else str(candidate.trial),
+        "run_id": candidate.run_id,
+        "dataset": candidate.dataset,
+        "fingerprint": fingerprint,
+        "gate_metric": metric,
+        **{f"test/{k}": _fmt(v) for k, v in metrics.items() if k in _TAGGED_METRICS},
+    }
+
+
+def _register_candidate(
+    client: MlflowClient, name: str, candidate: Candidate, tags: dict[str, str]
+) -> tuple[ModelVersion, bool]:
+    """The candidate's version (registered now or before) and whether it was created now."""
+    ensure_registered_model(client, name, dataset=candidate.dataset)
+    version, created = register(
+        client, name=name, source_uri=candidate.model_uri, run_id=candidate.run_id, tags=tags,
+    )
+    if not created:  # refresh the summary tags: the test split may have been rebuilt
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version.version, key, value)
+    return version, created
+
+
+def _judge(
+    name: str,
+    *,
+    version: ModelVersion,
+    current: ModelVersion | None,
+    cache: Cache,
+    metric: str,
+    candidate_metrics: dict[str, float],
+    force: bool,
+) -> tuple[Verdict, bool, dict[str, Any] | None]:
+    """``(verdict, moved, previous_champion)``: the gate run against the current champion.
+
+    ``moved`` is False when the candidate already is the champion: there is nothing to move,
+    and re-scoring a model against itself would only be wasted work.
+    """
+    if current is not None and current.version == version.version:
+        return Verdict(True, f"v{version.version} is already the champion"), False, None
+    champ_metrics: dict[str, float] | None = None
+    same_data = True
+    previous: dict[str, Any] | None = None
+    if current is not None:
+        champ_metrics, same_data = _score_champion(name, current, cache)
+        previous = {
+            "version": current.version,
+            "run_id": current.run_id,
+            "same_data": same_data,
+            "metrics": champ_metrics,
+        }
+    verdict = decide(
+        metric=metric,
+        candidate=candidate_metrics,
+        champion_version=None if current is None else current.version,
+        champion=champ_metrics,
+        same_data=same_data,
+        force=force,
+    )
+    return verdict, verdict.take_champion, previous
+
+
+def _score_champion(
+    name: str, current: ModelVersion, cache: Cache
+) -> tuple[dict[str, float] | None, bool]:
+    """``(metrics, same_data)`` of the current champion on ``cache``'s test split.
+
+    The metrics are None when the champion was trained on other data: a score on test items it
+    may have trained on would be inflated, so it is not computed at all.
+    """
+    fingerprint = cache.meta.fingerprint
+    # Our versions carry the fingerprint as a tag; one registered by hand may only
+    # have it in the model's metadata (or nowhere: then assume the same data).
+    champ_model = None
+    champ_fp = (current.tags or {}).get("fingerprint")
+    if not champ_fp:
+        champ_model = load_model(model_uri(name, current.version))
+        champ_fp = model_metadata(champ_model).get("fingerprint")
+    same_data = not champ_fp or champ_fp == fingerprint
+    if not same_data:
+        return None, False
+    champ_model = champ_model or load_model(model_uri(name, current.version))
+    champ_metrics = score(champ_model, cache).metrics
+    logger.info("champion v%s: %s", current.version, _fmt_metrics(champ_metrics))
+    return champ_metrics, True
+
+
+def _move_aliases(
+    client: MlflowClient,
+    name: str,
+    *,
+    version: ModelVersion,
+    current: ModelVersion | None,
+    verdict: Verdict,
+    moved: bool,
+) -> None:
+    """Point ``champion`` or ``challenger`` at the candidate, as the verdict says."""
+    if moved:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        if current is not None and str(current.version) != str(version.version):
+            _mark_superseded(client, name, str(current.version), str(version.version))
+        # A version cannot be both: the new champion stops being the challenger.
+        challenger = get_alias(client, name, CHALLENGER)
+        if challenger is not None and challenger.version == version.version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+        logger.info("alias %s -> v%s: %s", CHAMPION, version.version, verdict.reason)
+    elif not verdict.take_champion:
+        client.set_registered_model_alias(name, CHALLENGER, version.version)
+        logger.info("alias %s -> v%s: %s", CHALLENGER, version.version, verdict.reason)
+
+
+def _decision_tags(
+    alias: str,
+    reason: str,
+    *,
+    moved: bool,
+    forced: bool,
+    version_tags: dict[str, str],
+    forced_by: str | None,
+) -> dict[str, str]:
+    """The gate's decision as version tags (``forced_by`` is set only when ``forced``)."""
+    tags = {
+        "decision": alias,
+        "decision_reason": reason,
+        "promoted_by": "pipeline.promote",
+    }
+    # `forced` says how the version last took champion: by the gate or by a human's --force.
+    # A champion re-confirmed without moving keeps the tag from when it took the alias.
+    if moved or "forced" not in version_tags:
+        tags["forced"] = "true" if forced else "false"
+    if forced and forced_by is not None:
+        tags["forced_by"] = forced_by
+    return tags
 
 
 # --------------------------------------------------------------------------------------------
