@@ -95,3 +95,36 @@ def test_the_printed_url_opens_the_runs_table_with_outcomes_apart(
         browser.close()
     assert "Model registry" in text  # the "Model training" view, not GenAI's
     assert "trial-2 failed" in text and "trial-3 pruned" in text and "trial-0" in text
+
+
+def test_the_study_report_page_renders_offline(
+    proj: Path, diverging: None, tmp_path: Path
+) -> None:
+    """The page DVC's search stage writes, opened from disk: every picture drawn, no network."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is needed: apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    from pipeline import report
+
+    assert search(proj, "--n-trials", "4") == 0
+    assert report.main(["--params", str(proj / "params.yaml"), "--study", "tiny"]) == 0
+    index = proj / "reports" / "studies" / "tiny-page" / "index.html"
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(index.as_uri())
+        page.get_by_text("Leaderboard").wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        broken = page.evaluate(
+            "Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length"
+        )
+        n_images = page.evaluate("document.images.length")
+        text = page.inner_text("body")
+        browser.close()
+    assert n_images >= 4 and broken == 0
+    assert not [u for u in requests if not u.startswith(("file:", "data:"))]
+    for heading in ("Leaderboard", "Learning curves of the best trials", "Every trial"):
+        assert heading in text

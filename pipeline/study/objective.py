@@ -98,8 +98,7 @@ class TrialProgress:
     interrupted: bool = False
     cut_short: str | None = None  # "deadline": stopped at the search's time budget
     train_s: float = 0.0
-    tracking_s: float = 0.0  # time spent on this trial's MLflow record (any thread)
-    record_s: float = 0.0  # of which the end-of-trial record
+    record_s: float = 0.0  # time spent writing the end-of-trial record
     run_id: str | None = None
 
     @property
@@ -174,8 +173,10 @@ class Objective:
         stop: when set (Ctrl-C), the running trials stop after their current epoch and are
             recorded as failed.
         trial_attrs: user attributes set on every trial when it starts (the worker's id).
-        deadline: a ``time.monotonic()`` time: a trial still training then stops after its
-            current epoch and completes with what it reached (``pipeline.cut_short``).
+
+    ``deadline`` (set by the runner from ``--timeout``) is a ``time.monotonic()`` time: a trial
+    still training then stops after its current epoch and completes with what it reached
+    (``pipeline.cut_short``).
 
     A trial whose sampled configuration equals an earlier complete or pruned trial's is not
     trained again: it takes that trial's result (Optuna's FAQ recipe) and records which trial
@@ -193,11 +194,10 @@ class Objective:
         epoch_cap: int | None = None,
         stop: threading.Event | None = None,
         trial_attrs: dict[str, Any] | None = None,
-        deadline: float | None = None,
     ) -> None:
         check_metric_for_task(study, cache.meta.task)
         self.trial_attrs = dict(trial_attrs or {})
-        self.deadline = deadline
+        self.deadline: float | None = None
         self.params = params
         self.study = study
         self.meta: CacheMeta = cache.meta
@@ -382,6 +382,18 @@ def _reuse(trial: Any, earlier: Any) -> float:
 # --------------------------------------------------------------------------------------------
 # MLflow: one run per trial, nested under the search's parent run
 # --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunTarget:
+    """Where a search's trial runs go and what they are for."""
+
+    experiment_id: str  # the study's experiment
+    parent_run_id: str  # the search invocation's run
+    optuna_study: str  # the Optuna study name (``<study>-<dataset>``)
+    base_tags: dict[str, str]  # tags every trial run carries (dataset, fingerprint, commit, ...)
+    metric: str  # the study's metric (``best/<metric>`` is logged)
+    direction: str  # the study's direction
+
+
 class MlflowTrialTracker:
     """Creates, fills and closes the MLflow run of each trial.
 
@@ -403,13 +415,8 @@ class MlflowTrialTracker:
     FAILED and the search reports it when it ends; the trial keeps its Optuna state and value.
 
     Args:
-        experiment_id: the study's experiment.
-        parent_run_id: the search invocation's run.
-        optuna_study: the Optuna study name (``<study>-<dataset>``).
+        target: where the runs go and what they are for (:class:`RunTarget`).
         meta: the cache metadata (model packaging, tags).
-        base_tags: tags every trial run carries (dataset, fingerprint, git commit, ...).
-        metric: the study's metric (``best/<metric>`` is logged).
-        direction: the study's direction.
         log_models: log each trial's model (complete and pruned trials).
         example: raw input samples for the model's signature and input example.
         background: write end-of-trial records in the background (else the trial waits for
@@ -420,14 +427,9 @@ class MlflowTrialTracker:
 
     def __init__(
         self,
+        target: RunTarget,
         *,
-        experiment_id: str,
-        parent_run_id: str,
-        optuna_study: str,
         meta: CacheMeta,
-        base_tags: dict[str, str],
-        metric: str,
-        direction: str,
         log_models: bool = True,
         example: np.ndarray | None = None,
         background: bool = True,
@@ -439,13 +441,13 @@ class MlflowTrialTracker:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient()
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.optuna_study = optuna_study
+        self.experiment_id = target.experiment_id
+        self.parent_run_id = target.parent_run_id
+        self.optuna_study = target.optuna_study
         self.meta = meta
-        self.base_tags = dict(base_tags)
-        self.metric = metric
-        self.direction = direction
+        self.base_tags = dict(target.base_tags)
+        self.metric = target.metric
+        self.direction = target.direction
         self.log_models = log_models
         self.example = example
         if inline and background:
@@ -464,12 +466,10 @@ class MlflowTrialTracker:
         self.work_s = 0.0  # time spent writing to MLflow, all trials (any thread)
         self.blocking_s = 0.0  # of which trials waited for
         self.blocking_by_trial: dict[int, float] = {}  # trial number -> seconds it waited
-        self.runs: dict[int, str] = {}  # trial number -> run id, for this invocation
         self.failed: list[int] = []  # trials whose record could not be written
 
     def _add(self, progress: TrialProgress, dt: float, *, blocking: bool) -> None:
         with self._stats_lock:
-            progress.tracking_s += dt
             self.work_s += dt
             if blocking:
                 self._waited(progress, dt)
@@ -496,8 +496,6 @@ class MlflowTrialTracker:
             self.experiment_id, run_name=f"trial-{progress.number}", tags=tags
         )
         run_id = run.info.run_id
-        with self._stats_lock:
-            self.runs[progress.number] = run_id
         self._add(progress, time.perf_counter() - t0, blocking=True)
         return run_id
 
@@ -571,40 +569,15 @@ class MlflowTrialTracker:
         run_id = progress.run_id
         assert run_id is not None
         status = RUN_STATUS.get(progress.state, "FAILED")
+        best = progress.best_fold(self.direction, self.metric)
         t0 = time.perf_counter()
         try:
             now = int(time.time() * 1000)
-            metrics = tracking.history_metrics(progress.history, timestamp_ms=now)
-            if len(progress.trainers) > 1:
-                for i, t in enumerate(progress.trainers):
-                    metrics += tracking.history_metrics(
-                        t.history, timestamp_ms=now, prefix=f"fold{i}/")
-            tags = {
-                "optuna.state": progress.state,
-                "mlflow.runName": trial_run_name(
-                    progress.number, progress.state, interrupted=progress.interrupted
-                ),
-                "pipeline.epochs": str(progress.epochs),
-                "pipeline.folds": str(max(1, len(progress.trainers))),
-            }
-            if progress.error:
-                tags["pipeline.error"] = progress.error[:4000]
-            stops = sorted({t.stop_reason for t in progress.trainers if t.stop_reason})
-            if progress.state == "PRUNED":
-                tags["pipeline.stop_reason"] = "pruned"
-            elif progress.interrupted:
-                tags["pipeline.stop_reason"] = "interrupted"
-            elif progress.cut_short:
-                tags["pipeline.stop_reason"] = progress.cut_short
-            elif stops:
-                tags["pipeline.stop_reason"] = ",".join(stops)
-            best = progress.best_fold(self.direction, self.metric)
-            if best is not None and len(progress.trainers) > 1:
-                tags["pipeline.model_fold"] = str(best)
+            metrics = _curve_metrics(progress, now)
             params = []
             if progress.params is None:  # the sampled values were rejected: record them
                 params = [Param(k, _param_str(v)) for k, v in progress.values.items()]
-            run_tags = [RunTag(k, v) for k, v in tags.items()]
+            run_tags = [RunTag(k, v) for k, v in _end_tags(progress, best).items()]
             # The model goes first: logging it copies the run's step-0 metrics to the model by
             # reading back the history of every metric already logged (about 100 ms with CV's
             # per-fold metrics). Logged afterwards with the model's id, the summary metrics
@@ -670,6 +643,43 @@ class MlflowTrialTracker:
         out["fold_epochs"] = float(progress.fold_epochs)
         out["train_s"] = float(progress.train_s)
         return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def _curve_metrics(progress: TrialProgress, now_ms: int) -> list[Any]:
+    """The per-epoch metrics: the fold-combined history, and each fold's when there are folds."""
+    from pipeline import tracking
+
+    metrics = tracking.history_metrics(progress.history, timestamp_ms=now_ms)
+    if len(progress.trainers) > 1:
+        for i, t in enumerate(progress.trainers):
+            metrics += tracking.history_metrics(t.history, timestamp_ms=now_ms, prefix=f"fold{i}/")
+    return list(metrics)
+
+
+def _end_tags(progress: TrialProgress, best: int | None) -> dict[str, str]:
+    """The tags a trial's run ends with: its state and name, how and why it stopped."""
+    tags = {
+        "optuna.state": progress.state,
+        "mlflow.runName": trial_run_name(
+            progress.number, progress.state, interrupted=progress.interrupted
+        ),
+        "pipeline.epochs": str(progress.epochs),
+        "pipeline.folds": str(max(1, len(progress.trainers))),
+    }
+    if progress.error:
+        tags["pipeline.error"] = progress.error[:4000]
+    stops = sorted({t.stop_reason for t in progress.trainers if t.stop_reason})
+    if progress.state == "PRUNED":
+        tags["pipeline.stop_reason"] = "pruned"
+    elif progress.interrupted:
+        tags["pipeline.stop_reason"] = "interrupted"
+    elif progress.cut_short:
+        tags["pipeline.stop_reason"] = progress.cut_short
+    elif stops:
+        tags["pipeline.stop_reason"] = ",".join(stops)
+    if best is not None and len(progress.trainers) > 1:
+        tags["pipeline.model_fold"] = str(best)
+    return tags
 
 
 def _run_params(params: Params) -> dict[str, str]:

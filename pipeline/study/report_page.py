@@ -298,7 +298,9 @@ def render(view: StudyView) -> ReportPage:
     counts = {s: sum(t.state == s for t in view.trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
     board = _table(
         ["rank", "trial", f"{view.metric} (mean ± std)", "epochs", "params"],
-        [(i + 1, t.number, f"{t.value:.4f} ± {t.value_std or 0.0:.4f}", t.epochs or "",
+        # A holdout trial has no spread across folds: its value alone, not "± 0".
+        [(i + 1, t.number, f"{t.value:.4f}" + ("" if t.value_std is None
+                                                else f" ± {t.value_std:.4f}"), t.epochs or "",
           _short(t.params)) for i, t in enumerate(ranked[:TOP_ROWS])],
     )
     choices = _by_choice(view, ranked)

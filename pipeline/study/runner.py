@@ -317,7 +317,7 @@ class _Search:
         )
 
     def _objective(self, parent_id: str, worker: str) -> tuple[Any, Any, threading.Event]:
-        from pipeline.study.objective import MlflowTrialTracker, Objective
+        from pipeline.study.objective import MlflowTrialTracker, Objective, RunTarget
         from pipeline.study.workers import WORKER_ATTR
 
         options, setup = self.options, self.setup
@@ -325,12 +325,14 @@ class _Search:
             options.background_logging if options.background_logging is not None
             else setup.device.type != "cpu"
         )
-        tracker = MlflowTrialTracker(
+        target = RunTarget(
             experiment_id=self.experiment_id, parent_run_id=parent_id,
-            optuna_study=self.optuna_study.study_name, meta=setup.cache.meta,
+            optuna_study=self.optuna_study.study_name,
             base_tags={**self.base_tags, "pipeline.role": "trial"},
             metric=setup.study.metric, direction=setup.study.direction,
-            log_models=options.log_models, background=background,
+        )
+        tracker = MlflowTrialTracker(
+            target, meta=setup.cache.meta, log_models=options.log_models, background=background,
             # One trial at a time on the CPU: record in the trial's thread (see the tracker).
             inline=not background and options.n_jobs == 1,
         )
