@@ -81,6 +81,12 @@ def test_gate_sequence(world: World, capsys: pytest.CaptureFixture[str]) -> None
     assert "no champion yet" in rec["decision"]["reason"]
     assert rec["candidate"]["new_version"] and rec["candidate"]["trial"] == 7
     assert _state(w) == (1, w.weak, None)
+    # The logged model knows its version (the UI's logged-model page shows it instead of
+    # "Not registered"), and the version its run.
+    first = MlflowClient().get_model_version(w.name, "1")
+    assert first.run_id == w.weak and first.source.startswith("models:/m-")
+    logged = MlflowClient().get_logged_model(first.source.removeprefix("models:/"))
+    assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": w.name, "version": "1"}]
     weak_acc = rec["candidate"]["test_metrics"]["accuracy"]
 
     # 2. A better candidate takes champion; the old champion was re-evaluated.

@@ -92,7 +92,23 @@ def test_the_printed_url_opens_the_runs_table_with_outcomes_apart(
         page.get_by_text("trial-3 pruned").wait_for(timeout=30_000)
         page.screenshot(path=str(tmp_path / "runs.png"))
         text = page.inner_text("body")
+
+        # The champion's logged-model page names its registry version.
+        from mlflow import MlflowClient
+
+        from pipeline import promote
+
+        assert promote.main(["--params", str(proj / "params.yaml"), "--study", "tiny"]) == 0
+        version = MlflowClient().get_model_version_by_alias("pipeline-digits", "champion")
+        model_id = version.source.removeprefix("models:/")
+        experiment = url.split("/experiments/")[1].split("/")[0]
+        page.goto(f"{mlflow_ui}/#/experiments/{experiment}/models/{model_id}"
+                  "?workflowType=machine_learning")
+        page.get_by_text("pipeline-digits").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "model.png"))
+        model_text = page.inner_text("body")
         browser.close()
+    assert "Not registered" not in model_text
     assert "Model registry" in text  # the "Model training" view, not GenAI's
     assert "trial-2 failed" in text and "trial-3 pruned" in text and "trial-0" in text
 

@@ -249,8 +249,27 @@ def register(
     version = client.create_model_version(
         name=name, source=source, run_id=run_id, tags=tags, model_id=model_id
     )
+    if model_id:
+        _link_logged_model(client, model_id, name, str(version.version))
     logger.info("registered %s as version %s of %s", source_uri, version.version, name)
     return version, True
+
+
+def _link_logged_model(client: MlflowClient, model_id: str, name: str, version: str) -> None:
+    """Tell the LoggedModel which registry versions it is, as ``mlflow.register_model`` does.
+
+    The UI's logged-model page reads this tag; without it the page says "Not registered" next
+    to a Register button. ``register_model`` itself cannot be used here: given the LoggedModel
+    it records no run id, and given ``runs:/`` it registers the run's artifact folder instead.
+    """
+    import json
+
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    model = client.get_logged_model(model_id)
+    links = json.loads(model.tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    links.append({"name": name, "version": version})
+    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(links)})
 
 
 # --------------------------------------------------------------------------------------------
