@@ -257,6 +257,9 @@ def load_model(uri: str) -> PyFuncModel:
         UserError: the model is missing, unreadable or not in the safe format.
     """
     check_format(uri)
+    # Loading checks the model's requirements against every installed package (a scan of
+    # all their file lists); our own pins come from this interpreter and cannot mismatch.
+    skip_dependency_check_for_own_pins()
     try:
         return mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
