@@ -24,7 +24,7 @@ import logging
 
 from pipeline import cli
 from pipeline.config import load_params
-from pipeline.registry.evaluation import champion_summary, evaluate, summary
+from pipeline.registry.evaluation import EvaluateOptions, champion_summary, run_evaluate, summary
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.summary:
             print(champion_summary(params, args.dataset))
             return 0
-        result = evaluate(params, dataset=args.dataset, model_uri=args.model)
+        result = run_evaluate(EvaluateOptions(params, dataset=args.dataset, model_uri=args.model))
         print(summary(result, args.dataset or params.dataset))
         return 0
 

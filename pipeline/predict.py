@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pipeline import cli
 from pipeline.errors import UserError
-from pipeline.registry.inference import DEFAULT_BATCH, run_predict
+from pipeline.registry.inference import DEFAULT_BATCH, PredictOptions, run_predict
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             check_format(args.check_model)
             print(f"{args.check_model}: a pt2 PyTorch model; it loads without unpickling")
             return 0
-        n = run_predict(args.model, args.inputs, batch_size=args.batch_size, out=sys.stdout)
-        logger.info("predicted %d item(s) with %s", n, args.model)
+        options = PredictOptions(args.model, args.inputs, batch_size=args.batch_size)
+        result = run_predict(options, out=sys.stdout)
+        logger.info("predicted %d item(s) with %s", result.n_items, args.model)
         return 0
 
     return cli.run(body)

@@ -162,8 +162,11 @@ def test_stale_cache_and_champion_from_other_data(
     meta["fingerprint"] = "rebuilt-data"
     (dst / "meta.json").write_text(json.dumps(meta))
     write_study_report(other, "stale", dataset="digits", run_id=w.strong)
-    with pytest.raises(promote.UserError, match="rerun the search"):
-        promote.run_promote(other, study="stale", report=w.root / "stale.json")
+    from pipeline.errors import UserError
+    from pipeline.registry.promotion import PromoteOptions, run_promote
+
+    with pytest.raises(UserError, match="rerun the search"):
+        run_promote(PromoteOptions(other, study="stale", report=w.root / "stale.json"))
 
     # A champion trained on other data cannot be compared: the candidate replaces it.
     decision = registry.decide(
@@ -187,6 +190,7 @@ def test_user_errors_are_one_line(world: World, capsys: pytest.CaptureFixture[st
 
 def test_interrupted_trials_are_candidates_only_when_allowed(tmp_path) -> None:
     from pipeline.errors import UserError
+    from pipeline.registry.promotion import candidate_from_report
     from pipeline.study.report import StudyReport
 
     kept = {"number": 3, "value": 0.4, "params": {}, "run_id": "abc",
@@ -198,6 +202,6 @@ def test_interrupted_trials_are_candidates_only_when_allowed(tmp_path) -> None:
     )
     path = tmp_path / "s.json"
     with pytest.raises(UserError, match=r"no completed trial.*--dataset digits"):
-        promote.candidate_from_report(report, "s", path)
-    candidate = promote.candidate_from_report(report, "s", path, allow_interrupted=True)
+        candidate_from_report(report, "s", path)
+    candidate = candidate_from_report(report, "s", path, allow_interrupted=True)
     assert candidate.run_id == "abc" and candidate.trial == 3

@@ -148,10 +148,18 @@ def report_metrics(
     return out
 
 
-def evaluate(
-    params: Params, *, dataset: str | None = None, model_uri: str | None = None
-) -> Evaluation:
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What ``python -m pipeline.evaluate`` can set."""
+
+    params: Params
+    dataset: str | None = None  # default: params.yaml's dataset
+    model_uri: str | None = None  # default: the dataset's registered champion
+
+
+def run_evaluate(options: EvaluateOptions) -> Evaluation:
     """Score the model on the dataset's test split and write metrics and plots."""
+    params, dataset, model_uri = options.params, options.dataset, options.model_uri
     from pipeline import tracking
     from pipeline.data.cache import load_cache
     from pipeline.registry import gate as registry

@@ -165,15 +165,27 @@ def predict_tables(
     return n
 
 
-def run_predict(
-    model_uri: str, inputs: list[str], *, batch_size: int = DEFAULT_BATCH, out: TextIO
-) -> int:
-    """Predict every input with the model at ``model_uri``; returns the number of items."""
+@dataclass(frozen=True)
+class PredictOptions:
+    """What ``python -m pipeline.predict`` can set."""
+
+    model_uri: str
+    inputs: list[str]  # image files, folders of images, CSV files
+    batch_size: int = DEFAULT_BATCH
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    n_items: int  # lines written
+
+
+def run_predict(options: PredictOptions, out: TextIO) -> PredictResult:
+    """Predict every input with the model; one line per item to ``out``."""
+    model_uri, inputs, batch_size = options.model_uri, options.inputs, options.batch_size
     if batch_size < 1:
         raise UserError(f"--batch-size: expected a positive integer, got {batch_size}")
     model = load_model(model_uri)
     spec = ModelSpec.from_metadata(model_metadata(model), model_uri)
     files = collect_inputs(inputs, spec.kind)
-    if spec.kind == "image":
-        return predict_images(model, spec, files, batch_size=batch_size, out=out)
-    return predict_tables(model, spec, files, batch_size=batch_size, out=out)
+    predict = predict_images if spec.kind == "image" else predict_tables
+    return PredictResult(n_items=predict(model, spec, files, batch_size=batch_size, out=out))
