@@ -9,6 +9,7 @@ and the summary ``reports/studies/<study>.json`` (the DVC output; a run on anoth
 the study's default writes ``<study>-<dataset>.json`` instead).
 
     python -m pipeline.search --study capacity [--dataset digits] [--n-trials 5] [--n-jobs 2]
+    python -m pipeline.search --study capacity --workers 2   # two processes, one study
     python -m pipeline.search --list
     python -m pipeline.search --study capacity --dry-run   # one tiny trial, nothing written
 
@@ -120,6 +121,9 @@ def build_parser(studies_dir: Path | None = None) -> argparse.ArgumentParser:
                              "studies/<study>-<dataset>.journal)")
     parser.add_argument("--n-jobs", type=int, default=1, metavar="J",
                         help="trials in parallel threads (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run N worker processes on this machine, each with a share of "
+                             "the cores (default: %(default)s)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: params.yaml)")
     parser.add_argument("--dry-run", action="store_true",
                         help=f"one trial of {DRY_RUN_EPOCHS} epochs, in-memory study, MLflow in "
@@ -150,7 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_jobs=args.n_jobs, dry_run=args.dry_run, device=args.device,
         )
         try:
-            result = run_search(options)
+            if args.workers != 1:
+                from pipeline.study.pool import run_workers
+
+                result = run_workers(options, args.workers)
+            else:
+                result = run_search(options)
         except SearchInterrupted as stopped:
             print_summary(stopped.result, sys.stdout)
             raise

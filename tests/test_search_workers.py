@@ -144,6 +144,33 @@ def test_kill_9_mid_trial_is_cleaned_up_by_the_next_search(
     assert len(load_study(proj).trials) == len(trials)
 
 
+def test_trials_are_shared_out_among_workers() -> None:
+    from pipeline.study.pool import shares, worker_command
+    from pipeline.study.runner import SearchOptions
+
+    assert shares(7, 3) == [3, 2, 2] and shares(None, 2) == [None, None]
+    cmd = worker_command(SearchOptions(study="s", params_path=Path("p.yaml"), timeout_s=9.0), 2)
+    assert cmd[1:] == ["-m", "pipeline.search", "--study", "s", "--params", "p.yaml",
+                       "--n-trials", "2", "--timeout", "9.0"]
+
+
+@pytest.mark.slow
+def test_workers_option_runs_processes_to_the_total(
+    proj: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_study(proj, budget={"n_trials": 5}, sampler={"type": "tpe", "seed": 0})
+    assert search(proj, "--workers", "2") == 0
+    out = capsys.readouterr().out
+    trials = load_study(proj).trials
+    assert 5 <= len(trials) <= 6
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    _, parents, children = mlflow_runs(proj)
+    assert not [r for r in parents + children if r.info.status == "RUNNING"]
+    assert len(children) == len(trials)
+    assert f"{len(trials)} in the study" in out
+
+
 @pytest.mark.slow
 def test_two_workers_at_once_on_a_fresh_project_never_repeat(proj: Path) -> None:
     """Started together: no MLflow schema race, no repeated configurations, total respected."""
