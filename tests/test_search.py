@@ -243,6 +243,16 @@ def test_the_time_budget_holds_for_a_running_trial(proj: Path) -> None:
     assert mlflow.models.get_model_info(result.report.best["model_uri"]).flavors
 
 
+def test_the_search_says_what_an_epoch_costs(
+    proj: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert search(proj, "--n-trials", "2", "--timeout", "600") == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "first epoch:" in line]
+    assert len(said) == 1  # once per search, not per trial
+    assert "holdout" in said[0] and "training samples" in said[0]
+    assert "of the time budget are left" in said[0]
+
+
 def test_a_trial_whose_record_fails_keeps_its_result(
     proj: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -198,6 +198,7 @@ class Objective:
         check_metric_for_task(study, cache.meta.task)
         self.trial_attrs = dict(trial_attrs or {})
         self.deadline: float | None = None
+        self._cost_said = False
         self.params = params
         self.study = study
         self.meta: CacheMeta = cache.meta
@@ -291,6 +292,8 @@ class Objective:
                     rows.append(t.run_epoch() if not t.done else _best_row(t))
                 row = _averaged_row(rows, epoch, metric)
                 progress.history.append(row)
+                if not self._cost_said:
+                    self._say_cost(float(row["time_s"]), cfg.train.max_epochs)
                 value = float(row[metric])
                 trial.report(value, step=epoch)
                 if trial.should_prune():
@@ -302,6 +305,21 @@ class Objective:
             )
         finally:
             progress.train_s = time.perf_counter() - t0
+
+    def _say_cost(self, epoch_s: float, max_epochs: int) -> None:
+        """Once per search: what one epoch cost and what that means for the time budget."""
+        self._cost_said = True
+        trial_s = epoch_s * max_epochs
+        line = (f"first epoch: {epoch_s:.1f} s over {self.plan.n_models} model(s) "
+                f"({self.plan.describe()}, {sum(len(v) for _, v in self.plan.folds)} validation "
+                f"and {len(self.splits[0].y_train)} training samples per model); a trial of "
+                f"{max_epochs} epochs would take about {trial_s:.0f} s")
+        if self.deadline is not None:
+            left = max(0.0, self.deadline - time.monotonic())
+            line += (f"; {left:.0f} s of the time budget are left: about "
+                     f"{left / max(trial_s, 1e-9):.1f} such trial(s), fewer epochs when pruned "
+                     "or stopped early")
+        logger.info(line)
 
     def _finish(self, trial: optuna.trial.BaseTrial, progress: TrialProgress) -> None:
         # An interrupted trial keeps what it learned too: its best weights become its model
