@@ -93,10 +93,12 @@ def tracked(
     import optuna
 
     from pipeline.study.storage import StorageChoice, open_storage
+    from pipeline.study.timing import TrackingTimes
 
+    times = TrackingTimes()
     result = run_search(SearchOptions(
         study=study, params_path=project / "params.yaml", n_trials=n_trials, timeout_s=1e9,
-        background_logging=background,
+        background_logging=background, times=times,
     ))
     journal = project / "studies" / f"{result.optuna_study}.journal"
     trials = optuna.load_study(
@@ -107,7 +109,7 @@ def tracked(
     n = len(trials)
     # Steady state per trial: the median trial's wait and wall time (training + wait). The
     # first trial also pays one-off costs (torch.export's and matplotlib's first use).
-    waits = {t.number: result.mlflow_blocking_by_trial.get(t.number, 0.0) for t in trials}
+    waits = {t.number: times.blocking_by_trial.get(t.number, 0.0) for t in trials}
     walls = [float(t.user_attrs.get("train_s", 0.0)) + waits[t.number] for t in trials]
     shares = [waits[t.number] / w for t, w in zip(trials, walls, strict=True) if w > 0]
     first = min(waits) if waits else None
@@ -116,12 +118,12 @@ def tracked(
         "trial_wall_median_ms": 1000 * statistics.median(walls),
         "mlflow_trial_share_median": statistics.median(shares),
         "mlflow_first_trial_ms": 1000 * waits[first] if first is not None else 0.0,
-        "mlflow_work_s": result.mlflow_s,
-        "mlflow_blocking_s": result.mlflow_blocking_s,
-        "mlflow_ms_per_trial": 1000 * result.mlflow_s / n,
-        "mlflow_blocking_ms_per_trial": 1000 * result.mlflow_blocking_s / n,
-        "mlflow_work_share": result.mlflow_s / result.wall_s,
-        "mlflow_blocking_share": result.mlflow_blocking_s / result.wall_s,
+        "mlflow_work_s": times.work_s,
+        "mlflow_blocking_s": times.blocking_s,
+        "mlflow_ms_per_trial": 1000 * times.work_s / n,
+        "mlflow_blocking_ms_per_trial": 1000 * times.blocking_s / n,
+        "mlflow_work_share": times.work_s / result.wall_s,
+        "mlflow_blocking_share": times.blocking_s / result.wall_s,
     })
     return out
 

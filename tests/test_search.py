@@ -290,10 +290,15 @@ def test_a_trial_whose_record_fails_keeps_its_result(
 @pytest.mark.parametrize("background", [False, True])
 def test_parallel_threads_log_every_trial_once(proj: Path, background: bool) -> None:
     from pipeline.study.runner import SearchOptions, run_search
+    from pipeline.study.timing import TrackingTimes
 
+    times = TrackingTimes()
     result = run_search(SearchOptions(study="tiny", params_path=proj / "params.yaml",
-                                      n_trials=4, n_jobs=2, background_logging=background))
-    assert result.report.n_trials == 4 and result.mlflow_s > 0
+                                      n_trials=4, n_jobs=2, background_logging=background,
+                                      times=times))
+    assert result.report.n_trials == 4
+    assert 0 < times.blocking_s and set(times.blocking_by_trial) == {0, 1, 2, 3}
+    assert times.work_s > 0
     trials = load_study(proj).trials
     assert len(trials) == 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     _, parents, children = mlflow_runs(proj)

@@ -41,6 +41,7 @@ from pipeline.config import Params
 from pipeline.data.cache import Cache, CacheMeta
 from pipeline.study.folds import combine, combine_rows, plan_folds
 from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
+from pipeline.study.timing import TrackingTimes
 from pipeline.training.engine import Split, Trainer, make_split
 from pipeline.training.models import build_model
 from pipeline.training.runtime import derive_seed, set_seed
@@ -441,6 +442,7 @@ class MlflowTrialTracker:
             its record, as a CPU-bound search should).
         max_pending: with ``background``, a trial waits when this many records are queued.
         inline: write each record in the trial's thread (only for one trial at a time).
+        times: where benchmarks collect the time spent on records (None: not measured).
     """
 
     def __init__(
@@ -453,6 +455,7 @@ class MlflowTrialTracker:
         background: bool = True,
         max_pending: int = 2,
         inline: bool = False,
+        times: TrackingTimes | None = None,
     ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -481,22 +484,17 @@ class MlflowTrialTracker:
         self._slots = threading.BoundedSemaphore(max(1, max_pending))
         self._stats_lock = threading.Lock()
         self._pending: list[Any] = []
-        self.work_s = 0.0  # time spent writing to MLflow, all trials (any thread)
-        self.blocking_s = 0.0  # of which trials waited for
-        self.blocking_by_trial: dict[int, float] = {}  # trial number -> seconds it waited
+        self.times = times
         self.failed: list[int] = []  # trials whose record could not be written
 
     def _add(self, progress: TrialProgress, dt: float, *, blocking: bool) -> None:
-        with self._stats_lock:
-            self.work_s += dt
-            if blocking:
-                self._waited(progress, dt)
+        if self.times is not None:
+            self.times.add(progress.number, dt, blocking=blocking)
 
     def _waited(self, progress: TrialProgress, dt: float) -> None:
-        """Count ``dt`` as time the trial waited for MLflow (call with the stats lock held)."""
-        self.blocking_s += dt
-        number = progress.number
-        self.blocking_by_trial[number] = self.blocking_by_trial.get(number, 0.0) + dt
+        """Count ``dt`` as time the trial waited for its record (written in another thread)."""
+        if self.times is not None:
+            self.times.add(progress.number, dt, work=False, blocking=True)
 
     def start(self, trial: Any, progress: TrialProgress) -> str:
         t0 = time.perf_counter()
@@ -548,11 +546,10 @@ class MlflowTrialTracker:
                 else:
                     self._executor.submit(self._record_logged, progress).result()
             finally:
-                with self._stats_lock:
-                    self._waited(progress, time.perf_counter() - t0)
+                self._waited(progress, time.perf_counter() - t0)
             return
+        self._waited(progress, time.perf_counter() - t0)
         with self._stats_lock:
-            self._waited(progress, time.perf_counter() - t0)
             self._pending.append(self._executor.submit(self._record_logged, progress))
 
     def flush(self) -> list[int]:

@@ -29,6 +29,7 @@ from pipeline.study import budget as budgets
 from pipeline.study.report import StudyReport, from_study, report_path, short_params
 from pipeline.study.spec import STUDIES_DIR, StudySpec, load_study
 from pipeline.study.storage import StorageChoice, open_storage, resolve_storage
+from pipeline.study.timing import TrackingTimes
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +51,11 @@ class SearchOptions:
     dry_run: bool = False
     device: str | None = None
     log_models: bool = True
-    # Write each trial's record (metrics, curves, model) while the next trial trains. None:
-    # only when training runs on an accelerator; on the CPU the writer competes with training
-    # for the same cores (see BENCHMARKS.md).
+    # Benchmarks only (no command-line flag): write each trial's record while the next trial
+    # trains (None: only when training runs on an accelerator; on the CPU the writer competes
+    # with training for the same cores, see BENCHMARKS.md), skip the models, time the records.
     background_logging: bool | None = None
+    times: TrackingTimes | None = None
 
 
 @dataclass
@@ -75,9 +77,6 @@ class SearchResult:
     interrupted: bool = False
     dry_run: bool = False
     wall_s: float = 0.0
-    mlflow_s: float = 0.0  # time spent writing this invocation's trial runs (any thread)
-    mlflow_blocking_s: float = 0.0  # of which trials waited for
-    mlflow_blocking_by_trial: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -334,7 +333,7 @@ class _Search:
         tracker = MlflowTrialTracker(
             target, meta=setup.cache.meta, log_models=options.log_models, background=background,
             # One trial at a time on the CPU: record in the trial's thread (see the tracker).
-            inline=not background and options.n_jobs == 1,
+            inline=not background and options.n_jobs == 1, times=options.times,
         )
         stop = threading.Event()
         objective = Objective(
@@ -437,9 +436,7 @@ class _Search:
         parent.finish_parent(
             self.client, parent_id, self.optuna_study, report=report, report_name=path.name,
             interrupted=interrupted,
-            metrics={"trials/this_run": float(len(progress.numbers)), "search/wall_s": wall,
-                     "search/mlflow_s": tracker.work_s,
-                     "search/mlflow_blocking_s": tracker.blocking_s},
+            metrics={"trials/this_run": float(len(progress.numbers)), "search/wall_s": wall},
         )
         if failed_records:
             raise RuntimeError(
@@ -458,8 +455,6 @@ class _Search:
             experiment_id=self.experiment_id, tracking_uri=self.tracking_uri,
             budget=budget_text, new_trials=progress.numbers, reaped=reaped,
             interrupted=interrupted, dry_run=options.dry_run, wall_s=wall,
-            mlflow_s=tracker.work_s, mlflow_blocking_s=tracker.blocking_s,
-            mlflow_blocking_by_trial=dict(tracker.blocking_by_trial),
         )
         if interrupted:
             stopped = SearchInterrupted()
