@@ -58,6 +58,9 @@ def print_summary(result: SearchResult, out: TextIO) -> None:
     if result.reaped:
         print(f"failed and queued again: trial(s) {result.reaped} of a worker that died",
               file=out)
+    if result.reconciled is not None:
+        print("reconcile: Optuna and MLflow agree" if not result.reconciled else
+              "reconcile:\n  " + "\n  ".join(result.reconciled), file=out)
     rows = leaderboard(report, [p.name for p in result.study.space])
     if rows:
         print(file=out)
@@ -125,6 +128,9 @@ def build_parser(studies_dir: Path | None = None) -> argparse.ArgumentParser:
                         help="run N worker processes on this machine, each with a share of "
                              "the cores (default: %(default)s)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: params.yaml)")
+    parser.add_argument("--reconcile", action="store_true",
+                        help="train nothing: clean up after dead workers, make every trial's "
+                             "MLflow run agree with Optuna and print what differed")
     parser.add_argument("--dry-run", action="store_true",
                         help=f"one trial of {DRY_RUN_EPOCHS} epochs, in-memory study, MLflow in "
                              "a temporary folder; writes nothing in the project")
@@ -152,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             study=args.study, params_path=args.params, dataset=args.dataset,
             n_trials=args.n_trials, timeout_s=args.timeout, storage=args.storage,
             n_jobs=args.n_jobs, dry_run=args.dry_run, device=args.device,
+            reconcile=args.reconcile,
         )
         try:
             if args.workers != 1:

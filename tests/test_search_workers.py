@@ -142,6 +142,28 @@ def test_kill_9_mid_trial_is_cleaned_up_by_the_next_search(
     assert new_run.data.tags["pipeline.retry_of_run"] == run.info.run_id
     assert search(proj, "--n-trials", "0") == 0  # nothing more to clean: idempotent
     assert len(load_study(proj).trials) == len(trials)
+    capsys.readouterr()
+    assert search(proj, "--reconcile") == 0
+    assert "reconcile: Optuna and MLflow agree" in capsys.readouterr().out
+
+
+def test_reconcile_makes_mlflow_agree_with_optuna(
+    proj: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert search(proj, "--n-trials", "2") == 0
+    client, _, children = mlflow_runs(proj)
+    first, second = sorted(children, key=lambda r: int(r.data.tags["optuna.trial_number"]))
+    client.update_run(first.info.run_id, status="RUNNING")  # as a crash would leave it
+    client.set_tag(second.info.run_id, "optuna.state", "RUNNING")
+    capsys.readouterr()
+    assert search(proj, "--reconcile") == 0
+    out = capsys.readouterr().out
+    assert "trial 0: " in out and "its run was RUNNING: ended" in out
+    assert "trial 1: tag optuna.state was 'RUNNING'" in out
+    assert client.get_run(first.info.run_id).info.status in ("FINISHED", "FAILED")
+    assert search(proj, "--reconcile") == 0
+    assert "Optuna and MLflow agree" in capsys.readouterr().out
+    assert search(proj, "--reconcile", "--n-trials", "1") == 2
 
 
 def test_trials_are_shared_out_among_workers() -> None:

@@ -56,6 +56,7 @@ class SearchOptions:
     # with training for the same cores, see BENCHMARKS.md), skip the models, time the records.
     background_logging: bool | None = None
     times: TrackingTimes | None = None
+    reconcile: bool = False  # train nothing; make Optuna and MLflow agree, say what differed
 
 
 @dataclass
@@ -74,6 +75,7 @@ class SearchResult:
     budget: str = ""  # what this run set out to do, in words
     new_trials: list[int] = field(default_factory=list)
     reaped: list[int] = field(default_factory=list)  # trials of dead workers failed here
+    reconciled: list[str] | None = None  # with --reconcile: what differed (empty: nothing)
     interrupted: bool = False
     dry_run: bool = False
     wall_s: float = 0.0
@@ -104,6 +106,8 @@ def _load(options: SearchOptions) -> _Setup:
         raise UserError(f"--timeout: expected seconds > 0, got {options.timeout_s:g}")
     if options.n_jobs < 1:
         raise UserError(f"--n-jobs: expected an integer ≥ 1, got {options.n_jobs}")
+    if options.reconcile and (options.n_trials or options.dry_run):
+        raise UserError("--reconcile trains nothing: leave out --n-trials and --dry-run")
     params = load_params(options.params_path)
     study = load_study(options.study, params.path(STUDIES_DIR), params)
     default_dataset = study.dataset or params.dataset
@@ -123,7 +127,7 @@ def _load(options: SearchOptions) -> _Setup:
         cache=load_cache(base.cache_dir(dataset)),
         device=runtime.resolve_device(options.device or base.device), choice=choice,
         timeout=None if options.dry_run else timeout,
-        n_trials=1 if options.dry_run else options.n_trials,
+        n_trials=1 if options.dry_run else (0 if options.reconcile else options.n_trials),
     )
 
 
@@ -257,6 +261,7 @@ class _Search:
         )
         self.client = MlflowClient()
         self.storage_error: BaseException | None = None
+        self.reconciled: list[str] | None = None
         meta = setup.cache.meta
         self.base_tags = {
             **tracking.run_tags(meta, params.root),
@@ -300,6 +305,10 @@ class _Search:
         if outcome == "storage lost":
             self._end_after_storage_loss(parent_id)
         reaped += self._reap(lease.id)
+        if self.options.reconcile:
+            from pipeline.study.workers import reconcile
+
+            self.reconciled = reconcile(self.optuna_study, self.client, self.experiment_id)
         return self._finish(
             parent_id, tracker, progress, run_budget.describe(done), reaped,
             interrupted=outcome == "interrupted", wall=time.perf_counter() - t0,
@@ -454,6 +463,7 @@ class _Search:
             report_path=None if options.dry_run else path, parent_run_id=parent_id,
             experiment_id=self.experiment_id, tracking_uri=self.tracking_uri,
             budget=budget_text, new_trials=progress.numbers, reaped=reaped,
+            reconciled=self.reconciled,
             interrupted=interrupted, dry_run=options.dry_run, wall_s=wall,
         )
         if interrupted:

@@ -241,3 +241,44 @@ def _end_run(client: Any, run_id: str | None, *, state: str | None, reason: str)
     if number is not None:
         client.set_tag(run_id, "mlflow.runName", trial_run_name(int(number), state))
     client.set_terminated(run_id, status=RUN_STATUS.get(state, "FAILED"))
+
+
+# --------------------------------------------------------------------------------------------
+# Reconciling Optuna and MLflow
+# --------------------------------------------------------------------------------------------
+def reconcile(optuna_study: Any, client: Any, experiment_id: str) -> list[str]:
+    """Make every trial's MLflow run agree with its Optuna state; one line per fix or finding.
+
+    A finished trial whose run is still RUNNING is ended with the matching status; a run whose
+    ``optuna.state`` tag disagrees with the trial gets the trial's. Trial runs of this study that
+    no trial points to are reported, not changed (they hold what they hold).
+    """
+    from pipeline.study.objective import RUN_STATUS
+
+    lines: list[str] = []
+    trials = optuna_study.get_trials(deepcopy=False)
+    owned = {t.user_attrs.get(RUN_ATTR): t for t in trials
+             if t.user_attrs.get(RUN_ATTR) and "pipeline.duplicate_of" not in t.user_attrs}
+    runs = client.search_runs(
+        [experiment_id], f"tags.`optuna.study` = '{optuna_study.study_name}' and "
+        "tags.`pipeline.role` = 'trial'", max_results=50_000,
+    )
+    for run in runs:
+        trial = owned.get(run.info.run_id)
+        if trial is None:
+            lines.append(f"run {run.info.run_id} ({run.info.run_name}) belongs to no trial")
+            continue
+        state = trial.state.name
+        if state in RUN_STATUS and run.info.status == "RUNNING":
+            _end_run(client, run.info.run_id, state=state,
+                     reason="ended by --reconcile: its trial had finished")
+            lines.append(f"trial {trial.number}: {state}, its run was RUNNING: ended")
+        elif state in RUN_STATUS and run.data.tags.get("optuna.state") != state:
+            client.set_tag(run.info.run_id, "optuna.state", state)
+            lines.append(f"trial {trial.number}: tag optuna.state was "
+                         f"{run.data.tags.get('optuna.state')!r}, set to {state}")
+    found = {r.info.run_id for r in runs}
+    for run_id, trial in owned.items():
+        if run_id not in found:
+            lines.append(f"trial {trial.number}: its run {run_id} is not in the experiment")
+    return lines
