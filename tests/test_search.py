@@ -123,6 +123,7 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
         run = by_run[t.user_attrs["mlflow_run_id"]]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.run_name == names[t.state.name].format(t.number)
+        assert float(run.data.metrics.get("best/epoch", 1.0)).is_integer()  # the model's epoch
         assert run.data.tags["optuna.trial_number"] == str(t.number)
         assert run.data.tags["optuna.study"] == "tiny-digits"
         assert run.data.tags["optuna.state"] == t.state.name

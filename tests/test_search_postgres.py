@@ -250,6 +250,9 @@ def test_kill_9_of_a_postgres_worker_is_cleaned_up(project: Path, postgres: Serv
         "pipeline.error"]
     new = MlflowClient().get_run(retry[0].user_attrs["mlflow_run_id"])
     assert new.data.tags["pipeline.retry_of_run"] == dead.info.run_id
+    check = _search(project, env, "--reconcile")
+    out, err = check.communicate(timeout=300)
+    assert check.returncode == 0 and "Optuna and MLflow agree" in out, err[-3000:]
 
 
 def test_the_database_stopped_mid_trial(project: Path, postgres: Server) -> None:

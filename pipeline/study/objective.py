@@ -648,8 +648,10 @@ class MlflowTrialTracker:
         rows = [_best_row(t) for t in progress.trainers]
         out = {f"best/{k}": v for k, v in combine_rows(
             rows, skip=(*_AVERAGED_SKIP, "lr"), spread=self.metric).items()}
-        if any(rows):
-            out["best/epoch"] = combine(float(r["epoch"]) for r in rows if r)[0]
+        # The epoch of the weights logged as the model (an integer, not a mean over folds).
+        best = progress.best_fold(self.direction, self.metric)
+        if best is not None and rows[best]:
+            out["best/epoch"] = float(rows[best]["epoch"])
         if len(rows) > 1:
             for i, row in enumerate(rows):
                 if row:
