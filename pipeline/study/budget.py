@@ -1,10 +1,12 @@
 """The study's trial budget: a total for the study, shared by every worker and every run.
 
 ``budget.n_trials`` in a study file is the study's total. A trial counts once it is complete,
-pruned, running or waiting (queued); a failed trial does not count, because its retry or a new
-trial takes its place (a search whose trials keep failing stops on its own). A run without
-``--n-trials`` adds trials until the total is reached; ``--n-trials N`` adds N more whatever the
-total (``0``: create or check the study and clean up after gone workers, train nothing).
+pruned or running; a failed trial does not count, because its retry or a new trial takes its
+place (a search whose trials keep failing stops on its own), and a queued (waiting) one counts
+once it runs: Optuna runs queued trials first, so a retry of a dead worker's trial is always
+run. A run without ``--n-trials`` adds trials until the total is reached; ``--n-trials N``
+adds N more whatever the total (``0``: create or check the study and clean up after gone
+workers, train nothing).
 Workers that share a study stop when the total is reached, so it is overshot by at most one
 trial per worker that was starting one at that moment.
 """
@@ -15,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-COUNTED_STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+COUNTED_STATES = ("COMPLETE", "PRUNED", "RUNNING")
 
 
 def counted(states: Iterable[str]) -> int:

@@ -380,7 +380,9 @@ def _same_configuration(trial: Any) -> Any:
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     for earlier in done:
-        if earlier.number != trial.number and earlier.params == trial.params:
+        # A trial cut short by the time budget did not show what its configuration can do.
+        if earlier.number != trial.number and earlier.params == trial.params \
+                and "pipeline.cut_short" not in earlier.user_attrs:
             return earlier
     return None
 

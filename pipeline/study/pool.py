@@ -11,10 +11,10 @@ no new trials cleans up after any that died and writes the report. Ctrl-C reache
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import subprocess
 import sys
 
@@ -65,11 +65,11 @@ def run_workers(options: SearchOptions, n: int) -> SearchResult:
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
-        for p in procs:  # the terminal sent them SIGINT too; wait for their records
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            p.wait()
+        # The terminal sent every worker the same SIGINT; a second one would land inside the
+        # record of the trial it interrupted. Wait for them to finish recording.
+        with contextlib.suppress(KeyboardInterrupt):
+            for p in procs:
+                p.wait()
         raise
     failed = [c for c in codes if c != 0]
     final = run_search(dataclasses.replace(options, n_trials=0))

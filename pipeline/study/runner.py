@@ -284,6 +284,29 @@ class _Search:
         lease = workers.new_lease(parent_id)
         heartbeat = workers.Heartbeat(self.optuna_study, lease,
                                       interval_s=search.heartbeat_interval_s)
+        try:
+            return self._run(parent_id, lease, heartbeat)
+        except SearchInterrupted:
+            raise
+        except BaseException as exc:
+            self._fail_parent(parent_id, heartbeat, exc)
+            raise
+
+    def _fail_parent(self, parent_id: str, heartbeat: Any, exc: BaseException) -> None:
+        """Whatever stopped the search, its parent run does not stay RUNNING (and the lease
+        says this worker ended, unless the study storage itself is gone)."""
+        if self.storage_error is None:
+            heartbeat.end()
+        else:
+            heartbeat.stop()
+        with contextlib.suppress(Exception):
+            if self.client.get_run(parent_id).info.status == "RUNNING":
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                self.client.set_tag(parent_id, "pipeline.error", reason[:4000])
+                self.client.set_terminated(parent_id, status="FAILED")
+
+    def _run(self, parent_id: str, lease: Any, heartbeat: Any) -> SearchResult:
+        setup = self.setup
         reaped = self._reap(lease.id)
         done = budgets.counted(t.state.name for t in self.optuna_study.get_trials(deepcopy=False))
         total = None if self.options.dry_run else setup.study.budget.n_trials
@@ -302,6 +325,8 @@ class _Search:
             tracker.close()
             if outcome != "storage lost":
                 heartbeat.end()
+            else:
+                heartbeat.stop()
         if outcome == "storage lost":
             self._end_after_storage_loss(parent_id)
         reaped += self._reap(lease.id)
@@ -323,6 +348,13 @@ class _Search:
             self.optuna_study, self.client, me=me, grace_s=search.grace_period_s,
             interval_s=search.heartbeat_interval_s, max_retry=search.max_retry,
         )
+
+    def _reap_quietly(self, me: str) -> None:
+        """Between trials: a failure to clean up after others must not stop this search."""
+        try:
+            self._reap(me)
+        except Exception as exc:  # noqa: BLE001 - the end-of-search reap tries again
+            logger.warning("could not check for dead workers: %s", exc)
 
     def _objective(self, parent_id: str, worker: str) -> tuple[Any, Any, threading.Event]:
         from pipeline.study.objective import MlflowTrialTracker, Objective, RunTarget
@@ -382,7 +414,7 @@ class _Search:
             return "done"
         if self.setup.timeout is not None:  # trials running at the deadline end there too
             objective.deadline = time.monotonic() + self.setup.timeout
-        callbacks: list[Any] = [progress, lambda study, trial: self._reap(me)]
+        callbacks: list[Any] = [progress, lambda study, trial: self._reap_quietly(me)]
         if run_budget.total is not None:
             callbacks.append(budgets.stop_at_total(run_budget.total))
         try:

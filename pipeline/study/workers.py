@@ -82,6 +82,11 @@ def _alive_here(lease: Lease) -> bool:
         return False
     except PermissionError:
         pass  # someone else's process, but alive
+    try:  # a killed child its parent has not waited for yet is a zombie: dead
+        if Path(f"/proc/{lease.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+            return False
+    except (OSError, IndexError):
+        pass
     return not lease.pid_start or _process_start(lease.pid) in ("", lease.pid_start)
 
 
@@ -121,9 +126,19 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
+                stored = Lease.from_attr(self.study.user_attrs.get(self.lease.key))
+                if stored is not None and stored.state == "reaped":
+                    # Taken for dead (a long pause, a clock far off): never bring it back.
+                    logger.warning("this worker's lease was reaped by another worker")
+                    return
                 self._write(replace(self.lease, seen=time.time()))
             except Exception as exc:  # noqa: BLE001 - a storage hiccup; the next beat retries
-                logger.debug("heartbeat not written: %s", exc)
+                logger.warning("heartbeat not written (the next one retries): %s", exc)
+
+    def stop(self) -> None:
+        """Stop beating without writing (the storage is gone)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
 
     def end(self) -> None:
         """Stop beating and mark the lease ended (a clean exit is never reaped)."""
@@ -181,7 +196,8 @@ def reap(
             if trial.state.name == "RUNNING" and _fail(optuna_study, trial, reason, max_retry):
                 failed.append(trial.number)
         for trial in trials:
-            state = "FAIL" if trial.number in failed else trial.state.name
+            # Read again: another worker may have failed it meanwhile (our copy says RUNNING).
+            state = optuna_study._storage.get_trial(trial._trial_id).state.name
             _end_run(client, trial.user_attrs.get(RUN_ATTR), state=state, reason=reason)
         _end_run(client, lease.parent_run_id, state=None, reason=reason)
         optuna_study.set_user_attr(lease.key, asdict(replace(lease, state="reaped")))
@@ -221,13 +237,16 @@ def _fail(optuna_study: Any, trial: Any, reason: str, max_retry: int) -> bool:
 
 def _end_run(client: Any, run_id: str | None, *, state: str | None, reason: str) -> None:
     """End a RUNNING MLflow run: a trial's FAILED (with its Optuna state), a parent's KILLED."""
-    if not run_id:
+    if not run_id or state == "RUNNING":
         return
     try:
-        run = client.get_run(run_id)
+        _end_running_run(client, run_id, state=state, reason=reason)
     except Exception as exc:  # noqa: BLE001 - a deleted run, an unreachable server
-        logger.debug("run %s not checked: %s", run_id, exc)
-        return
+        logger.warning("could not end MLflow run %s (reconcile later): %s", run_id, exc)
+
+
+def _end_running_run(client: Any, run_id: str, *, state: str | None, reason: str) -> None:
+    run = client.get_run(run_id)
     if run.info.status != "RUNNING":
         return
     from pipeline.study.objective import RUN_STATUS, trial_run_name
@@ -257,8 +276,11 @@ def reconcile(optuna_study: Any, client: Any, experiment_id: str) -> list[str]:
 
     lines: list[str] = []
     trials = optuna_study.get_trials(deepcopy=False)
-    owned = {t.user_attrs.get(RUN_ATTR): t for t in trials
-             if t.user_attrs.get(RUN_ATTR) and "pipeline.duplicate_of" not in t.user_attrs}
+    owned: dict[str, Any] = {}
+    for t in trials:  # the first trial with a run owns it (an RDB retry copies the old one's)
+        if t.user_attrs.get(RUN_ATTR) and "pipeline.duplicate_of" not in t.user_attrs \
+                and t.state.name != "WAITING":
+            owned.setdefault(t.user_attrs[RUN_ATTR], t)
     runs = client.search_runs(
         [experiment_id], f"tags.`optuna.study` = '{optuna_study.study_name}' and "
         "tags.`pipeline.role` = 'trial'", max_results=50_000,

@@ -217,6 +217,9 @@ def unsafe_format(flavors: dict[str, dict]) -> str | None:
     loader = flavors.get("python_function", {}).get("loader_module")
     if loader != "mlflow.pytorch":
         return f"its pyfunc loader is {loader!r}, not mlflow.pytorch"
+    # MLflow puts a model's bundled code folder on sys.path when it loads it: code that runs.
+    if any(flavors.get(f, {}).get("code") for f in _SAFE_FLAVORS):
+        return "it bundles Python code (a 'code' folder MLflow would put on sys.path)"
     return None
 
 

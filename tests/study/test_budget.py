@@ -12,7 +12,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def test_what_counts() -> None:
     states = ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING", "FAIL"]
-    assert counted(states) == 4
+    assert counted(states) == 3  # a queued retry counts once it runs
 
 
 @pytest.mark.parametrize(
@@ -42,3 +42,8 @@ def test_workers_stop_at_the_study_total() -> None:
     second.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=10,
                     callbacks=[stop_at_total(5)])
     assert len(second.trials) == 5
+
+
+def test_a_queued_retry_of_a_dead_workers_trial_still_runs() -> None:
+    states = ["COMPLETE"] * 19 + ["FAIL", "WAITING"]  # trial 19 died and was queued again
+    assert plan(extra=None, total=20, done=counted(states)).n_trials == 1

@@ -161,3 +161,12 @@ def test_the_projects_pt2_models_load_with_pickle_off(
     assert no_package_scan == []  # our own pins: MLflow's scan of installed packages skipped
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
     assert np.asarray(model.predict(x)).shape[0] == 3
+
+
+def test_a_model_bundling_code_is_refused() -> None:
+    from pipeline.tracking.models import unsafe_format
+
+    ok = {"pytorch": {}, "python_function": {"loader_module": "mlflow.pytorch"}}
+    assert unsafe_format(ok) is None
+    assert "bundles Python code" in str(unsafe_format({**ok, "pytorch": {"code": "code"}}))
+    assert "sklearn" in str(unsafe_format({**ok, "sklearn": {}}))
