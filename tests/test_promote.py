@@ -115,6 +115,9 @@ def test_gate_sequence(world: World, capsys: pytest.CaptureFixture[str]) -> None
     code, rec, out = _promote(w, "better", w.strong, capsys=capsys)
     assert code == 0, out
     assert "already the champion" in rec["decision"]["reason"] and not rec["decision"]["moved"]
+    second = MlflowClient().get_model_version(w.name, "2")
+    links = MlflowClient().get_logged_model(second.source.removeprefix("models:/")).tags
+    assert json.loads(links["mlflow.modelVersions"]) == [{"name": w.name, "version": "2"}]
     assert _state(w) == (2, w.strong, w.weak)
     rec_before = json.loads(before)
     for key in ("champion", "candidate", "decision"):

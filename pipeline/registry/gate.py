@@ -233,6 +233,10 @@ def register(
     existing = find_version(client, name, run_id)
     if existing is not None:
         logger.info("run %s is already version %s of %s", run_id, existing.version, name)
+        source = str(existing.source or "")
+        if source.startswith("models:/m-"):  # a link a failed earlier run did not write
+            _link_logged_model(client, source.removeprefix("models:/"), name,
+                               str(existing.version))
         return existing, False
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -268,7 +272,10 @@ def _link_logged_model(client: MlflowClient, model_id: str, name: str, version: 
 
     model = client.get_logged_model(model_id)
     links = json.loads(model.tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
-    links.append({"name": name, "version": version})
+    link = {"name": name, "version": version}
+    if any(str(x.get("name")) == name and str(x.get("version")) == version for x in links):
+        return
+    links.append(link)
     client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(links)})
 
 
