@@ -120,6 +120,8 @@ def summary(result: TrainResult) -> str:
     reason = {"early_stopping": "early stopping", "max_epochs": "max epochs"}.get(
         result.stop_reason, result.stop_reason
     )
+    from pipeline.tracking import ui_url
+
     uri = redact(result.tracking_uri)
     lines = [
         f"{result.dataset}: best epoch {result.best_epoch} of {result.epochs} ({reason}; "
@@ -136,8 +138,8 @@ def summary(result: TrainResult) -> str:
         f"  MLflow run {result.run_id} ({result.run_name}; experiment {result.experiment_name}, "
         f"id {result.experiment_id}) in {uri}",
         f"  model: {result.model_uri}",
-        f"  browse: {uri}" if uri.startswith(("http://", "https://"))
-        else "  browse: make ui  (MLflow UI on http://127.0.0.1:5000)",
+        f"  browse: {ui_url(result.experiment_id, uri)}" if uri.startswith(("http://", "https://"))
+        else f"  browse: make ui, then {ui_url(result.experiment_id)}",
     ]
     return "\n".join(lines)
 

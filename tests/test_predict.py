@@ -231,3 +231,14 @@ def test_check_model_accepts_the_projects_own_models(
     args = ["--check-model", uri, "--params", str(world.root / "params.yaml")]
     assert predict.main(args) == 0
     assert "pt2 PyTorch model" in capsys.readouterr().out
+
+
+def test_a_class_per_folder_tree_is_walked(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    w = world  # data/raw/tiny holds train/ and val/ folders of JPEGs
+    assert _predict(w, w.image_run, w.raw) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = sorted(w.raw.rglob("*.jpg"))
+    assert [line.split(" ")[0] for line in lines] == [str(p) for p in expected]
+    assert len(lines) == 120

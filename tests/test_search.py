@@ -108,6 +108,7 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
     trials = load_study(proj).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "PRUNED"]
 
+    assert load_study(proj).metric_names == ["val/loss"]  # named for optuna-dashboard
     client, parents, children = mlflow_runs(proj)
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]

@@ -127,10 +127,13 @@ def test_the_study_report_page_renders_offline(
     assert report.main(["--params", str(proj / "params.yaml"), "--study", "tiny"]) == 0
     index = proj / "reports" / "studies" / "tiny-page" / "index.html"
     requests: list[str] = []
+    errors: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.on("request", lambda r: requests.append(r.url))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(index.as_uri())
         page.get_by_text("Leaderboard").wait_for(timeout=30_000)
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
@@ -141,6 +144,7 @@ def test_the_study_report_page_renders_offline(
         text = page.inner_text("body")
         browser.close()
     assert n_images >= 4 and broken == 0
+    assert not errors, errors
     assert not [u for u in requests if not u.startswith(("file:", "data:"))]
     for heading in ("Leaderboard", "Learning curves of the best trials", "Every trial"):
         assert heading in text

@@ -71,8 +71,9 @@ def collect_inputs(inputs: list[str], kind: str) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
+            # Class-per-folder trees too (root/<class>/<image>), as prepare's image_folder reads.
             found = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in wanted
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in wanted
             )
             if not found:
                 raise UserError(f"{path}: no {'/'.join(wanted)} files in this folder")

@@ -202,6 +202,10 @@ def _open_study(setup: _Setup) -> Any:
             f"{study.direction.name.lower()}, the file says {spec.direction}; use another "
             "storage or delete the study"
         )
+    if study.metric_names != [spec.metric]:  # optuna-dashboard shows it, not "Objective 0"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # set_metric_names is marked experimental
+            study.set_metric_names([spec.metric])
     return study
 
 
