@@ -28,7 +28,7 @@ import math
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -199,6 +199,9 @@ class Objective:
         check_metric_for_task(study, cache.meta.task)
         self.trial_attrs = dict(trial_attrs or {})
         self.deadline: float | None = None
+        # Called after every lockstep epoch with (trial number, epoch, value): the search's
+        # progress bar shows where a long trial is, not only how many trials are done.
+        self.on_epoch: Callable[[int, int, float], None] | None = None
         self._cost_said = False
         self.params = params
         self.study = study
@@ -296,6 +299,8 @@ class Objective:
                 if not self._cost_said:
                     self._say_cost(float(row["time_s"]), cfg.train.max_epochs)
                 value = float(row[metric])
+                if self.on_epoch is not None:
+                    self.on_epoch(progress.number, epoch, value)
                 trial.report(value, step=epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(
@@ -312,7 +317,7 @@ class Objective:
         self._cost_said = True
         trial_s = epoch_s * max_epochs
         line = (f"first epoch: {epoch_s:.1f} s over {self.plan.n_models} model(s) "
-                f"({self.plan.describe()}, {sum(len(v) for _, v in self.plan.folds)} validation "
+                f"({self.plan.describe()}, {len(self.plan.folds[0][1])} validation "
                 f"and {len(self.splits[0].y_train)} training samples per model); a trial of "
                 f"{max_epochs} epochs would take about {trial_s:.0f} s")
         if self.deadline is not None:

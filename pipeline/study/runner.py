@@ -319,6 +319,7 @@ class _Search:
         tracker, objective, stop = self._objective(parent_id, lease.id)
         self._log_parent_params(parent_id, objective.plan.describe(), run_budget)
         progress = _Progress(study=setup.study, n_trials=run_budget.n_trials)
+        objective.on_epoch = progress.epoch
         t0 = time.perf_counter()
         outcome = "done"
         try:
@@ -568,6 +569,15 @@ class _Progress:
             if self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES and not self.gave_up:
                 self.gave_up = True
                 optuna_study.stop()
+
+    def epoch(self, number: int, epoch: int, value: float) -> None:
+        """Inside a trial: its number, epoch and current value on the bar (a tty only)."""
+        if self.bar.disable:
+            return
+        with self._lock:
+            self.bar.set_postfix_str(
+                f"trial {number} epoch {epoch} {self.study.metric} {value:.4g}", refresh=True
+            )
 
     def close(self) -> None:
         self.bar.close()

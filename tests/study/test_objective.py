@@ -73,9 +73,14 @@ def test_fixed_trial_holdout(params: Params, images) -> None:
     rec = Recorder()
     objective = Objective(params=params, study=study_spec(), cache=images, tracker=rec)
     assert objective.plan.k == 0 and objective.plan.n_models == 1
+    seen: list[tuple[int, int, float]] = []
+    objective.on_epoch = lambda number, epoch, value: seen.append((number, epoch, value))
     trial = fixed()
     value = objective(trial)
     (progress,) = rec.finished
+    # The progress hook saw every epoch of the trial, with the value the pruner saw.
+    assert [(n, e) for n, e, _ in seen] == [(3, e) for e in range(1, len(progress.history) + 1)]
+    assert [v for _, _, v in seen] == [row["val/loss"] for row in progress.history]
     assert progress.state == "COMPLETE" and progress.number == 3
     assert progress.params is not None and progress.params.model.width == 8
     assert progress.params.train.lr == 0.01
