@@ -9,3 +9,10 @@ class UserError(Exception):
     Stage ``main`` functions print the message on one line (no traceback) and exit non-zero.
     The message must say where (file, line or key), what was found and what was expected.
     """
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's error (MLflow's ``message`` when it has one), or its type:
+    what a one-line ``UserError`` quotes."""
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

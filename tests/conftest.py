@@ -6,6 +6,7 @@ import logging
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -197,3 +198,28 @@ def tabular_cache(tmp_path: Path) -> Callable[..., tuple[Path, CacheMeta]]:
         return folder, make_tabular_cache(folder, **kwargs)  # type: ignore[arg-type]
 
     return make
+
+
+def wait_for_running_trial(
+    load_trials: Callable[[], list[Any]], proc: Any, *, timeout: float = 120, poll: float = 0.3
+) -> Any:
+    """The first trial a worker process is training (RUNNING with its MLflow run), polled.
+
+    ``load_trials`` reads the study (KeyError while it does not exist yet); ``proc`` must stay
+    alive meanwhile.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            trials = load_trials()
+        except KeyError:
+            trials = []
+        running = [t for t in trials if t.state.name == "RUNNING"
+                   and t.user_attrs.get("mlflow_run_id")]
+        if running:
+            return running[0]
+        time.sleep(poll)
+    raise AssertionError("no trial started in time")

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import make_image_cache
+from tests.conftest import make_image_cache, wait_for_running_trial
 
 pytestmark = pytest.mark.slow
 
@@ -205,19 +204,9 @@ def _search(project: Path, env: dict[str, str], *args: str) -> subprocess.Popen[
 
 
 def _running_trial(url: str, proc: subprocess.Popen[str]) -> Any:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            trials = optuna.load_study(study_name="pg-digits", storage=url).trials
-        except KeyError:
-            trials = []
-        running = [t for t in trials if t.state.name == "RUNNING"
-                   and t.user_attrs.get("mlflow_run_id")]
-        if running:
-            return running[0]
-        time.sleep(0.5)
-    raise AssertionError("no trial started in time")
+    return wait_for_running_trial(
+        lambda: optuna.load_study(study_name="pg-digits", storage=url).trials, proc, poll=0.5
+    )
 
 
 def _runs() -> list[Any]:

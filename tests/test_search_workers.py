@@ -10,14 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for_running_trial
 from tests.test_search import TINY, load_study, mlflow_runs, proj, report, search
 
 __all__ = ["proj"]  # the fixture, shared with test_search
@@ -82,20 +81,12 @@ def _worker(proj: Path, *args: str) -> subprocess.Popen[str]:
 
 
 def _wait_for_running_trial(proj: Path, proc: subprocess.Popen[str], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[0]
-        if (proj / "studies" / "tiny-digits.journal").exists():
-            try:
-                trials = load_study(proj).trials
-            except KeyError:  # the study is not created yet
-                trials = []
-            running = [t for t in trials if t.state.name == "RUNNING"
-                       and t.user_attrs.get("mlflow_run_id")]
-            if running:
-                return running[0]
-        time.sleep(0.3)
-    raise AssertionError("no trial started in time")
+    def trials() -> list[Any]:
+        if not (proj / "studies" / "tiny-digits.journal").exists():
+            raise KeyError("no journal yet")  # opening it would create it
+        return load_study(proj).trials
+
+    return wait_for_running_trial(trials, proc, timeout=timeout)
 
 
 def test_kill_9_mid_trial_is_cleaned_up_by_the_next_search(

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 from pipeline.registry import metrics as M
 
 if TYPE_CHECKING:
@@ -247,7 +247,7 @@ def register(
     try:
         model_id = mlflow.models.get_model_info(source_uri).model_id
     except (MlflowException, OSError) as exc:
-        raise UserError(f"cannot read model {source_uri!r}: {_first_line(exc)}") from None
+        raise UserError(f"cannot read model {source_uri!r}: {first_line(exc)}") from None
     if model_id:
         source = f"models:/{model_id}"
     version = client.create_model_version(
@@ -536,11 +536,6 @@ def _fmt_metrics(values: dict[str, float]) -> str:
 
 def _quote(text: str) -> str:
     return text.replace("'", "\\'")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _mark_superseded(client: MlflowClient, name: str, old: str, new: str) -> None:

@@ -97,16 +97,21 @@ def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
 # --------------------------------------------------------------------------------------------
 def _predict_finite(model: Any, x: np.ndarray, *, batch_size: int, keys: list[str]) -> np.ndarray:
     """The model's outputs, refusing an input or output that is not a finite number."""
-    for values, what in ((x, "input"), (_raw_predict(model, x, batch_size=batch_size), "output")):
-        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1) if len(values) else []
-        if np.any(bad):
-            first = keys[int(np.flatnonzero(bad)[0])]
-            raise UserError(
-                f"{first}: the model's {what} is not a finite number (inf or NaN); "
-                "check the values of this item"
-            )
-        outputs = values
+    _check_finite(x, keys, "input")  # before the model runs on it
+    outputs = _raw_predict(model, x, batch_size=batch_size)
+    _check_finite(outputs, keys, "output")
     return outputs
+
+
+def _check_finite(values: np.ndarray, keys: list[str], what: str) -> None:
+    if not len(values):
+        return
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        raise UserError(
+            f"{keys[int(np.flatnonzero(bad)[0])]}: the model's {what} is not a finite number "
+            "(inf or NaN); check the values of this item"
+        )
 
 
 def _label_lines(names: list[str], keys: list[str], proba: np.ndarray) -> list[str]:

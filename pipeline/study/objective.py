@@ -343,10 +343,10 @@ class Objective:
             attrs["model_fold"] = best
         if progress.cut_short:
             attrs["pipeline.cut_short"] = progress.cut_short
-        if progress.interrupted and any(_best_row(t) for t in progress.trainers):
-            reached = combine(float(_best_row(t)[self.study.metric])
-                              for t in progress.trainers if _best_row(t))
-            attrs["pipeline.interrupted_value"] = reached[0]
+        reached = [row for row in map(_best_row, progress.trainers) if row]
+        if progress.interrupted and reached:
+            value, _ = combine(float(row[self.study.metric]) for row in reached)
+            attrs["pipeline.interrupted_value"] = value
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         if self.tracker is not None:

@@ -47,23 +47,7 @@ class StudyReport:
         return len(self.trials)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "study": self.study,
-            "description": self.description,
-            "optuna_study": self.optuna_study,
-            "dataset": self.dataset,
-            "fingerprint": self.fingerprint,
-            "direction": self.direction,
-            "metric": self.metric,
-            "storage": self.storage,
-            "best": self.best,
-            "counts": self.counts,
-            "n_trials": self.n_trials,
-            "trials": self.trials,
-            "parent_run_id": self.parent_run_id,
-            "experiment_id": self.experiment_id,
-            "best_with_interrupted": self.best_with_interrupted,
-        }
+        return {**dataclasses.asdict(self), "n_trials": self.n_trials}
 
     def write(self, path: Path) -> None:
         write_json_atomic(path, self.to_json())

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PARAMS_FILE, Params, load_params
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 from pipeline.study import budget as budgets
 from pipeline.study.report import StudyReport, from_study, report_path, short_params
 from pipeline.study.spec import STUDIES_DIR, StudySpec, load_study
@@ -445,10 +445,9 @@ class _Search:
 
         exc = self.storage_error
         assert exc is not None
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         reason = (
             f"lost the study storage {self.setup.choice.display()} "
-            f"({redact_text(first, self.setup.choice.target)})"
+            f"({redact_text(first_line(exc), self.setup.choice.target)})"
         )
         for run in self.client.search_runs(
             [self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 from pipeline.secrets import has_password, redact, redact_text
 
 logger = logging.getLogger(__name__)
@@ -138,8 +138,7 @@ def open_storage(
                 ),
             )
     except Exception as exc:  # SQLAlchemy/driver errors: report them as the user's problem
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
             f"{choice.origin}: cannot open Optuna storage {choice.display()}: "
-            f"{redact_text(first, choice.target)}"
+            f"{redact_text(first_line(exc), choice.target)}"
         ) from None

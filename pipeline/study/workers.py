@@ -65,14 +65,20 @@ class Lease:
             return None
 
 
-def _process_start(pid: int) -> str:
-    """The start time of ``pid`` from ``/proc`` (clock ticks since boot), "" when unknown."""
+def _proc_stat(pid: int) -> tuple[str, str]:
+    """``(state, start time)`` of ``pid`` from ``/proc`` (start in clock ticks since boot);
+    empty strings when unknown."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return ""
+        return "", ""
     # The command name (field 2) may hold spaces and parentheses: split after the last ")".
-    return stat.rpartition(")")[2].split()[19]
+    fields = stat.rpartition(")")[2].split()
+    return fields[0], fields[19]
+
+
+def _process_start(pid: int) -> str:
+    return _proc_stat(pid)[1]
 
 
 def _alive_here(lease: Lease) -> bool:
@@ -82,12 +88,10 @@ def _alive_here(lease: Lease) -> bool:
         return False
     except PermissionError:
         pass  # someone else's process, but alive
-    try:  # a killed child its parent has not waited for yet is a zombie: dead
-        if Path(f"/proc/{lease.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
-            return False
-    except (OSError, IndexError):
-        pass
-    return not lease.pid_start or _process_start(lease.pid) in ("", lease.pid_start)
+    state, start = _proc_stat(lease.pid)
+    if state == "Z":  # a killed child its parent has not waited for yet: dead
+        return False
+    return not lease.pid_start or start in ("", lease.pid_start)
 
 
 def is_gone(lease: Lease, *, now: float, grace_s: float, host: str | None = None) -> bool:

@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from pipeline.data.cache import CacheMeta
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 from pipeline.tracking.store import active_run_id
 from pipeline.training.models import model_metadata, package_model
 
@@ -242,7 +242,7 @@ def check_format(uri: str) -> None:
     try:
         flavors = mlflow.models.get_model_info(uri).flavors
     except MlflowException as exc:
-        raise UserError(f"cannot load model {uri!r}: {_first_line(exc)}") from None
+        raise UserError(f"cannot load model {uri!r}: {first_line(exc)}") from None
     except OSError as exc:
         raise UserError(f"cannot load model {uri!r}: {exc}") from None
     problem = unsafe_format(flavors)
@@ -268,11 +268,6 @@ def load_model(uri: str) -> PyFuncModel:
     except MlflowException as exc:
         if "using pickle is disallowed" in str(exc):
             raise _refusal(uri, "its weights are pickled") from None
-        raise UserError(f"cannot load model {uri!r}: {_first_line(exc)}") from None
+        raise UserError(f"cannot load model {uri!r}: {first_line(exc)}") from None
     except OSError as exc:
         raise UserError(f"cannot load model {uri!r}: {exc}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

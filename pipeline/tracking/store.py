@@ -7,6 +7,7 @@ beside it (MLflow ≥ 3.13 refuses the old plain-file store); ``MLFLOW_TRACKING_
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -81,6 +82,7 @@ def configure(params: Params, *, ignore_env: bool = False) -> str:
     return uri
 
 
+@functools.cache  # once per store and process: later calls find the schema made
 def _create_sqlite_schema(uri: str) -> None:
     """Create (or migrate) a SQLite store's schema under a lock beside the database.
 
