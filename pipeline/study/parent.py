@@ -93,6 +93,7 @@ def _log_optuna_plots(client: Any, run_id: str, optuna_study: Any) -> None:
 
     trials = optuna_study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    drawn_states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     searched = {k for t in complete for k in t.params}
     plots: dict[str, tuple[Callable[..., Any], bool]] = {
         "optimization_history": (ovm.plot_optimization_history, bool(complete)),
@@ -101,7 +102,9 @@ def _log_optuna_plots(client: Any, run_id: str, optuna_study: Any) -> None:
         ),
         "parallel_coordinate": (ovm.plot_parallel_coordinate, bool(complete)),
         "intermediate_values": (
-            ovm.plot_intermediate_values, any(t.intermediate_values for t in trials)
+            # Optuna draws these for complete, pruned and running trials only (else it warns).
+            ovm.plot_intermediate_values,
+            any(t.intermediate_values for t in trials if t.state in drawn_states),
         ),
     }
     # Optuna's plots switch the process's matplotlib style to ggplot for good; rc_context puts
