@@ -8,6 +8,8 @@ import re
 import sys
 from collections.abc import Callable
 
+from tqdm.contrib.logging import _TqdmLoggingHandler
+
 from pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -18,7 +20,6 @@ EXIT_INTERRUPTED = 130
 
 def setup_logging(verbose: bool = False) -> None:
     """Log to stderr; tqdm bars also draw on stderr, so log lines go through ``tqdm.write``."""
-    from tqdm.contrib.logging import _TqdmLoggingHandler
 
     handler = _TqdmLoggingHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from pipeline import cli
+from pipeline.config import load_params
 from pipeline.errors import UserError
 from pipeline.registry.inference import DEFAULT_BATCH, PredictOptions, run_predict
 
@@ -74,8 +75,6 @@ def main(argv: list[str] | None = None) -> int:
         tracking.quiet_mlflow()
         params_path = Path(args.params)
         if params_path.is_file():
-            from pipeline.config import load_params
-
             tracking.configure(load_params(params_path))
         elif args.params != "params.yaml":
             raise UserError(f"{params_path}: params file not found")

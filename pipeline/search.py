@@ -32,6 +32,8 @@ from typing import TextIO
 from pipeline import cli
 from pipeline.config import PARAMS_FILE, load_params
 from pipeline.errors import UserError
+from pipeline.secrets import redact
+from pipeline.study.pool import run_workers
 from pipeline.study.report import leaderboard, short_params
 from pipeline.study.runner import (
     DRY_RUN_EPOCHS,
@@ -86,8 +88,6 @@ def print_summary(result: SearchResult, out: TextIO) -> None:
         print(f"MLflow: experiment {result.optuna_study!r} - `make ui`, then "
               f"{ui_url(result.experiment_id)}", file=out)
     else:
-        from pipeline.secrets import redact
-
         print(f"MLflow: experiment {result.optuna_study!r} at {redact(result.tracking_uri)}",
               file=out)
 
@@ -162,8 +162,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         try:
             if args.workers != 1:
-                from pipeline.study.pool import run_workers
-
                 result = run_workers(options, args.workers)
             else:
                 result = run_search(options)

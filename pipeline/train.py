@@ -131,8 +131,8 @@ def summary(result: TrainResult) -> str:
     if result.baseline:
         lines.append(
             "  baseline (predict the training mean): "
-            f"val/mae {result.baseline['baseline/val/mae']:.4f}"
-            f"  val/rmse {result.baseline['baseline/val/rmse']:.4f}"
+            f"val/mae {result.baseline['baseline_val_mae']:.4f}"
+            f"  val/rmse {result.baseline['baseline_val_rmse']:.4f}"
         )
     lines += [
         f"  MLflow run {result.run_id} ({result.run_name}; experiment {result.experiment_name}, "

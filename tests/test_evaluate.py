@@ -131,6 +131,11 @@ def test_classification_champion(world: World, capsys: pytest.CaptureFixture[str
     assert [r["predicted"] for r in rows] == [names[int(k)] for k in pred]
     assert (reports / "plots" / "confusion.png").read_bytes().startswith(PNG_MAGIC)
     assert not (reports / "plots" / "predictions.csv").exists()
+    # The champion's training curves, read back from the run that trained it (dvc plots).
+    curves = _rows(reports / "plots" / "curves.csv")
+    assert list(curves[0]) == ["epoch", "accuracy/train", "accuracy/val", "loss/train",
+                               "loss/val"]
+    assert [int(r["epoch"]) for r in curves] == [1, 2]
     assert not list(reports.rglob("*.tmp"))  # atomic writes leave no temp files
 
     # What `make run` ends with: where the champion is, its metrics, serve and UI commands.
@@ -169,6 +174,9 @@ def test_regression_by_uri(world: World, capsys: pytest.CaptureFixture[str]) -> 
     assert float(rows[0]["predicted"]) == pytest.approx(pred[0], rel=1e-5)
     assert (reports / "plots" / "predictions.png").read_bytes().startswith(PNG_MAGIC)
     assert not (reports / "plots" / "confusion.csv").exists()
+    curves = _rows(reports / "plots" / "curves.csv")
+    assert {"loss/train", "loss/val", "mae/val", "rmse/val"} <= set(curves[0])
+    assert len(curves) == 5 and "accuracy/val" not in curves[0]
 
 
 def test_wrong_dataset_for_model(world: World, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,6 +7,7 @@ Every import of ``pipeline`` code counts, wherever it sits (module top, inside a
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,13 @@ FORBIDDEN_THIRD_PARTY = {
     "training": {"mlflow", "optuna"},
     "tracking": {"optuna"},
 }
+# Third-party packages that cost a command real start-up time (BENCHMARKS.md, "Import costs").
+# An import inside a function is allowed only when it defers one of these that the file does not
+# already load at its top: everything else is imported at module top.
+HEAVY_THIRD_PARTY = {
+    "torch", "torchvision", "mlflow", "matplotlib", "sklearn",
+    "optuna.visualization",  # draws with matplotlib: optuna itself is light
+}
 MAX_COMMAND_LINES = 250
 MAX_FUNCTION_LINES = 60
 MAX_PARAMETERS = 8
@@ -35,6 +43,11 @@ MAX_PARAMETERS = 8
 # any new one, and on an entry here that no longer offends (so the list only shrinks).
 KNOWN_BIG_COMMANDS: set[str] = set()
 KNOWN_LONG_FUNCTIONS: set[str] = set()
+
+
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
 
 
 def _module_name(path: Path) -> str:
@@ -59,7 +72,7 @@ def _resolve(dotted: str) -> str | None:
 
 def _imports(path: Path) -> Iterator[tuple[str, int]]:
     """Every imported name, fully dotted, with its line (``from a import b`` gives ``a.b``)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = _tree(path)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -192,6 +205,92 @@ def test_library_packages_stay_out_of_other_layers_libraries() -> None:
     assert not wrong, "\n".join(sorted(set(wrong)))
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+
+
+def _statement_targets(node: ast.Import | ast.ImportFrom) -> Iterator[str]:
+    """What one import statement loads: a module per name (``from a import b``: ``a.b`` when it
+    is one of ours, else ``a``)."""
+    if isinstance(node, ast.Import):
+        yield from (alias.name for alias in node.names)
+    elif node.module:
+        for alias in node.names:
+            dotted = f"{node.module}.{alias.name}"
+            yield dotted if dotted in MODULES else node.module
+
+
+def _top_level_imports(path: Path) -> Iterator[str]:
+    """Modules loaded when ``path`` is imported (not in functions, not under TYPE_CHECKING)."""
+
+    def walk(body: list[ast.stmt]) -> Iterator[str]:
+        for node in body:
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                yield from _statement_targets(node)
+            elif isinstance(node, ast.If):
+                if not _is_type_checking(node.test):
+                    yield from walk(node.body)
+                yield from walk(node.orelse)
+            elif isinstance(node, ast.Try):
+                for block in (node.body, node.orelse, node.finalbody):
+                    yield from walk(block)
+                for handler in node.handlers:
+                    yield from walk(handler.body)
+
+    yield from walk(_tree(path).body)
+
+
+def _heavy(name: str) -> str | None:
+    """The ``HEAVY_THIRD_PARTY`` entry that importing ``name`` loads, if any."""
+    for entry in HEAVY_THIRD_PARTY:
+        if name == entry or name.startswith(entry + "."):
+            return entry
+    return None
+
+
+@functools.cache
+def _paid_at_import(module: str) -> frozenset[str]:
+    """The heavy third-party packages that importing ``module`` loads."""
+    seen: set[str] = set()
+    heavy: set[str] = set()
+    todo = [module]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        todo.extend(_ancestors(current))
+        for name in _top_level_imports(MODULES[current]):
+            ours = _resolve(name) if name.split(".")[0] == "pipeline" else None
+            if ours is not None:
+                todo.append(ours)
+            elif _heavy(name) is not None:
+                heavy.add(str(_heavy(name)))
+    return frozenset(heavy)
+
+
+def test_imports_sit_at_module_top_unless_they_defer_a_heavy_package() -> None:
+    wrong = []
+    for module, path in MODULES.items():
+        paid = _paid_at_import(module)
+        for fn in _functions(_tree(path)):
+            for node in ast.walk(fn):
+                if not isinstance(node, ast.Import | ast.ImportFrom):
+                    continue
+                for name in _statement_targets(node):
+                    ours = _resolve(name) if name.split(".")[0] == "pipeline" else None
+                    deferred = (
+                        _paid_at_import(ours) if ours is not None
+                        else {_heavy(name)} - {None}
+                    )
+                    if not deferred - paid:
+                        wrong.append(f"{path.relative_to(REPO)}:{node.lineno} {fn.name}: {name}")
+    assert not wrong, (
+        "imports inside functions that defer no heavy package the file does not already load "
+        "(move them to the module top):\n" + "\n".join(sorted(set(wrong)))
+    )
+
+
 def _functions(tree: ast.AST) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -212,7 +311,7 @@ def test_functions_are_short_and_take_few_parameters() -> None:
     wrong = []
     known = set()
     for module, path in MODULES.items():
-        tree = ast.parse(path.read_text())
+        tree = _tree(path)
         checked_length = _is_command(module) or _area(module) in ("study", "registry")
         for fn in _functions(tree):
             where = f"{path.relative_to(REPO)}:{fn.lineno} {fn.name}"
@@ -239,7 +338,7 @@ def test_library_code_never_prints_or_exits() -> None:
     for module, path in MODULES.items():
         if _is_command(module) or _area(module) == "cli":
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(_tree(path)):
             if isinstance(node, ast.Call):
                 fn = node.func
                 name = fn.id if isinstance(fn, ast.Name) else getattr(fn, "attr", "")

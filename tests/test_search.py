@@ -124,7 +124,7 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
         run = by_run[t.user_attrs["mlflow_run_id"]]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.run_name == names[t.state.name].format(t.number)
-        assert float(run.data.metrics.get("best/epoch", 1.0)).is_integer()  # the model's epoch
+        assert float(run.data.metrics.get("best_epoch", 1.0)).is_integer()  # the model's epoch
         assert run.data.tags["optuna.trial_number"] == str(t.number)
         assert run.data.tags["optuna.study"] == "tiny-digits"
         assert run.data.tags["optuna.state"] == t.state.name
@@ -132,7 +132,7 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
         assert run.data.tags["fingerprint"] == "synthetic-images-0"
         assert run.data.params["train.lr"] == str(t.params["train.lr"])
         assert run.data.params["model.hidden_layers"] == "1"  # resolved, not only sampled
-        history = client.get_metric_history(run.info.run_id, "val/loss")
+        history = client.get_metric_history(run.info.run_id, "loss/val")
         assert [m.step for m in history] == list(range(1, t.user_attrs["epochs"] + 1))
         assert sorted(history_value.step for history_value in history) == sorted(
             t.intermediate_values)
@@ -145,13 +145,13 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
         probs = np.asarray(model.predict(example))
         assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
         if t.state.name == "COMPLETE":
-            assert run.data.metrics["best/val/loss"] == pytest.approx(t.value)
+            assert run.data.metrics["best_val_loss"] == pytest.approx(t.value)
         # The model is filed in the study's experiment, with the trial's params and summary.
         (logged,) = [m for m in client.search_logged_models(
             experiment_ids=[run.info.experiment_id]) if m.source_run_id == run.info.run_id]
         assert logged.params["train.lr"] == str(t.params["train.lr"])
-        assert {m.key: m.value for m in logged.metrics}["best/val/loss"] == pytest.approx(
-            run.data.metrics["best/val/loss"])
+        assert {m.key: m.value for m in logged.metrics}["best_val_loss"] == pytest.approx(
+            run.data.metrics["best_val_loss"])
     assert by_run[trials[3].user_attrs["mlflow_run_id"]].data.tags[
         "pipeline.stop_reason"] == "pruned"
 
@@ -164,7 +164,7 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
     assert rep["best"]["run_id"] == best.user_attrs["mlflow_run_id"]
     assert rep["best"]["model_uri"] == f"runs:/{rep['best']['run_id']}/model"
     assert parent.data.tags["best.run_id"] == rep["best"]["run_id"]
-    assert parent.data.metrics["best/value"] == pytest.approx(best.value)
+    assert parent.data.metrics["best_value"] == pytest.approx(best.value)
     assert rep["counts"] == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 0 + 1}
     assert [t["run_id"] for t in rep["trials"]] == [
         t.user_attrs["mlflow_run_id"] for t in trials]
@@ -230,6 +230,7 @@ def test_the_time_budget_holds_for_a_running_trial(proj: Path) -> None:
     raw = yaml.safe_load((proj / "params.yaml").read_text())
     raw["train"]["max_epochs"] = 100_000
     raw["train"]["early_stopping"]["patience"] = 100_000
+    raw["search"]["trial_time_share"] = 1.0  # the whole budget: only the deadline stops it
     (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     t0 = time.monotonic()
     result = run_search(SearchOptions(study="tiny", params_path=proj / "params.yaml",
@@ -243,6 +244,54 @@ def test_the_time_budget_holds_for_a_running_trial(proj: Path) -> None:
     _, _, children = mlflow_runs(proj)
     assert children[0].data.tags["pipeline.stop_reason"] == "deadline"
     assert mlflow.models.get_model_info(result.report.best["model_uri"]).flavors
+
+
+def test_a_k_fold_trial_records_fold_means_as_curves_and_each_fold_in_a_table(
+    proj: Path,
+) -> None:
+    study = {**TINY, "cv": {"folds": 2}, "pruner": {"type": "none"}}
+    (proj / "studies" / "tiny.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    assert search(proj, "--n-trials", "1") == 0
+    client, _, (run,) = mlflow_runs(proj)
+    names = set(run.data.metrics)
+    assert {"loss/train", "loss/val", "loss/val_std", "accuracy/train", "accuracy/val",
+            "schedule/lr", "schedule/epoch_s", "best_val_loss", "best_val_loss_std",
+            "best_epoch", "epochs", "train_s"} <= names
+    assert not [n for n in names if n.startswith("fold")] or names >= {"fold_epochs"}
+    assert len({n.rpartition("/")[0] for n in names}) == 4  # loss, accuracy, schedule, summary
+    table = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                     artifact_path="folds.csv"))
+    rows = table.read_text().splitlines()
+    assert rows[0].startswith("fold,epoch,") and {r.split(",")[0] for r in rows[1:]} == {"0", "1"}
+
+
+def test_one_slow_trial_cannot_spend_the_whole_time_budget(proj: Path) -> None:
+    """search.trial_time_share: a trial stops once another epoch would pass its share."""
+    from pipeline.study.runner import SearchOptions, run_search
+
+    raw = yaml.safe_load((proj / "params.yaml").read_text())
+    raw["train"]["max_epochs"] = 100_000
+    raw["train"]["early_stopping"]["patience"] = 100_000
+    raw["search"]["trial_time_share"] = 0.25
+    (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    run_search(SearchOptions(study="tiny", params_path=proj / "params.yaml", n_trials=2,
+                             timeout_s=8.0))
+    first, second = load_study(proj).trials
+    assert first.user_attrs["pipeline.cut_short"] == "trial_share"
+    assert first.duration.total_seconds() < 0.25 * 8.0 + 2.0  # far from the 8 s deadline
+    assert second.state.name == "COMPLETE"  # the budget left room for the next trial
+    _, _, children = mlflow_runs(proj)
+    assert {r.data.tags["pipeline.stop_reason"] for r in children} >= {"trial_share"}
+
+
+def test_the_share_rule_stops_before_an_epoch_that_would_pass_it() -> None:
+    from pipeline.study.objective import _cut_short
+
+    # started at 0, 2 epochs in 4 s (2 s each), share ends at 10, deadline at 40
+    assert _cut_short(4.0, 0.0, 2, 10.0, 40.0) is None  # the next one ends at 6
+    assert _cut_short(9.0, 0.0, 3, 10.0, 40.0) == "trial_share"  # it would end at 12
+    assert _cut_short(41.0, 0.0, 3, 10.0, 40.0) == "deadline"
+    assert _cut_short(39.0, 0.0, 3, 40.0, 40.0) is None  # a share of 1: only the deadline
 
 
 def test_the_search_says_what_an_epoch_costs(
@@ -283,7 +332,7 @@ def test_a_trial_whose_record_fails_keeps_its_result(
     run = by_run[broken[0]]
     assert run.info.status == "FAILED"
     assert run.data.tags["optuna.state"] == trials[0].state.name
-    assert client.get_metric_history(broken[0], "val/loss")  # metrics written before the error
+    assert client.get_metric_history(broken[0], "loss/val")  # metrics written before the error
     assert "curves.png" in {a.path for a in client.list_artifacts(broken[0])}
     assert all(by_run[t.user_attrs["mlflow_run_id"]].info.status in ("FINISHED", "KILLED")
                for t in trials[1:])

@@ -45,7 +45,7 @@ def runs(experiment: str) -> list[mlflow.entities.Run]:
 
 
 def val_losses(run_id: str) -> list[float]:
-    points = MlflowClient().get_metric_history(run_id, "val/loss")
+    points = MlflowClient().get_metric_history(run_id, "loss/val")
     return [p.value for p in sorted(points, key=lambda p: p.step)]
 
 
@@ -60,9 +60,9 @@ def test_train_logs_one_complete_run(digits: Path, project: Path,
     assert run.data.params["train.max_epochs"] == "3"
     assert run.data.tags["fingerprint"] == "synthetic-images-0"
     assert run.data.tags["dataset"] == "digits"
-    steps = MlflowClient().get_metric_history(run.info.run_id, "val/accuracy")
+    steps = MlflowClient().get_metric_history(run.info.run_id, "accuracy/val")
     assert sorted(p.step for p in steps) == [1, 2, 3]
-    assert "best/val/loss" in run.data.metrics
+    assert "best_val_loss" in run.data.metrics and "loss/train" in run.data.metrics
     artifacts = [a.path for a in MlflowClient().list_artifacts(run.info.run_id)]
     assert "curves.png" in artifacts
     assert (project / "mlruns" / "artifacts" / "train-digits").is_dir()
@@ -82,7 +82,7 @@ def test_regression_summary_reports_mean_baseline(project: Path, empty_store: Pa
     assert "baseline (predict the training mean): val/mae" in capsys.readouterr().out
     (run,) = runs("train-diabetes")
     assert run.data.params["train.batch_size"] == "32"  # the dataset's own override
-    assert run.data.metrics["baseline/val/mae"] > 0
+    assert run.data.metrics["baseline_val_mae"] > 0
 
 
 @pytest.mark.parametrize(("setting", "expected"), [

@@ -199,6 +199,8 @@ class SearchConfig:
     grace_period_s: int = field(default=180, metadata=bounds(1))
     # ...its running trials failed and queued again at most this many times.
     max_retry: int = field(default=2, metadata=bounds(0))
+    # With a time budget, one trial may use at most this share of it (the deadline still holds).
+    trial_time_share: float = field(default=0.25, metadata=bounds(0.0, 1.0, lo_open=True))
 
 
 @dataclass(frozen=True)

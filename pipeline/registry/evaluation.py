@@ -17,8 +17,9 @@ import numpy as np
 
 from pipeline.atomic import write_bytes_atomic
 from pipeline.config import Params
-from pipeline.data.cache import Cache, CacheMeta
+from pipeline.data.cache import Cache, CacheMeta, load_cache
 from pipeline.errors import UserError
+from pipeline.registry import gate as registry
 from pipeline.registry import metrics as M
 from pipeline.secrets import redact
 
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 EVALUATION_FILE = "evaluation.json"  # which model and data metrics.json is for
 PLOTS_DIR = "plots"
+CURVES_FILE = "curves.csv"  # the evaluated model's training curves, from the run that made it
 CLASSIFICATION_PLOTS = ("confusion.csv", "confusion.png")
 REGRESSION_PLOTS = ("predictions.csv", "predictions.png")
 
@@ -161,8 +163,6 @@ def run_evaluate(options: EvaluateOptions) -> Evaluation:
     """Score the model on the dataset's test split and write metrics and plots."""
     params, dataset, model_uri = options.params, options.dataset, options.model_uri
     from pipeline import tracking
-    from pipeline.data.cache import load_cache
-    from pipeline.registry import gate as registry
 
     entry = params.dataset_entry(dataset)
     cache: Cache = load_cache(params.cache_dir(entry.name))
@@ -193,6 +193,11 @@ def run_evaluate(options: EvaluateOptions) -> Evaluation:
     }
     plot_files, stale = _plots(meta, scored, np.asarray(cache.test_y), plots, title)
     files.update(plot_files)
+    curves = training_curves(_source_run(name, version, uri))
+    if curves is not None:
+        files[plots / CURVES_FILE] = curves
+    else:
+        stale += (CURVES_FILE,)
     for path, data in files.items():
         write_bytes_atomic(path, data)
         logger.info("wrote %s", path)
@@ -228,11 +233,48 @@ def _plots(
     return files, stale
 
 
+def _source_run(name: str, version: str | None, uri: str) -> str | None:
+    """The run that trained the model behind ``uri``, when MLflow knows it."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if version is not None:
+        return MlflowClient().get_model_version(name, version).run_id or None
+    if uri.startswith("runs:/"):
+        return uri[len("runs:/"):].split("/", 1)[0]
+    if uri.startswith("models:/m-"):
+        return mlflow.get_logged_model(uri[len("models:/"):].split("/", 1)[0]).source_run_id
+    return None
+
+
+def training_curves(run_id: str | None) -> bytes | None:
+    """The run's per-epoch curves (every ``<quantity>/<part>`` metric but ``schedule/``) as
+    ``epoch,<curve>,...`` CSV for ``dvc plots``; None when there is no run or no curve."""
+    from mlflow import MlflowClient
+
+    if run_id is None:
+        return None
+    client = MlflowClient()
+    names = sorted(k for k in client.get_run(run_id).data.metrics
+                   if "/" in k and not k.startswith("schedule/"))
+    table: dict[int, dict[str, float]] = {}
+    for key in names:
+        for point in client.get_metric_history(run_id, key):
+            table.setdefault(int(point.step), {})[key] = float(point.value)
+    if not table:
+        return None
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["epoch", *names])
+    for epoch in sorted(table):
+        writer.writerow([epoch, *(f"{table[epoch][k]:.6g}" if k in table[epoch] else ""
+                                  for k in names)])
+    return buf.getvalue().encode()
+
+
 def _registry_version(name: str, uri: str) -> str | None:
     """The registry version behind ``uri`` (an alias or a version of ``name``), if any."""
     from mlflow import MlflowClient
-
-    from pipeline.registry import gate as registry
 
     prefix = f"models:/{name}"
     if uri.startswith(prefix + "@"):
@@ -260,7 +302,6 @@ def champion_summary(params: Params, dataset: str | None = None) -> str:
     from mlflow import MlflowClient
 
     from pipeline import tracking
-    from pipeline.registry import gate as registry
 
     entry = params.dataset_entry(dataset)
     uri = tracking.configure(params)

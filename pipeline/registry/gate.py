@@ -21,7 +21,9 @@ registered again; the existing version goes through the gate again instead.
 
 from __future__ import annotations
 
+import datetime
 import getpass
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -266,7 +268,6 @@ def _link_logged_model(client: MlflowClient, model_id: str, name: str, version: 
     to a Register button. ``register_model`` itself cannot be used here: given the LoggedModel
     it records no run id, and given ``runs:/`` it registers the run's artifact folder instead.
     """
-    import json
 
     from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
@@ -540,7 +541,6 @@ def _quote(text: str) -> str:
 
 def _mark_superseded(client: MlflowClient, name: str, old: str, new: str) -> None:
     """The champion that lost its alias says so: by which version and when (UTC)."""
-    import datetime
 
     when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     tags = {"decision": "superseded", "superseded_by": new, "superseded_at": when}

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from pipeline.data.images import IMAGE_SUFFIXES
+from pipeline.data.readers import decode_image, read_csv_table
 from pipeline.errors import UserError
 from pipeline.registry.gate import load_model, model_metadata
 from pipeline.registry.gate import predict as _raw_predict
@@ -129,7 +130,6 @@ def predict_images(
     model: Any, spec: ModelSpec, files: list[Path], *, batch_size: int, out: TextIO
 ) -> int:
     """Decode, predict and print ``file label probability`` per image, a batch at a time."""
-    from pipeline.data.readers import decode_image
 
     channels, height, width = spec.input_shape
     n = 0
@@ -151,7 +151,6 @@ def predict_tables(
     model: Any, spec: ModelSpec, files: list[Path], *, batch_size: int, out: TextIO
 ) -> int:
     """Read the feature columns by name, predict, print ``row prediction`` per row."""
-    from pipeline.data.readers import read_csv_table
 
     n = 0
     for path in files:

@@ -14,7 +14,9 @@ from typing import Any
 
 from pipeline.atomic import write_json_atomic
 from pipeline.config import Params
+from pipeline.data.cache import load_cache
 from pipeline.errors import UserError
+from pipeline.registry import gate as registry
 from pipeline.registry.gate import CHAMPION, Candidate, Decision, alias_uri
 from pipeline.secrets import redact
 from pipeline.study.report import StudyReport, find_report
@@ -137,8 +139,6 @@ def run_promote(options: PromoteOptions) -> PromoteResult:
     from mlflow import MlflowClient
 
     from pipeline import tracking
-    from pipeline.data.cache import load_cache
-    from pipeline.registry import gate as registry
 
     params, study = options.params, options.study
     path = find_report(params, study, options.dataset)

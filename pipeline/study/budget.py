@@ -17,6 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
 COUNTED_STATES = ("COMPLETE", "PRUNED", "RUNNING")
 
 
@@ -51,7 +54,5 @@ def plan(*, extra: int | None, total: int | None, done: int) -> RunBudget:
 
 def stop_at_total(total: int) -> Any:
     """Optuna's callback that stops this worker once the study's counted trials reach ``total``."""
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
 
     return MaxTrialsCallback(total, states=tuple(TrialState[s] for s in COUNTED_STATES))

@@ -29,6 +29,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from pipeline.config import Params
 from pipeline.data.cache import Cache, CacheMeta
@@ -175,9 +177,13 @@ class Objective:
             recorded as failed.
         trial_attrs: user attributes set on every trial when it starts (the worker's id).
 
-    ``deadline`` (set by the runner from ``--timeout``) is a ``time.monotonic()`` time: a trial
-    still training then stops after its current epoch and completes with what it reached
-    (``pipeline.cut_short``).
+    :meth:`set_time_budget` (the runner's ``--timeout``) sets a deadline: a trial still training
+    then stops after its current epoch and completes with what it reached
+    (``pipeline.cut_short=deadline``). Before that, a trial may use at most
+    ``search.trial_time_share`` of the whole budget: once its measured epoch time says the next
+    epoch would end past that share, it completes with what it reached
+    (``pipeline.cut_short=trial_share``), so one slow configuration cannot spend the budget that
+    the cheaper ones after it need.
 
     A trial whose sampled configuration equals an earlier complete or pruned trial's is not
     trained again: it takes that trial's result (Optuna's FAQ recipe) and records which trial
@@ -198,7 +204,8 @@ class Objective:
     ) -> None:
         check_metric_for_task(study, cache.meta.task)
         self.trial_attrs = dict(trial_attrs or {})
-        self.deadline: float | None = None
+        self.deadline: float | None = None  # time.monotonic() at the end of the time budget
+        self.budget_s: float | None = None
         # Called after every lockstep epoch with (trial number, epoch, value): the search's
         # progress bar shows where a long trial is, not only how many trials are done.
         self.on_epoch: Callable[[int, int, float], None] | None = None
@@ -216,6 +223,11 @@ class Objective:
         # Two real validation samples (raw values) as the logged model's input example.
         first_val = self.plan.folds[0][1][:2]
         self.example = np.asarray(cache.train_x[first_val], dtype=np.float32)
+
+    def set_time_budget(self, seconds: float) -> None:
+        """From now on, ``seconds`` in all for the trials this objective runs."""
+        self.budget_s = seconds
+        self.deadline = time.monotonic() + seconds
 
     # ----------------------------------------------------------------------------------------
     def __call__(self, trial: optuna.trial.BaseTrial) -> float:
@@ -266,6 +278,10 @@ class Objective:
         assert cfg is not None
         metric = self.study.metric
         t0 = time.perf_counter()
+        started = time.monotonic()
+        share_end = None if self.budget_s is None else (
+            started + cfg.search.trial_time_share * self.budget_s
+        )
         try:
             set_seed(progress.seed)
             for i, split in enumerate(self.splits):
@@ -285,11 +301,14 @@ class Objective:
                     break
                 if self.stop is not None and self.stop.is_set():
                     raise TrialInterrupted(f"trial {progress.number} interrupted")
-                if epoch and self.deadline is not None and time.monotonic() >= self.deadline:
-                    progress.cut_short = "deadline"
-                    logger.info("trial %d: the search's time budget is spent; it ends at epoch "
-                                "%d with what it reached", progress.number, epoch)
-                    break
+                if epoch and share_end is not None:
+                    reason = _cut_short(time.monotonic(), started, epoch, share_end,
+                                        self.deadline)
+                    if reason is not None:
+                        progress.cut_short = reason
+                        logger.info("trial %d ends at epoch %d with what it reached: %s",
+                                    progress.number, epoch, CUT_SHORT[reason])
+                        break
                 epoch += 1
                 rows = []
                 for t in progress.trainers:
@@ -353,6 +372,25 @@ class Objective:
             self.tracker.finish(progress)
 
 
+FOLD_TABLE = "folds.csv"  # per-fold, per-epoch detail of a k-fold trial, out of the charts
+CUT_SHORT = {
+    "deadline": "the search's time budget is spent",
+    "trial_share": "another epoch would pass its share of the time budget "
+                   "(search.trial_time_share)",
+}
+
+
+def _cut_short(now: float, started: float, epochs: int, share_end: float,
+               deadline: float | None) -> str | None:
+    """Why a trial with a time budget stops before another epoch, or None to go on."""
+    if deadline is not None and now >= deadline:
+        return "deadline"
+    if deadline is not None and share_end >= deadline:  # a share of 1: the deadline alone
+        return None
+    epoch_s = (now - started) / epochs
+    return "trial_share" if now + epoch_s > share_end else None
+
+
 def _retry_tags(trial: Any) -> dict[str, str]:
     """For a retry of a trial whose worker died: the trial and MLflow run it replaces.
 
@@ -381,7 +419,6 @@ def _same_configuration(trial: Any) -> Any:
     study = getattr(trial, "study", None)
     if study is None:  # a FixedTrial (dry runs, tests)
         return None
-    from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     for earlier in done:
@@ -464,8 +501,6 @@ class MlflowTrialTracker:
         inline: bool = False,
         times: TrackingTimes | None = None,
     ) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient()
@@ -622,6 +657,9 @@ class MlflowTrialTracker:
                     params=params if i == 0 else [],
                     tags=run_tags if i == 0 else [], synchronous=True,
                 )
+            if len(progress.trainers) > 1:
+                self.client.log_text(run_id, tracking.fold_table(
+                    [t.history for t in progress.trainers]), FOLD_TABLE)
             if progress.history:
                 tracking.log_curves(
                     progress.history, run_id=run_id,
@@ -651,18 +689,16 @@ class MlflowTrialTracker:
         return info.model_id
 
     def _summary(self, progress: TrialProgress) -> dict[str, float]:
-        """``best/*``: each fold's best epoch, combined; per-fold values when there are folds."""
+        """``best_*``: each fold's best epoch, combined (the spread over folds beside it)."""
+        from pipeline import tracking
+
         rows = [_best_row(t) for t in progress.trainers]
-        out = {f"best/{k}": v for k, v in combine_rows(
+        out = {tracking.summary_name(k): v for k, v in combine_rows(
             rows, skip=(*_AVERAGED_SKIP, "lr"), spread=self.metric).items()}
         # The epoch of the weights logged as the model (an integer, not a mean over folds).
         best = progress.best_fold(self.direction, self.metric)
         if best is not None and rows[best]:
-            out["best/epoch"] = float(rows[best]["epoch"])
-        if len(rows) > 1:
-            for i, row in enumerate(rows):
-                if row:
-                    out[f"fold{i}/best/{self.metric}"] = float(row[self.metric])
+            out["best_epoch"] = float(rows[best]["epoch"])
         out["epochs"] = float(progress.epochs)
         out["fold_epochs"] = float(progress.fold_epochs)
         out["train_s"] = float(progress.train_s)
@@ -670,14 +706,10 @@ class MlflowTrialTracker:
 
 
 def _curve_metrics(progress: TrialProgress, now_ms: int) -> list[Any]:
-    """The per-epoch metrics: the fold-combined history, and each fold's when there are folds."""
+    """The per-epoch metrics of the fold-combined history (each fold's are in ``folds.csv``)."""
     from pipeline import tracking
 
-    metrics = tracking.history_metrics(progress.history, timestamp_ms=now_ms)
-    if len(progress.trainers) > 1:
-        for i, t in enumerate(progress.trainers):
-            metrics += tracking.history_metrics(t.history, timestamp_ms=now_ms, prefix=f"fold{i}/")
-    return list(metrics)
+    return list(tracking.history_metrics(progress.history, timestamp_ms=now_ms))
 
 
 def _end_tags(progress: TrialProgress, best: int | None) -> dict[str, str]:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from optuna.trial import TrialState
+
 from pipeline.atomic import write_json_atomic
 from pipeline.study.report import StudyReport
 
@@ -55,10 +57,10 @@ def finish_parent(
     best = report.best
     params: list[Any] = []
     if best is not None:
-        metrics["best/value"] = float(best["value"])
-        metrics["best/trial_number"] = float(best["number"])
+        metrics["best_value"] = float(best["value"])
+        metrics["best_trial"] = float(best["number"])
         if best.get("value_std") is not None:
-            metrics["best/value_std"] = float(best["value_std"])
+            metrics["best_value_std"] = float(best["value_std"])
         params = [Param(f"best.{k}", repr(v) if isinstance(v, float) else str(v))
                   for k, v in best["params"].items()]
         for key, value in (
@@ -89,7 +91,6 @@ def _log_optuna_plots(client: Any, run_id: str, optuna_study: Any) -> None:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
-    from optuna.trial import TrialState
 
     trials = optuna_study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optuna.trial import TrialState
+
 from pipeline.atomic import write_json_atomic
 from pipeline.config import Params
 from pipeline.errors import UserError
@@ -81,7 +83,6 @@ def from_study(
     parent_run_id: str, experiment_id: str,
 ) -> StudyReport:
     """The report of every trial ``optuna_study`` holds."""
-    from optuna.trial import TrialState
 
     trials = optuna_study.get_trials(deepcopy=False)
     counts = {s.name: 0 for s in TrialState}

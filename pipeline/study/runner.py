@@ -23,13 +23,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
+from sqlalchemy.exc import SQLAlchemyError
+from tqdm import tqdm
+
 from pipeline.config import PARAMS_FILE, Params, load_params
+from pipeline.data.cache import load_cache
 from pipeline.errors import UserError, first_line
+from pipeline.secrets import redact_text
 from pipeline.study import budget as budgets
+from pipeline.study import parent, workers
 from pipeline.study.report import StudyReport, from_study, report_path, short_params
-from pipeline.study.spec import STUDIES_DIR, StudySpec, load_study
+from pipeline.study.spec import STUDIES_DIR, StudySpec, load_study, make_pruner, make_sampler
 from pipeline.study.storage import StorageChoice, open_storage, resolve_storage
 from pipeline.study.timing import TrackingTimes
+from pipeline.study.workers import WORKER_ATTR, reconcile
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +105,6 @@ class _Setup:
 
 
 def _load(options: SearchOptions) -> _Setup:
-    from pipeline.data.cache import load_cache
     from pipeline.training import runtime
 
     if options.n_trials is not None and options.n_trials < 0:
@@ -139,7 +146,6 @@ def run_search(options: SearchOptions) -> SearchResult:
         KeyboardInterrupt: after recording the interrupted trial and writing the report (the
             result is attached as ``exc.result``).
     """
-    import optuna
     import torch
 
     from pipeline import tracking
@@ -182,10 +188,6 @@ def _tracking_params(params: Params, *, dry_run: bool) -> Iterator[Params]:
 
 
 def _open_study(setup: _Setup) -> Any:
-    import optuna
-
-    from pipeline.study.spec import make_pruner, make_sampler
-
     spec, search = setup.study, setup.params.search
     storage = open_storage(
         setup.choice, heartbeat_interval_s=search.heartbeat_interval_s,
@@ -240,7 +242,6 @@ def _check_settings(optuna_study: Any, settings: dict[str, str], *, where: str) 
 
 def _is_storage_error(exc: BaseException) -> bool:
     """A lost study database (SQLAlchemy's errors, or Optuna tripping over one)."""
-    from sqlalchemy.exc import SQLAlchemyError
 
     seen: BaseException | None = exc
     while seen is not None:
@@ -277,8 +278,6 @@ class _Search:
 
     # ----------------------------------------------------------------------------------------
     def run(self) -> SearchResult:
-        from pipeline.study import parent, workers
-
         setup, search = self.setup, self.params.search
         parent_id = parent.create_parent(
             self.client, self.experiment_id, dry_run=self.options.dry_run,
@@ -336,8 +335,6 @@ class _Search:
             self._end_after_storage_loss(parent_id)
         reaped += self._reap(lease.id)
         if self.options.reconcile:
-            from pipeline.study.workers import reconcile
-
             self.reconciled = reconcile(self.optuna_study, self.client, self.experiment_id)
         return self._finish(
             parent_id, tracker, progress, run_budget.describe(done), reaped,
@@ -346,8 +343,6 @@ class _Search:
         )
 
     def _reap(self, me: str) -> list[int]:
-        from pipeline.study import workers
-
         search = self.params.search
         return workers.reap(
             self.optuna_study, self.client, me=me, grace_s=search.grace_period_s,
@@ -363,7 +358,6 @@ class _Search:
 
     def _objective(self, parent_id: str, worker: str) -> tuple[Any, Any, threading.Event]:
         from pipeline.study.objective import MlflowTrialTracker, Objective, RunTarget
-        from pipeline.study.workers import WORKER_ATTR
 
         options, setup = self.options, self.setup
         background = (
@@ -391,8 +385,6 @@ class _Search:
         return tracker, objective, stop
 
     def _log_parent_params(self, parent_id: str, plan: str, run_budget: Any) -> None:
-        from pipeline.study import parent
-
         setup, options = self.setup, self.options
         parent.log_parent_params(self.client, parent_id, {
             **setup.study.summary(),
@@ -418,7 +410,7 @@ class _Search:
         if run_budget.n_trials == 0:
             return "done"
         if self.setup.timeout is not None:  # trials running at the deadline end there too
-            objective.deadline = time.monotonic() + self.setup.timeout
+            objective.set_time_budget(self.setup.timeout)
         callbacks: list[Any] = [progress, lambda study, trial: self._reap_quietly(me)]
         if run_budget.total is not None:
             callbacks.append(budgets.stop_at_total(run_budget.total))
@@ -441,7 +433,6 @@ class _Search:
 
     def _end_after_storage_loss(self, parent_id: str) -> None:
         """The study database went away: end this worker's MLflow runs and say what to do."""
-        from pipeline.secrets import redact_text
 
         exc = self.storage_error
         assert exc is not None
@@ -467,8 +458,6 @@ class _Search:
     def _finish(self, parent_id: str, tracker: Any, progress: _Progress, budget_text: str,
                 reaped: list[int], *, interrupted: bool, wall: float,
                 failed_records: list[int]) -> SearchResult:
-        from pipeline.study import parent
-
         setup, options = self.setup, self.options
         report = from_study(
             self.optuna_study, study=setup.study, dataset=setup.dataset,
@@ -537,8 +526,6 @@ class _Progress:
     """Optuna callback: a progress bar over trials (a log line per trial when not a tty)."""
 
     def __init__(self, *, n_trials: int | None, study: StudySpec) -> None:
-        from tqdm import tqdm
-
         self.study = study
         self.numbers: list[int] = []
         self.failures_in_a_row = 0

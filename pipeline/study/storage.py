@@ -22,6 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import optuna
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+
 from pipeline.errors import UserError, first_line
 from pipeline.secrets import has_password, redact, redact_text
 
@@ -102,9 +106,6 @@ def open_storage(
     Raises:
         UserError: the storage cannot be opened (message with the redacted URL).
     """
-    import optuna
-    from optuna.storages import JournalStorage, RDBStorage
-    from optuna.storages.journal import JournalFileBackend
 
     if choice.kind == "memory":
         return optuna.storages.InMemoryStorage()

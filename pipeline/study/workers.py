@@ -31,6 +31,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
 logger = logging.getLogger(__name__)
 
 LEASE_PREFIX = "pipeline.worker."
@@ -210,9 +214,6 @@ def reap(
 
 def _fail(optuna_study: Any, trial: Any, reason: str, max_retry: int) -> bool:
     """Fail a stale trial (False if another worker already did) and queue its retry."""
-    import optuna
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
 
     storage = optuna_study._storage
     try:  # the reason first: a finished trial takes no more attributes

@@ -16,12 +16,15 @@ from pipeline.tracking.models import (
 from pipeline.tracking.plots import plot_history
 from pipeline.tracking.runs import (
     BATCH_LIMIT,
+    curve_name,
+    fold_table,
     git_commit,
     history_metrics,
     log_curves,
     log_history,
     log_metrics,
     run_tags,
+    summary_name,
 )
 from pipeline.tracking.store import (
     ENV_URI,
@@ -50,8 +53,10 @@ __all__ = [
     "active_run_id",
     "artifact_root",
     "configure",
+    "curve_name",
     "example_input",
     "experiment",
+    "fold_table",
     "git_commit",
     "history_metrics",
     "is_local_store",
@@ -66,6 +71,7 @@ __all__ = [
     "run_name",
     "run_tags",
     "run_train",
+    "summary_name",
     "skip_dependency_check_for_own_pins",
     "warm_up_export",
 ]

@@ -1,11 +1,24 @@
 """What every run records: tags (data and code version), per-epoch metrics, the curves PNG.
 
-:func:`history_metrics` is the one rule for turning a training history into MLflow metrics.
+The metric names are designed for MLflow's charts, which group a run's charts into sections by
+the name before its last ``/`` and sort the sections by name:
+
+- curves (``step`` = epoch): a history key ``<part>/<name>`` becomes ``<name>/<part>``, so
+  ``loss/train`` and ``loss/val`` share the ``loss`` section, ``accuracy/train`` and
+  ``accuracy/val`` the ``accuracy`` one (``<name>/<part>_std`` beside them: the spread over
+  folds); ``lr`` and the epoch's seconds go to ``schedule/``.
+- summaries (step 0): ``best_<part>_<name>`` and plain names (``best_epoch``, ``epochs``) without
+  a ``/``: MLflow shows them in the runs table's columns and the run's overview.
+
+:func:`curve_name`, :func:`summary_name` and :func:`history_metrics` are the one home of that
+rule; README's "What a run records" lists the names.
 """
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import logging
 import math
 import subprocess
@@ -60,20 +73,50 @@ def run_tags(meta: CacheMeta, root: Path) -> dict[str, str]:
     return tags
 
 
-def history_metrics(
-    history: Sequence[dict[str, Any]], *, timestamp_ms: int, prefix: str = ""
-) -> list[Metric]:
-    """Every per-epoch value (all keys but ``epoch``) as a metric with ``step=epoch``.
+_SCHEDULE = {"lr": "schedule/lr", "time_s": "schedule/epoch_s"}
 
-    The one rule for turning a history into MLflow metrics: non-finite values (a diverged
-    epoch's NaN) are left out, since MLflow's charts cannot draw them.
+
+def curve_name(key: str) -> str:
+    """The MLflow name of a per-epoch history key: ``val/loss`` → ``loss/val``."""
+    if key in _SCHEDULE:
+        return _SCHEDULE[key]
+    part, slash, name = key.partition("/")
+    if not slash:
+        return key
+    base, std, _ = name.partition("_std")
+    return f"{base}/{part}_std" if std else f"{name}/{part}"
+
+
+def summary_name(key: str) -> str:
+    """The MLflow name of a best-epoch value: ``val/loss`` → ``best_val_loss``."""
+    return "best_" + key.replace("/", "_")
+
+
+def history_metrics(history: Sequence[dict[str, Any]], *, timestamp_ms: int) -> list[Metric]:
+    """Every per-epoch value (all keys but ``epoch``) as a metric (:func:`curve_name`) with
+    ``step=epoch``.
+
+    Non-finite values (a diverged epoch's NaN) are left out, since MLflow's charts cannot draw
+    them.
     """
     return [
-        Metric(f"{prefix}{key}", float(value), timestamp_ms, int(row["epoch"]))
+        Metric(curve_name(key), float(value), timestamp_ms, int(row["epoch"]))
         for row in history
         for key, value in row.items()
         if key != "epoch" and isinstance(value, int | float) and math.isfinite(value)
     ]
+
+
+def fold_table(histories: Sequence[Sequence[dict[str, Any]]]) -> str:
+    """Each fold's history as CSV text: a ``fold`` column, then ``epoch`` and the history keys."""
+    keys = sorted({key for history in histories for row in history for key in row} - {"epoch"})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["fold", "epoch", *keys])
+    for fold, history in enumerate(histories):
+        for row in history:
+            writer.writerow([fold, row["epoch"], *(row.get(key, "") for key in keys)])
+    return out.getvalue()
 
 
 def log_metrics(run_id: str, metrics: Sequence[Metric]) -> None:
@@ -84,12 +127,10 @@ def log_metrics(run_id: str, metrics: Sequence[Metric]) -> None:
                          synchronous=True)
 
 
-def log_history(history: Sequence[dict[str, Any]], *, run_id: str | None = None,
-                prefix: str = "") -> None:
+def log_history(history: Sequence[dict[str, Any]], *, run_id: str | None = None) -> None:
     """The history's metrics (:func:`history_metrics`) on the run."""
     now = int(time.time() * 1000)
-    log_metrics(active_run_id(run_id),
-                history_metrics(history, timestamp_ms=now, prefix=prefix))
+    log_metrics(active_run_id(run_id), history_metrics(history, timestamp_ms=now))
 
 
 def log_curves(history: Sequence[dict[str, Any]], name: str = "curves.png", *,

@@ -7,6 +7,7 @@ beside it (MLflow ≥ 3.13 refuses the old plain-file store); ``MLFLOW_TRACKING_
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import logging
 import os
@@ -91,7 +92,6 @@ def _create_sqlite_schema(uri: str) -> None:
     """
     if not uri.startswith("sqlite:///"):
         return
-    import fcntl
 
     db = Path(uri[len("sqlite:///") :])
     db.parent.mkdir(parents=True, exist_ok=True)

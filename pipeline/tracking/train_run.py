@@ -29,7 +29,7 @@ from pipeline.data.cache import Cache, CacheMeta, load_cache
 from pipeline.data.splits import holdout_split
 from pipeline.errors import UserError
 from pipeline.tracking.models import log_model
-from pipeline.tracking.runs import log_curves, log_history, run_tags
+from pipeline.tracking.runs import log_curves, log_history, run_tags, summary_name
 from pipeline.tracking.store import configure, experiment
 from pipeline.training import (
     Split,
@@ -173,8 +173,8 @@ def mean_baseline(split: Split, meta: CacheMeta) -> dict[str, float]:
     y_train = split.y_train.double()
     err = split.y_val.double() - y_train.mean()
     return {
-        "baseline/val/mae": float(err.abs().mean()),
-        "baseline/val/rmse": float(err.square().mean().sqrt()),
+        "baseline_val_mae": float(err.abs().mean()),
+        "baseline_val_rmse": float(err.square().mean().sqrt()),
     }
 
 
@@ -212,11 +212,12 @@ def _resumable_run(ckpt_dir: Path, exp_id: str) -> str | None:
 
 def _summary_metrics(trainer: Trainer, best: dict[str, float],
                      baseline: dict[str, float]) -> dict[str, float]:
-    summary = {f"best/{k}": float(v) for k, v in best.items() if k.startswith("val/")}
+    summary = {summary_name(k): float(v) for k, v in best.items()
+               if k not in ("epoch", "lr", "time_s")}
     summary.update(baseline)
     summary["best_epoch"] = float(trainer.best_epoch)
     summary["epochs"] = float(trainer.epoch)
-    summary["train_time_s"] = float(sum(row["time_s"] for row in trainer.history))
+    summary["train_s"] = _train_time(trainer.history)
     return summary
 
 

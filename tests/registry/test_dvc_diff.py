@@ -36,6 +36,9 @@ def _evaluation(root: Path, accuracy: float, predicted: list[str]) -> None:
         metrics_json({"accuracy": accuracy, "loss": 1 - accuracy, "n_test": 4, "model_version": 1})
     )
     (reports / "plots" / "confusion.csv").write_bytes(pairs_csv(["a", "b", "a", "b"], predicted))
+    (reports / "plots" / "curves.csv").write_text(  # as evaluation.training_curves writes it
+        "epoch,accuracy/train,accuracy/val,loss/train,loss/val\n"
+        f"1,0.5,0.4,1.2,1.3\n2,{accuracy},{accuracy - 0.1},0.6,0.7\n")
 
 
 def test_metrics_and_plots_diff_across_commits(tmp_path: Path) -> None:
@@ -60,3 +63,7 @@ def test_metrics_and_plots_diff_across_commits(tmp_path: Path) -> None:
     plots = json.loads(_run([*dvc, "plots", "diff", "HEAD~1", "--json"], tmp_path))
     text = json.dumps(plots)
     assert "confusion.csv" in text and "HEAD~1" in text and "workspace" in text, text[:2000]
+    loss = plots["data"]["champion loss"]  # the champion's train and validation curves
+    points = [v for p in loss for v in p["content"]["data"]["values"]]
+    assert {v["rev"] for v in points} == {"HEAD~1", "workspace"}, json.dumps(loss)[:2000]
+    assert {v["field"] for v in points} == {"loss/train", "loss/val"}

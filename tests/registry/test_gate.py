@@ -55,6 +55,7 @@ def train_and_log(
     final = trainer.final_model()
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.set_tags(tracking.run_tags(cache.meta, params.root))
+        tracking.log_history(trainer.history)
         tracking.log_model(final, cache.meta, example=np.array(cache.test_x[:2], np.float32))
     return run.info.run_id, models.package_model(final, cache.meta)
 

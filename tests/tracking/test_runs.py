@@ -133,13 +133,33 @@ def test_log_history_with_steps_and_curves(params: Params) -> None:
     exp_id = tracking.experiment("hist", params)
     with mlflow.start_run(experiment_id=exp_id) as run:
         tracking.log_history(HISTORY)
-        tracking.log_history(HISTORY[:1], prefix="fold0/")
         assert tracking.log_curves(HISTORY) == "curves.png"
     client = MlflowClient()
-    points = client.get_metric_history(run.info.run_id, "val/loss")
+    points = client.get_metric_history(run.info.run_id, "loss/val")
     assert sorted((p.step, p.value) for p in points) == [(1, 0.9), (2, 0.6), (3, 0.7)]
-    assert [p.step for p in client.get_metric_history(run.info.run_id, "fold0/val/loss")] == [1]
     assert "curves.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+def test_metric_names_put_train_and_validation_in_one_chart_section() -> None:
+    """MLflow groups charts by the name before the last '/': one section per quantity."""
+    history = [{"epoch": 1, "train/loss": 1.0, "val/loss": 0.9, "val/loss_std": 0.1,
+                "train/accuracy": 0.5, "val/accuracy": 0.6, "lr": 0.01, "time_s": 0.2}]
+    names = {m.key for m in tracking.history_metrics(history, timestamp_ms=0)}
+    assert names == {"loss/train", "loss/val", "loss/val_std", "accuracy/train",
+                     "accuracy/val", "schedule/lr", "schedule/epoch_s"}
+    sections = {name.rpartition("/")[0] for name in names}
+    assert sections == {"loss", "accuracy", "schedule"}
+    assert tracking.summary_name("val/loss_std") == "best_val_loss_std"
+    assert "/" not in tracking.summary_name("val/accuracy")  # summaries: no chart section
+
+
+def test_fold_table_holds_every_fold_and_epoch() -> None:
+    table = tracking.fold_table([
+        [{"epoch": 1, "val/loss": 0.9}, {"epoch": 2, "val/loss": 0.8}],
+        [{"epoch": 1, "val/loss": 0.7, "train/loss": 1.0}],
+    ])
+    assert table.splitlines() == [
+        "fold,epoch,train/loss,val/loss", "0,1,,0.9", "0,2,,0.8", "1,1,1.0,0.7"]
 
 
 def test_plot_history_regression(tmp_path: Path) -> None:
