@@ -102,7 +102,9 @@ def _ancestors(module: str) -> set[str]:
     return {".".join(parts[:i]) for i in range(1, len(parts))}
 
 
-def _closure(start: str) -> set[str]:
+def _closure(start: str, graph: dict[str, set[str]] | None = None) -> set[str]:
+    """``start`` and every module of ours it loads through ``graph`` (default: every import)."""
+    edges = GRAPH if graph is None else graph
     seen: set[str] = set()
     todo = [start]
     while todo:
@@ -110,7 +112,7 @@ def _closure(start: str) -> set[str]:
         if module in seen:
             continue
         seen.add(module)
-        todo.extend(GRAPH[module] | _ancestors(module))
+        todo.extend(edges[module] | _ancestors(module))
     return seen
 
 
@@ -249,24 +251,22 @@ def _heavy(name: str) -> str | None:
 
 
 @functools.cache
+def _top_graph() -> dict[str, set[str]]:
+    """Like GRAPH, but only the imports that run when a module is imported."""
+    graph = {}
+    for module, path in MODULES.items():
+        names = (_resolve(n) for n in _top_level_imports(path) if n.split(".")[0] == "pipeline")
+        graph[module] = {n for n in names if n is not None and n != module}
+    return graph
+
+
+@functools.cache
 def _paid_at_import(module: str) -> frozenset[str]:
     """The heavy third-party packages that importing ``module`` loads."""
-    seen: set[str] = set()
-    heavy: set[str] = set()
-    todo = [module]
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        todo.extend(_ancestors(current))
-        for name in _top_level_imports(MODULES[current]):
-            ours = _resolve(name) if name.split(".")[0] == "pipeline" else None
-            if ours is not None:
-                todo.append(ours)
-            elif _heavy(name) is not None:
-                heavy.add(str(_heavy(name)))
-    return frozenset(heavy)
+    return frozenset(
+        entry for current in _closure(module, _top_graph())
+        for entry in map(_heavy, _top_level_imports(MODULES[current])) if entry is not None
+    )
 
 
 def test_imports_sit_at_module_top_unless_they_defer_a_heavy_package() -> None:
