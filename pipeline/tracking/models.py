@@ -21,10 +21,11 @@ import mlflow.utils.environment
 import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PyFuncModel
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
 from torch import nn
 
 from pipeline.data.cache import CacheMeta
@@ -147,7 +148,7 @@ def log_model(
     example = _checked_example(example, meta)
     with torch.no_grad():
         output = packaged(torch.from_numpy(example)).numpy()
-    signature = infer_signature(example, output)
+    signature = model_signature(example, output, meta)
     model_id = None
     if named_run:
         # MLflow files a model logged to a named (not active) run under the process's current
@@ -173,6 +174,20 @@ def log_model(
             model_id=model_id,
         )
     return info
+
+
+def model_signature(example: np.ndarray, output: np.ndarray, meta: CacheMeta) -> ModelSignature:
+    """The input tensor's spec, and outputs named for what they are: one column per class name
+    (the probabilities, in the model's column order) or the target's name.
+
+    The pyfunc output is a bare array; the named signature is where a server's client and the
+    model page in MLflow's UI read which column is which class.
+    """
+    inferred = infer_signature(example, output)
+    names = list(meta.class_names) if meta.task == "classification" else [meta.target_name]
+    dtype = "float" if output.dtype == np.float32 else "double"
+    return ModelSignature(inputs=inferred.inputs,
+                          outputs=Schema([ColSpec(dtype, name) for name in names]))
 
 
 def warm_up_export() -> None:

@@ -231,4 +231,5 @@ def test_logged_model_loads_and_predicts_the_same(
         assert got.shape == (len(test_x),)
     stored = loaded.metadata.metadata
     assert stored["fingerprint"] == meta.fingerprint and stored["task"] == meta.task
-    assert loaded.metadata.signature is not None
+    outputs = loaded.metadata.signature.outputs.input_names()
+    assert outputs == (list(meta.class_names) if kind == "image" else [meta.target_name])
