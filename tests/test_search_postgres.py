@@ -1,24 +1,24 @@
 """Search workers on a real PostgreSQL server (slow: starts a server): two workers sharing one
-study, a worker killed with ``kill -9``, the database stopped mid-trial.
+study, a worker killed with ``kill -9``, the database stopped mid-trial, and all of it at once
+with three workers and an ``mlflow server`` on the same PostgreSQL.
 
 The server is a throwaway cluster in a temporary folder (``initdb``, ``pg_ctl``) on a free
-loopback port; as root it runs as the ``postgres`` user. Authentication is ``trust``, but the
-storage URL still carries a password with ``#``, ``/`` and ``?`` in it (which naive URL parsing
-gets wrong), to check that it never reaches logs, MLflow or reports. It is given the way users
-are told to give it, in ``PIPELINE_STORAGE``: ``--storage`` refuses passwords.
+loopback port; as root it runs as the ``postgres`` user. Over TCP it checks the password
+(scram-sha-256), one with ``#``, ``/`` and ``?`` in it (which naive URL parsing gets wrong); the
+tests check that it never reaches logs, MLflow, reports, artifacts, the databases or ``ps``. It
+is given the way users are told to give it: in ``PIPELINE_STORAGE`` to the workers (``--storage``
+refuses passwords) and in ``PGPASSWORD`` to ``mlflow server``.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import make_image_cache, wait_for_running_trial
+from tests.pgserver import Server, free_port, pg_bin, postgres_server
 
 pytestmark = pytest.mark.slow
 
@@ -48,72 +49,16 @@ STUDY = {
 }
 
 
-def _pg_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent  # /usr/local/bin/initdb may be a lone symlink
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                      key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
-    return Path(versions[-1]).parent if versions else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A PostgreSQL server on 127.0.0.1 that a test can stop and start again."""
-
-    def __init__(self, address: str, control: Any) -> None:
-        self.address = address
-        self.control = control
-
-    def __str__(self) -> str:
-        return self.address
-
-    def stop(self) -> None:
-        self.control("stop", "-m", "immediate")
-
-    def start(self) -> None:
-        self.control("start")
-
-
 @pytest.fixture
 def postgres() -> Iterator[Server]:
     """A running PostgreSQL server; yields it (``str()`` is ``127.0.0.1:PORT``)."""
-    pg_bin = _pg_bin()
-    if pg_bin is None:
+    if pg_bin() is None:
         reason = "no PostgreSQL server binaries (initdb); apt-get install postgresql"
         if os.environ.get("PIPELINE_REQUIRE_POSTGRES") == "1":  # set by .ci/run: never skip there
             pytest.fail(reason)
         pytest.skip(reason)
-    as_postgres: list[str] = []
-    # Outside pytest's 0700 tmp tree, so the postgres user can reach it.
-    data = Path(tempfile.mkdtemp(prefix="pg-test-", dir="/tmp"))
-    if os.geteuid() == 0:
-        shutil.chown(data, user="postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-
-    def pg(*args: str) -> None:
-        subprocess.run([*as_postgres, *args], check=True, capture_output=True, timeout=60)
-
-    def control(action: str, *extra: str) -> None:
-        pg(str(pg_bin / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-o",
-           f"-c listen_addresses=127.0.0.1 -p {port} -k {data}", "-w", *extra, action)
-
-    try:
-        pg(str(pg_bin / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres")
-        control("start")
-        pg(str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-           "optuna")
-        yield Server(f"127.0.0.1:{port}", control)
-    finally:
-        subprocess.run([*as_postgres, str(pg_bin / "pg_ctl"), "-D", str(data / "db"), "-m",
-                        "fast", "-w", "stop"], capture_output=True, timeout=60, check=False)
-        shutil.rmtree(data, ignore_errors=True)
+    with postgres_server(PASSWORD) as server:
+        yield server
 
 
 def test_two_workers_share_one_postgres_study(project: Path, postgres: Server) -> None:
@@ -270,3 +215,142 @@ def test_the_database_stopped_mid_trial(project: Path, postgres: Server) -> None
     assert not [t for t in trials if t.state.name == "RUNNING"]
     assert any(t.user_attrs.get("pipeline.retry_of") == victim.number
                and t.state.name == "COMPLETE" for t in trials)
+
+
+# --------------------------------------------------------------------------------------------
+# Everything at once: 3 workers, an MLflow server on PostgreSQL, kill -9, an outage
+# --------------------------------------------------------------------------------------------
+BUDGET = 6
+STATUS_OF = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+
+
+def _mlflow_server(postgres: Server, root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``mlflow server`` on the ``mlflow`` database, the password only in its environment."""
+    postgres.admin("createdb", "mlflow")
+    port = free_port()
+    venv_bin = Path(sys.executable).parent
+    log = (root / "mlflow-server.log").open("wb")
+    server = subprocess.Popen(
+        [str(venv_bin / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"postgresql+psycopg://postgres@{postgres}/mlflow",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        env={**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "PGPASSWORD": PASSWORD},
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/health", timeout=2)
+            return server, base
+        except OSError:
+            assert server.poll() is None, (root / "mlflow-server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+
+
+def _running_by_live_worker(url: str, workers: list[subprocess.Popen[str]],
+                            exclude: set[int]) -> tuple[Any, subprocess.Popen[str]]:
+    """A trial in training and the worker process training it (by the pid in its lease)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        study = optuna.load_study(study_name="pg-digits", storage=url)
+        pids = {key: lease.get("pid") for key, lease in study.user_attrs.items()
+                if key.startswith("pipeline.worker.")}
+        for trial in study.trials:
+            lease = "pipeline.worker." + str(trial.user_attrs.get("pipeline.worker"))
+            owner = [w for w in workers if w.pid == pids.get(lease) and w.poll() is None]
+            if (trial.state.name == "RUNNING" and trial.user_attrs.get("mlflow_run_id")
+                    and trial.number not in exclude and owner):
+                return trial, owner[0]
+        time.sleep(0.3)
+    raise AssertionError("no trial in training")
+
+
+def _no_password_in(texts: dict[str, str], folders: list[Path]) -> None:
+    leaks = [name for name, text in texts.items() if PASSWORD in text]
+    leaks += [str(f) for folder in folders for f in folder.rglob("*")
+              if f.is_file() and PASSWORD.encode() in f.read_bytes()]
+    assert not leaks, f"the password is in: {leaks}"
+
+
+def test_three_workers_an_mlflow_server_a_kill_and_an_outage(
+    project: Path, postgres: Server, tmp_path: Path
+) -> None:
+    url, env = _setup(project, postgres, epochs=1500)  # trials long enough to be killed
+    study = {**yaml.safe_load((project / "studies" / "pg.yaml").read_text()),
+             "budget": {"n_trials": BUDGET}}
+    (project / "studies" / "pg.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    server, base = _mlflow_server(postgres, tmp_path)
+    env["MLFLOW_TRACKING_URI"] = base
+    mlflow.set_tracking_uri(base)
+    texts: dict[str, str] = {}
+    workers: list[subprocess.Popen[str]] = []
+    try:
+        workers += [_search(project, env) for _ in range(3)]  # each: up to the study's total
+        victim, owner = _running_by_live_worker(url, workers, exclude=set())
+        texts["ps"] = subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                     text=True, check=True).stdout
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        assert optuna.load_study(study_name="pg-digits", storage=url).trials[
+            victim.number].state.name == "RUNNING"  # killed mid-trial
+        _running_by_live_worker(url, workers, exclude={victim.number})
+        postgres.stop()  # the database goes away mid-trial for a few seconds
+        time.sleep(4)
+        postgres.start()
+        for i, worker in enumerate(w for w in workers if w is not owner):
+            out, err = worker.communicate(timeout=600)
+            texts[f"worker {i} out"], texts[f"worker {i} err"] = out, err
+            assert "Traceback" not in err, err[-3000:]
+            errors = [line for line in err.splitlines() if line.startswith("error:")]
+            assert (worker.returncode, len(errors)) in ((0, 0), (2, 1)), err[-3000:]
+
+        _epochs(project, 3)  # the last worker finishes the budget quickly
+        last = _search(project, env)
+        out, err = last.communicate(timeout=600)
+        texts["last out"], texts["last err"] = out, err
+        assert last.returncode == 0, err[-3000:]
+        check = _search(project, env, "--reconcile")
+        out, err = check.communicate(timeout=300)
+        texts["reconcile"] = out + err
+        assert check.returncode == 0 and "Optuna and MLflow agree" in out, err[-3000:]
+
+        trials = optuna.load_study(study_name="pg-digits", storage=url).trials
+        finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+        # The total, overshot by at most one trial per other worker starting one at that moment.
+        assert BUDGET <= len(finished) <= BUDGET + 2, [t.state.name for t in trials]
+        assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+        assert len({tuple(sorted(t.params.items())) for t in finished}) == len(finished)
+        assert trials[victim.number].state.name == "FAIL"
+        retries = [t for t in trials if t.user_attrs.get("pipeline.retry_of") == victim.number]
+        assert len(retries) == 1 and retries[0].state.name in ("COMPLETE", "PRUNED")
+
+        client = MlflowClient()
+        runs = client.search_runs(
+            [client.get_experiment_by_name("pg-digits").experiment_id], max_results=1000)
+        assert not [r for r in runs if r.info.status == "RUNNING"]
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        by_trial: dict[int, list[Any]] = {}
+        for run in children:
+            by_trial.setdefault(int(run.data.tags["optuna.trial_number"]), []).append(run)
+        assert sorted(by_trial) == [t.number for t in trials]
+        for trial in trials:
+            (run,) = by_trial[trial.number]
+            assert run.info.run_id == trial.user_attrs["mlflow_run_id"]
+            assert (run.info.status, run.data.tags["optuna.state"]) == (
+                STATUS_OF[trial.state.name], trial.state.name), trial.number
+        assert by_trial[retries[0].number][0].data.tags["pipeline.retry_of_run"] == \
+            victim.user_attrs["mlflow_run_id"]
+
+        texts["optuna database"] = postgres.admin("pg_dump", "optuna")
+        texts["mlflow database"] = postgres.admin("pg_dump", "mlflow")
+        texts["mlflow server log"] = (tmp_path / "mlflow-server.log").read_text()
+        assert "pipeline.worker." in texts["optuna database"]  # the dump is the real thing
+        _no_password_in(texts, [project / "reports", tmp_path / "artifacts"])
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+        server.terminate()
+        server.wait(timeout=60)
