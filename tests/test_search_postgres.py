@@ -254,7 +254,11 @@ def _running_by_live_worker(url: str, workers: list[subprocess.Popen[str]],
     """A trial in training and the worker process training it (by the pid in its lease)."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        study = optuna.load_study(study_name="pg-digits", storage=url)
+        try:
+            study = optuna.load_study(study_name="pg-digits", storage=url)
+        except KeyError:  # no worker has created the study yet
+            time.sleep(0.3)
+            continue
         pids = {key: lease.get("pid") for key, lease in study.user_attrs.items()
                 if key.startswith("pipeline.worker.")}
         for trial in study.trials:
