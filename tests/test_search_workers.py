@@ -60,6 +60,14 @@ def test_a_repeated_configuration_is_not_trained_again(proj: Path) -> None:
     assert len(children) == 1  # one training run: the second trial reused it
     assert report(proj)["trials"][1]["duplicate_of"] == 0
 
+    # Other base settings (here the epochs): the same configuration is trained again.
+    _set_params(proj, max_epochs=2)
+    assert search(proj, "--n-trials", "1") == 0
+    third = load_study(proj).trials[2]
+    assert "pipeline.duplicate_of" not in third.user_attrs
+    assert third.user_attrs["pipeline.settings"] != first.user_attrs["pipeline.settings"]
+    assert len(mlflow_runs(proj)[2]) == 2
+
 
 def test_a_password_on_the_command_line_is_refused(
     proj: Path, capsys: pytest.CaptureFixture[str]

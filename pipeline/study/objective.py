@@ -372,6 +372,9 @@ class Objective:
             self.tracker.finish(progress)
 
 
+# Trial user attribute: a digest of the settings the trial ran with (data, base params, space),
+# so that a repeated configuration reuses only a result obtained under the same settings.
+SETTINGS_ATTR = "pipeline.settings"
 FOLD_TABLE = "folds.csv"  # per-fold, per-epoch detail of a k-fold trial, out of the charts
 CUT_SHORT = {
     "deadline": "the search's time budget is spent",
@@ -415,15 +418,18 @@ def _retry_tags(trial: Any) -> dict[str, str]:
 
 
 def _same_configuration(trial: Any) -> Any:
-    """An earlier complete or pruned trial with exactly this trial's params, or None."""
+    """An earlier complete or pruned trial with exactly this trial's params and settings (data,
+    base params, space: ``pipeline.settings``), or None."""
     study = getattr(trial, "study", None)
     if study is None:  # a FixedTrial (dry runs, tests)
         return None
 
+    settings = trial.user_attrs.get(SETTINGS_ATTR)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     for earlier in done:
         # A trial cut short by the time budget did not show what its configuration can do.
         if earlier.number != trial.number and earlier.params == trial.params \
+                and earlier.user_attrs.get(SETTINGS_ATTR) == settings \
                 and "pipeline.cut_short" not in earlier.user_attrs:
             return earlier
     return None

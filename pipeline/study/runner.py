@@ -11,6 +11,8 @@ Every worker holds a lease in the study and cleans up after workers that died
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import signal
 import sys
@@ -220,6 +222,12 @@ def trial_settings(study: StudySpec, params: Params, fingerprint: str) -> dict[s
     return out
 
 
+def settings_digest(settings: dict[str, str]) -> str:
+    """A short digest of :func:`trial_settings`, stored on every trial (``pipeline.settings``)."""
+    text = json.dumps(settings, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _check_settings(optuna_study: Any, settings: dict[str, str], *, where: str) -> None:
     """Warn when a continued study's earlier trials ran with other settings (not comparable)."""
     stored = optuna_study.user_attrs.get("settings")
@@ -357,7 +365,12 @@ class _Search:
             logger.warning("could not check for dead workers: %s", exc)
 
     def _objective(self, parent_id: str, worker: str) -> tuple[Any, Any, threading.Event]:
-        from pipeline.study.objective import MlflowTrialTracker, Objective, RunTarget
+        from pipeline.study.objective import (
+            SETTINGS_ATTR,
+            MlflowTrialTracker,
+            Objective,
+            RunTarget,
+        )
 
         options, setup = self.options, self.setup
         background = (
@@ -379,7 +392,8 @@ class _Search:
         objective = Objective(
             params=self.params, study=setup.study, cache=setup.cache, device=setup.device,
             tracker=tracker, epoch_cap=DRY_RUN_EPOCHS if options.dry_run else None, stop=stop,
-            trial_attrs={WORKER_ATTR: worker},
+            trial_attrs={WORKER_ATTR: worker, SETTINGS_ATTR: settings_digest(trial_settings(
+                setup.study, setup.params, setup.cache.meta.fingerprint))},
         )
         tracker.example = objective.example
         return tracker, objective, stop
