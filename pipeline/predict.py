@@ -30,7 +30,8 @@ from pathlib import Path
 from pipeline import cli
 from pipeline.config import load_params
 from pipeline.errors import UserError
-from pipeline.registry.inference import DEFAULT_BATCH, PredictOptions, run_predict
+from pipeline.registry.gate import PREDICT_BATCH
+from pipeline.registry.inference import PredictOptions, run_predict
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--params", default="params.yaml",
         help="params file: where the MLflow store is (MLFLOW_TRACKING_URI overrides it)",
     )
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="items per batch")
+    parser.add_argument("--batch-size", type=int, default=PREDICT_BATCH, help="items per batch")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
         "inputs", nargs="*", metavar="INPUT", help="image file (JPEG, PNG), folder, or CSV"

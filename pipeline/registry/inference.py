@@ -19,11 +19,10 @@ import numpy as np
 from pipeline.data.images import IMAGE_SUFFIXES
 from pipeline.data.readers import decode_image, read_csv_table
 from pipeline.errors import UserError
-from pipeline.registry.gate import load_model, model_metadata
+from pipeline.registry.gate import PREDICT_BATCH, load_model, model_metadata
 from pipeline.registry.gate import predict as _raw_predict
 
 TABLE_SUFFIXES = (".csv",)
-DEFAULT_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -176,7 +175,7 @@ class PredictOptions:
 
     model_uri: str
     inputs: list[str]  # image files, folders of images, CSV files
-    batch_size: int = DEFAULT_BATCH
+    batch_size: int = PREDICT_BATCH
 
 
 @dataclass(frozen=True)
