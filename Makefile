@@ -66,9 +66,11 @@ lint: $(STAMP)
 
 # optuna-dashboard on 127.0.0.1 over the study's storage: $PIPELINE_STORAGE when set (a
 # PostgreSQL study), else the local journal file (opened as it is, while searches append to it).
+# The storage URL is read from the environment inside Python: on a command line `ps` would show
+# its password to every local user.
 dashboard: $(STAMP)
 	@if [ -n "$${PIPELINE_STORAGE:-}" ]; then \
-		$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) "$$PIPELINE_STORAGE"; \
+		$(PY) -c 'import os, optuna_dashboard; optuna_dashboard.run_server(os.environ["PIPELINE_STORAGE"], host="127.0.0.1", port=$(DASHBOARD_PORT))'; \
 	else \
 		$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) \
 			--storage-class JournalFileStorage studies/$(STUDY)-$(DATASET).journal; \
