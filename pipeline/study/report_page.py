@@ -251,8 +251,9 @@ def _by_choice(view: StudyView, ranked: Sequence[TrialView]) -> list[tuple[str, 
             if name in t.params and t.value is not None:
                 groups.setdefault(_fmt(t.params[name]), []).append(t.value)
         for choice, values in sorted(groups.items()):
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            rows.append((name, choice, f"{statistics.fmean(values):.4f} ± {spread:.4f}",
+            # One trial has no spread: its value alone, not "± 0".
+            spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+            rows.append((name, choice, f"{statistics.fmean(values):.4f}{spread}",
                          len(values)))
     return rows
 

@@ -66,3 +66,15 @@ def test_an_empty_study_renders_with_explanations() -> None:
 def test_text_is_escaped(name: str) -> None:
     page = render(collect(_study(), title=name, description=name, metric="val/loss"))
     assert name not in page.html
+
+
+def test_a_choice_tried_once_shows_its_value_without_a_spread() -> None:
+    study = optuna.create_study()
+    dist = {"model.batch_norm": optuna.distributions.CategoricalDistribution([False, True])}
+    for choice, value in ((True, 0.4), (False, 0.6), (False, 0.8)):
+        study.add_trial(optuna.trial.create_trial(
+            params={"model.batch_norm": choice}, distributions=dist, value=value))
+    html = render(collect(study, title="t", description="", metric="val/loss")).html
+    assert "<td>0.4000</td>" in html  # batch norm on: one trial, no "± 0"
+    assert "0.7000 ± 0.1414" in html  # off: two trials, their spread
+    assert "± 0.0000" not in html
