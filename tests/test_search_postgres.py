@@ -315,6 +315,7 @@ def test_three_workers_an_mlflow_server_a_kill_and_an_outage(
         out, err = last.communicate(timeout=600)
         texts["last out"], texts["last err"] = out, err
         assert last.returncode == 0, err[-3000:]
+        assert "View run" not in out  # MLflow's per-run URL lines stay out of our output
         check = _search(project, env, "--reconcile")
         out, err = check.communicate(timeout=300)
         texts["reconcile"] = out + err

@@ -32,7 +32,8 @@ _CHATTY_LOGGERS = ("mlflow", "alembic")
 
 def quiet_mlflow() -> None:
     """The one place MLflow is made quiet: INFO chatter off, no per-file progress bars, no
-    telemetry (no network from a laptop run).
+    telemetry (no network from a laptop run), no "View run ... at" lines that MLflow writes to
+    stdout for every run it ends on a tracking server (the command's output is ours).
 
     Idempotent; a level set explicitly to WARNING or above (or ``-v``'s DEBUG on the root
     logger, which leaves these loggers alone) is kept.
@@ -43,6 +44,7 @@ def quiet_mlflow() -> None:
             lg.setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def _absolute_uri(uri: str, root: Path) -> str:

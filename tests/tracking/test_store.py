@@ -17,14 +17,14 @@ from pipeline.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
 def test_quiet_mlflow_silences_info_and_progress_bars(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
     for name in ("mlflow", "alembic"):
         monkeypatch.setattr(logging.getLogger(name), "level", logging.INFO)
     quiet_mlflow()
     assert logging.getLogger("mlflow").level == logging.WARNING
     assert logging.getLogger("alembic").level == logging.WARNING
-
-
     assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+    assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
 
 
 def test_quiet_mlflow_keeps_a_stricter_level(monkeypatch: pytest.MonkeyPatch) -> None:
