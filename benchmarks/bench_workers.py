@@ -31,12 +31,20 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_search import make_project  # noqa: E402
+
+from pipeline.study.storage import StorageChoice, open_storage  # noqa: E402
+
+
+def journal(path: Path) -> Any:
+    """The journal storage at ``path``, opened the way the project opens it."""
+    return open_storage(StorageChoice("journal", str(path), "bench"))
 
 SETTINGS = {  # name -> extra arguments of pipeline.search
     "1 process": [],
@@ -48,8 +56,6 @@ SETTINGS = {  # name -> extra arguments of pipeline.search
 
 def throughput(root: Path, study: str, trials: int, extra: list[str]) -> dict[str, Any]:
     """One search to ``trials`` finished trials in a fresh project; its wall and outcome."""
-    import yaml
-
     project = make_project(root, study, pruner_none=False)
     path = project / "studies" / f"{study}.yaml"
     raw = yaml.safe_load(path.read_text())
@@ -62,9 +68,7 @@ def throughput(root: Path, study: str, trials: int, extra: list[str]) -> dict[st
                     "--params", str(project / "params.yaml"), *extra],
                    cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
-    journal = next((project / "studies").glob("*.journal"))
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
-        str(journal), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(journal))))
+    storage = journal(next((project / "studies").glob("*.journal")))
     (name,) = optuna.get_all_study_names(storage)
     done = [t for t in optuna.load_study(study_name=name, storage=storage).trials
             if t.state.name in ("COMPLETE", "PRUNED")]
@@ -94,10 +98,7 @@ def storage_cost(storage: Any, n: int, epochs: int) -> float:
 def storages(n: int, epochs: int, tmp: Path) -> dict[str, float]:
     from tests.pgserver import pg_bin, postgres_server
 
-    journal = str(tmp / "bare.journal")
-    out = {"journal": storage_cost(optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(
-            journal, lock_obj=optuna.storages.journal.JournalFileOpenLock(journal))), n, epochs)}
+    out = {"journal": storage_cost(journal(tmp / "bare.journal"), n, epochs)}
     if pg_bin() is not None:
         password = "bench#pw/1"
         with postgres_server(password) as server:

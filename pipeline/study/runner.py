@@ -11,6 +11,7 @@ Every worker holds a lease in the study and cleans up after workers that died
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -105,6 +106,11 @@ class _Setup:
     timeout: float | None
     n_trials: int | None  # --n-trials, or None for the study's total
 
+    @functools.cached_property
+    def settings(self) -> dict[str, str]:
+        """What makes this search's trials comparable (:func:`trial_settings`)."""
+        return trial_settings(self.study, self.params, self.cache.meta.fingerprint)
+
 
 def _load(options: SearchOptions) -> _Setup:
     from pipeline.training import runtime
@@ -157,9 +163,7 @@ def run_search(options: SearchOptions) -> SearchResult:
     with _tracking_params(setup.params, dry_run=options.dry_run) as tracked:
         uri = tracking.configure(tracked, ignore_env=options.dry_run)
         optuna_study = _open_study(setup)
-        _check_settings(optuna_study, trial_settings(setup.study, setup.params,
-                                                     setup.cache.meta.fingerprint),
-                        where=setup.choice.display())
+        _check_settings(optuna_study, setup.settings, where=setup.choice.display())
         exp_id = tracking.experiment(optuna_study.study_name, tracked)
         logger.info(
             "study %s on %r (%d training samples), storage %s (from %s), %d trial(s) so far",
@@ -392,8 +396,7 @@ class _Search:
         objective = Objective(
             params=self.params, study=setup.study, cache=setup.cache, device=setup.device,
             tracker=tracker, epoch_cap=DRY_RUN_EPOCHS if options.dry_run else None, stop=stop,
-            trial_attrs={WORKER_ATTR: worker, SETTINGS_ATTR: settings_digest(trial_settings(
-                setup.study, setup.params, setup.cache.meta.fingerprint))},
+            trial_attrs={WORKER_ATTR: worker, SETTINGS_ATTR: settings_digest(setup.settings)},
         )
         tracker.example = objective.example
         return tracker, objective, stop

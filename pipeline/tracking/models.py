@@ -183,10 +183,9 @@ def model_signature(example: np.ndarray, output: np.ndarray, meta: CacheMeta) ->
     The pyfunc output is a bare array; the named signature is where a server's client and the
     model page in MLflow's UI read which column is which class.
     """
-    inferred = infer_signature(example, output)
     names = list(meta.class_names) if meta.task == "classification" else [meta.target_name]
     dtype = "float" if output.dtype == np.float32 else "double"
-    return ModelSignature(inputs=inferred.inputs,
+    return ModelSignature(inputs=infer_signature(example).inputs,
                           outputs=Schema([ColSpec(dtype, name) for name in names]))
 
 
