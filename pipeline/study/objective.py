@@ -29,9 +29,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,7 +41,6 @@ from pipeline.config import Params
 from pipeline.data.cache import Cache, CacheMeta
 from pipeline.study.folds import combine, combine_rows, plan_folds
 from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
-from pipeline.study.timing import TrackingTimes
 from pipeline.training.engine import Split, Trainer, make_split
 from pipeline.training.models import build_model
 from pipeline.training.runtime import derive_seed, set_seed
@@ -51,27 +48,13 @@ from pipeline.training.runtime import derive_seed, set_seed
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "MlflowTrialTracker",
     "Objective",
     "TrialInterrupted",
     "TrialProgress",
     "TrialTracker",
 ]
 
-# Optuna trial states as they appear on MLflow runs (tag `optuna.state`) and the run status each
-# gets. MLflow's runs table draws KILLED and FAILED with the same red cross, so a pruned trial
-# (a normal outcome of a search) ends FINISHED and says "pruned" in its run name instead.
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
-
-
-def trial_run_name(number: int, state: str, *, interrupted: bool = False) -> str:
-    """``trial-7``, ``trial-7 pruned``, ``trial-7 failed`` or ``trial-7 interrupted``."""
-    if interrupted:
-        return f"trial-{number} interrupted"
-    return {"PRUNED": f"trial-{number} pruned", "FAIL": f"trial-{number} failed"}.get(
-        state, f"trial-{number}"
-    )
-_AVERAGED_SKIP = ("epoch", "time_s")
+AVERAGED_SKIP = ("epoch", "time_s")  # history keys that are not averaged over folds
 
 
 class TrialInterrupted(KeyboardInterrupt):
@@ -118,13 +101,13 @@ class TrialProgress:
         """The fold whose best-epoch value is best (its model is the one logged)."""
         scored: list[tuple[float, int]] = []
         for i, t in enumerate(self.trainers):
-            value = _best_row(t).get(metric)
+            value = best_row(t).get(metric)
             if value is not None and math.isfinite(value):
                 scored.append((value if direction == "minimize" else -value, i))
         return min(scored)[1] if scored else None
 
 
-def _best_row(trainer: Trainer) -> dict[str, float]:
+def best_row(trainer: Trainer) -> dict[str, float]:
     """The history row of the trainer's best epoch (the weights it keeps), or {}."""
     if trainer.best_epoch <= 0:
         return {}
@@ -138,7 +121,7 @@ def _averaged_row(rows: Sequence[dict[str, float]], epoch: int, metric: str) -> 
     """One lockstep epoch over the folds: each value combined (``<metric>_std`` beside it),
     the epoch number, and the time summed (the compute spent)."""
     out: dict[str, float] = {"epoch": epoch}
-    out.update(combine_rows(rows, skip=_AVERAGED_SKIP, spread=metric))
+    out.update(combine_rows(rows, skip=AVERAGED_SKIP, spread=metric))
     out["time_s"] = sum(float(r.get("time_s", 0.0)) for r in rows)
     return out
 
@@ -312,7 +295,7 @@ class Objective:
                 epoch += 1
                 rows = []
                 for t in progress.trainers:
-                    rows.append(t.run_epoch() if not t.done else _best_row(t))
+                    rows.append(t.run_epoch() if not t.done else best_row(t))
                 row = _averaged_row(rows, epoch, metric)
                 progress.history.append(row)
                 if not self._cost_said:
@@ -326,7 +309,7 @@ class Objective:
                         f"pruned after epoch {epoch}: {metric} {value:.4g}"
                     )
             progress.value, progress.value_std = combine(
-                float(_best_row(t)[metric]) for t in progress.trainers
+                float(best_row(t)[metric]) for t in progress.trainers
             )
         finally:
             progress.train_s = time.perf_counter() - t0
@@ -362,7 +345,7 @@ class Objective:
             attrs["model_fold"] = best
         if progress.cut_short:
             attrs["pipeline.cut_short"] = progress.cut_short
-        reached = [row for row in map(_best_row, progress.trainers) if row]
+        reached = [row for row in map(best_row, progress.trainers) if row]
         if progress.interrupted and reached:
             value, _ = combine(float(row[self.study.metric]) for row in reached)
             attrs["pipeline.interrupted_value"] = value
@@ -375,7 +358,6 @@ class Objective:
 # Trial user attribute: a digest of the settings the trial ran with (data, base params, space),
 # so that a repeated configuration reuses only a result obtained under the same settings.
 SETTINGS_ATTR = "pipeline.settings"
-FOLD_TABLE = "folds.csv"  # per-fold, per-epoch detail of a k-fold trial, out of the charts
 CUT_SHORT = {
     "deadline": "the search's time budget is spent",
     "trial_share": "another epoch would pass its share of the time budget "
@@ -392,29 +374,6 @@ def _cut_short(now: float, started: float, epochs: int, share_end: float,
         return None
     epoch_s = (now - started) / epochs
     return "trial_share" if now + epoch_s > share_end else None
-
-
-def _retry_tags(trial: Any) -> dict[str, str]:
-    """For a retry of a trial whose worker died: the trial and MLflow run it replaces.
-
-    Both our reaper and Optuna's heartbeat retry put the old number in the system attribute
-    ``failed_trial``; Optuna's copies the old user attributes (its ``mlflow_run_id``), ours
-    stores the old run as ``pipeline.retry_of_run``.
-    """
-    study = getattr(trial, "study", None)
-    if study is None:
-        return {}
-    # Trial objects do not expose system attributes; the storage has them.
-    frozen = study._storage.get_trial(trial._trial_id)
-    replaced = frozen.system_attrs.get("failed_trial")
-    if replaced is None:
-        return {}
-    attrs = frozen.user_attrs
-    run = attrs.get("pipeline.retry_of_run") or attrs.get("mlflow_run_id")
-    tags = {"pipeline.retry_of_trial": str(replaced)}
-    if run:
-        tags["pipeline.retry_of_run"] = str(run)
-    return tags
 
 
 def _same_configuration(trial: Any) -> Any:
@@ -446,312 +405,3 @@ def _reuse(trial: Any, earlier: Any) -> float:
     if earlier.state.name == "PRUNED" or earlier.value is None:
         raise optuna.TrialPruned(f"same configuration as trial {earlier.number}, pruned")
     return float(earlier.value)
-
-
-# --------------------------------------------------------------------------------------------
-# MLflow: one run per trial, nested under the search's parent run
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunTarget:
-    """Where a search's trial runs go and what they are for."""
-
-    experiment_id: str  # the study's experiment
-    parent_run_id: str  # the search invocation's run
-    optuna_study: str  # the Optuna study name (``<study>-<dataset>``)
-    base_tags: dict[str, str]  # tags every trial run carries (dataset, fingerprint, commit, ...)
-    metric: str  # the study's metric (``best/<metric>`` is logged)
-    direction: str  # the study's direction
-
-
-class MlflowTrialTracker:
-    """Creates, fills and closes the MLflow run of each trial.
-
-    Child runs are created and written through ``MlflowClient`` with explicit run ids (tag
-    ``mlflow.parentRunId`` nests them), so trials running in parallel threads never share an
-    active run. Creating the run (and logging its params) happens in the trial's thread, so the
-    Optuna trial knows its run id at once. The end-of-trial record (metrics, tags, curves PNG,
-    model, final status) is written by **one** thread at a time — ``torch.export`` is not
-    thread-safe — the logging thread, either while the trial waits or, with ``background``,
-    while the next trial trains (worth it when training runs on an
-    accelerator and leaves CPU cores free). With ``inline`` (one trial at a time on the CPU)
-    the trial's own thread writes it instead: a second thread that runs torch ops gives the
-    OpenMP runtime more threads than cores, and it then puts the training threads to sleep
-    between parallel regions instead of letting them spin — measured here, training took 40 %
-    longer for the whole search. :meth:`flush` waits for queued records. Pruned runs end
-    FINISHED named ``trial-N pruned``, failed ones FAILED; every run carries the tag
-    ``optuna.state`` (COMPLETE / PRUNED /
-    FAIL). A record that cannot be written (a full disk, a lost server) is logged, its run ends
-    FAILED and the search reports it when it ends; the trial keeps its Optuna state and value.
-
-    Args:
-        target: where the runs go and what they are for (:class:`RunTarget`).
-        meta: the cache metadata (model packaging, tags).
-        log_models: log each trial's model (complete and pruned trials).
-        example: raw input samples for the model's signature and input example.
-        background: write end-of-trial records in the background (else the trial waits for
-            its record, as a CPU-bound search should).
-        max_pending: with ``background``, a trial waits when this many records are queued.
-        inline: write each record in the trial's thread (only for one trial at a time).
-        times: where benchmarks collect the time spent on records (None: not measured).
-    """
-
-    def __init__(
-        self,
-        target: RunTarget,
-        *,
-        meta: CacheMeta,
-        log_models: bool = True,
-        example: np.ndarray | None = None,
-        background: bool = True,
-        max_pending: int = 2,
-        inline: bool = False,
-        times: TrackingTimes | None = None,
-    ) -> None:
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient()
-        self.experiment_id = target.experiment_id
-        self.parent_run_id = target.parent_run_id
-        self.optuna_study = target.optuna_study
-        self.meta = meta
-        self.base_tags = dict(target.base_tags)
-        self.metric = target.metric
-        self.direction = target.direction
-        self.log_models = log_models
-        self.example = example
-        if inline and background:
-            raise ValueError("MlflowTrialTracker: inline and background exclude each other")
-        self.background = background
-        self.inline = inline
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
-        if log_models and not inline:
-            from pipeline.tracking import warm_up_export
-
-            # torch.export's first call costs ~1.4 s; take it while the first trial trains.
-            self._executor.submit(warm_up_export)
-        self._slots = threading.BoundedSemaphore(max(1, max_pending))
-        self._stats_lock = threading.Lock()
-        self._pending: list[Any] = []
-        self.times = times
-        self.failed: list[int] = []  # trials whose record could not be written
-
-    def _add(self, progress: TrialProgress, dt: float, *, blocking: bool) -> None:
-        if self.times is not None:
-            self.times.add(progress.number, dt, blocking=blocking)
-
-    def _waited(self, progress: TrialProgress, dt: float) -> None:
-        """Count ``dt`` as time the trial waited for its record (written in another thread)."""
-        if self.times is not None:
-            self.times.add(progress.number, dt, work=False, blocking=True)
-
-    def start(self, trial: Any, progress: TrialProgress) -> str:
-        t0 = time.perf_counter()
-        tags = {
-            **self.base_tags,
-            "mlflow.parentRunId": self.parent_run_id,
-            "optuna.study": self.optuna_study,
-            "optuna.trial_number": str(progress.number),
-            "optuna.state": "RUNNING",
-            "pipeline.trial_seed": str(progress.seed),
-            "pipeline.searched": ", ".join(progress.values),
-        }
-        tags.update(_retry_tags(trial))
-        run = self.client.create_run(
-            self.experiment_id, run_name=f"trial-{progress.number}", tags=tags
-        )
-        run_id = run.info.run_id
-        self._add(progress, time.perf_counter() - t0, blocking=True)
-        return run_id
-
-    def log_params(self, progress: TrialProgress) -> None:
-        from mlflow.entities import Param
-
-        assert progress.run_id is not None and progress.params is not None
-        t0 = time.perf_counter()
-        self.client.log_batch(
-            progress.run_id,
-            params=[Param(k, v) for k, v in _run_params(progress.params).items()],
-            synchronous=True,
-        )
-        self._add(progress, time.perf_counter() - t0, blocking=True)
-
-    def finish(self, progress: TrialProgress) -> None:
-        """Record how the trial ended (in the background unless it was interrupted)."""
-        if progress.run_id is None:
-            return
-        # The kept weights are restored here, in the trial's thread, before anyone else looks.
-        for t in progress.trainers:
-            if t.best_epoch > 0:
-                t.final_model()
-        t0 = time.perf_counter()
-        self._slots.acquire()  # back-pressure: at most max_pending records queued
-        if not self.background or progress.interrupted:
-            # A record that cannot be written is logged and reported when the search ends; it
-            # does not turn a trial that trained to the end into a failed one.
-            try:
-                if self.inline:
-                    self._record_logged(progress)
-                else:
-                    self._executor.submit(self._record_logged, progress).result()
-            finally:
-                self._waited(progress, time.perf_counter() - t0)
-            return
-        self._waited(progress, time.perf_counter() - t0)
-        with self._stats_lock:
-            self._pending.append(self._executor.submit(self._record_logged, progress))
-
-    def flush(self) -> list[int]:
-        """Wait until every queued record is written; returns the trials that failed to log."""
-        with self._stats_lock:
-            pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
-        return list(self.failed)
-
-    def close(self) -> None:
-        self.flush()
-        self._executor.shutdown(wait=True)
-
-    # ----------------------------------------------------------------------------------------
-    def _record_logged(self, progress: TrialProgress) -> None:
-        try:
-            self._record(progress)
-        except Exception:
-            logger.exception(
-                "could not record trial %d in MLflow run %s", progress.number, progress.run_id
-            )
-            with self._stats_lock:
-                self.failed.append(progress.number)
-
-    def _record(self, progress: TrialProgress) -> None:
-        """Metrics, tags, curves, model and final status of one trial's run (logging thread)."""
-        from mlflow.entities import Metric, Param, RunTag
-
-        from pipeline import tracking
-
-        run_id = progress.run_id
-        assert run_id is not None
-        status = RUN_STATUS.get(progress.state, "FAILED")
-        best = progress.best_fold(self.direction, self.metric)
-        t0 = time.perf_counter()
-        try:
-            now = int(time.time() * 1000)
-            metrics = _curve_metrics(progress, now)
-            params = []
-            if progress.params is None:  # the sampled values were rejected: record them
-                params = [Param(k, _param_str(v)) for k, v in progress.values.items()]
-            run_tags = [RunTag(k, v) for k, v in _end_tags(progress, best).items()]
-            # The model goes first: logging it copies the run's step-0 metrics to the model by
-            # reading back the history of every metric already logged (about 100 ms with CV's
-            # per-fold metrics). Logged afterwards with the model's id, the summary metrics
-            # reach the model in the same request that writes them to the run.
-            model_id, model_error = None, None
-            if self.log_models and best is not None and (
-                progress.state in ("COMPLETE", "PRUNED") or progress.interrupted
-            ):
-                try:
-                    model_id = self._log_model(run_id, progress, best)
-                except Exception as exc:  # still write the metrics, then report it
-                    model_error = exc
-            metrics += [
-                Metric(k, v, now, 0, model_id=model_id) for k, v in self._summary(progress).items()
-            ]
-            # One request for tags, params and the first 1000 metrics (MLflow's batch limit).
-            for i in range(0, max(1, len(metrics)), tracking.BATCH_LIMIT):
-                self.client.log_batch(
-                    run_id, metrics=metrics[i : i + tracking.BATCH_LIMIT],
-                    params=params if i == 0 else [],
-                    tags=run_tags if i == 0 else [], synchronous=True,
-                )
-            if len(progress.trainers) > 1:
-                self.client.log_text(run_id, tracking.fold_table(
-                    [t.history for t in progress.trainers]), FOLD_TABLE)
-            if progress.history:
-                tracking.log_curves(
-                    progress.history, run_id=run_id,
-                    title=f"{self.optuna_study} trial {progress.number} ({progress.state})",
-                )
-            if model_error is not None:
-                raise model_error
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.client.set_terminated(run_id, status="FAILED")
-            raise
-        finally:
-            self._slots.release()
-            progress.record_s = time.perf_counter() - t0
-            self._add(progress, progress.record_s, blocking=False)
-        self.client.set_terminated(run_id, status=status)
-
-    def _log_model(self, run_id: str, progress: TrialProgress, fold: int) -> str | None:
-        """Log fold ``fold``'s model to the trial's run; returns MLflow's model id."""
-        from pipeline import tracking
-
-        info = tracking.log_model(
-            progress.trainers[fold].model, self.meta, example=self.example, validate=False,
-            run_id=run_id, experiment_id=self.experiment_id,
-            params=_run_params(progress.params) if progress.params is not None else {},
-        )
-        return info.model_id
-
-    def _summary(self, progress: TrialProgress) -> dict[str, float]:
-        """``best_*``: each fold's best epoch, combined (the spread over folds beside it)."""
-        from pipeline import tracking
-
-        rows = [_best_row(t) for t in progress.trainers]
-        out = {tracking.summary_name(k): v for k, v in combine_rows(
-            rows, skip=(*_AVERAGED_SKIP, "lr"), spread=self.metric).items()}
-        # The epoch of the weights logged as the model (an integer, not a mean over folds).
-        best = progress.best_fold(self.direction, self.metric)
-        if best is not None and rows[best]:
-            out["best_epoch"] = float(rows[best]["epoch"])
-        out["epochs"] = float(progress.epochs)
-        out["fold_epochs"] = float(progress.fold_epochs)
-        out["train_s"] = float(progress.train_s)
-        return {k: v for k, v in out.items() if math.isfinite(v)}
-
-
-def _curve_metrics(progress: TrialProgress, now_ms: int) -> list[Any]:
-    """The per-epoch metrics of the fold-combined history (each fold's are in ``folds.csv``)."""
-    from pipeline import tracking
-
-    return list(tracking.history_metrics(progress.history, timestamp_ms=now_ms))
-
-
-def _end_tags(progress: TrialProgress, best: int | None) -> dict[str, str]:
-    """The tags a trial's run ends with: its state and name, how and why it stopped."""
-    tags = {
-        "optuna.state": progress.state,
-        "mlflow.runName": trial_run_name(
-            progress.number, progress.state, interrupted=progress.interrupted
-        ),
-        "pipeline.epochs": str(progress.epochs),
-        "pipeline.folds": str(max(1, len(progress.trainers))),
-    }
-    if progress.error:
-        tags["pipeline.error"] = progress.error[:4000]
-    stops = sorted({t.stop_reason for t in progress.trainers if t.stop_reason})
-    if progress.state == "PRUNED":
-        tags["pipeline.stop_reason"] = "pruned"
-    elif progress.interrupted:
-        tags["pipeline.stop_reason"] = "interrupted"
-    elif progress.cut_short:
-        tags["pipeline.stop_reason"] = progress.cut_short
-    elif stops:
-        tags["pipeline.stop_reason"] = ",".join(stops)
-    if best is not None and len(progress.trainers) > 1:
-        tags["pipeline.model_fold"] = str(best)
-    return tags
-
-
-def _run_params(params: Params) -> dict[str, str]:
-    """Every resolved param as MLflow stores it (on the trial's run and on its model)."""
-    return {k: _param_str(v) for k, v in params.flat().items()}
-
-
-def _param_str(value: Any) -> str:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    return str(value)

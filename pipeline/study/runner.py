@@ -369,12 +369,8 @@ class _Search:
             logger.warning("could not check for dead workers: %s", exc)
 
     def _objective(self, parent_id: str, worker: str) -> tuple[Any, Any, threading.Event]:
-        from pipeline.study.objective import (
-            SETTINGS_ATTR,
-            MlflowTrialTracker,
-            Objective,
-            RunTarget,
-        )
+        from pipeline.study.objective import SETTINGS_ATTR, Objective
+        from pipeline.study.trial_runs import MlflowTrialTracker, RunTarget
 
         options, setup = self.options, self.setup
         background = (

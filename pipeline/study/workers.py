@@ -254,7 +254,7 @@ def _end_running_run(client: Any, run_id: str, *, state: str | None, reason: str
     run = client.get_run(run_id)
     if run.info.status != "RUNNING":
         return
-    from pipeline.study.objective import RUN_STATUS, trial_run_name
+    from pipeline.study.trial_runs import RUN_STATUS, trial_run_name
 
     client.set_tag(run_id, "pipeline.error", reason)
     if state is None:  # the parent run
@@ -277,7 +277,7 @@ def reconcile(optuna_study: Any, client: Any, experiment_id: str) -> list[str]:
     ``optuna.state`` tag disagrees with the trial gets the trial's. Trial runs of this study that
     no trial points to are reported, not changed (they hold what they hold).
     """
-    from pipeline.study.objective import RUN_STATUS
+    from pipeline.study.trial_runs import RUN_STATUS
 
     lines: list[str] = []
     trials = optuna_study.get_trials(deepcopy=False)
