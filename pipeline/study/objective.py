@@ -225,11 +225,11 @@ class Objective:
             number=number, seed=derive_seed(self.params.seed, number), values=values
         )
         tracker = self.tracker
-        if tracker is not None:
-            progress.run_id = tracker.start(trial, progress)
-            if progress.run_id is not None:
-                trial.set_user_attr("mlflow_run_id", progress.run_id)
-        try:
+        try:  # from the run's creation on, however the trial ends, its run is completed
+            if tracker is not None:
+                progress.run_id = tracker.start(trial, progress)
+                if progress.run_id is not None:
+                    trial.set_user_attr("mlflow_run_id", progress.run_id)
             progress.params = self.params.with_overrides(
                 values, origin=f"{self.study.source} trial {number}"
             )

@@ -15,7 +15,6 @@ import functools
 import hashlib
 import json
 import logging
-import signal
 import sys
 import tempfile
 import threading
@@ -36,6 +35,7 @@ from pipeline.errors import UserError, first_line
 from pipeline.secrets import redact_text
 from pipeline.study import budget as budgets
 from pipeline.study import parent, workers
+from pipeline.study.interrupts import Interrupts
 from pipeline.study.report import StudyReport, from_study, report_path, short_params
 from pipeline.study.spec import STUDIES_DIR, StudySpec, load_study, make_pruner, make_sampler
 from pipeline.study.storage import StorageChoice, open_storage, resolve_storage
@@ -159,6 +159,7 @@ def run_search(options: SearchOptions) -> SearchResult:
     from pipeline import tracking
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
+    _quiet_interrupted_trials()
     setup = _load(options)
     with _tracking_params(setup.params, dry_run=options.dry_run) as tracked:
         uri = tracking.configure(tracked, ignore_env=options.dry_run)
@@ -177,6 +178,31 @@ def run_search(options: SearchOptions) -> SearchResult:
             return _Search(options, setup, tracked, optuna_study, exp_id, uri).run()
         finally:
             torch.set_num_threads(threads_before)
+
+
+class _InterruptedTrialFilter(logging.Filter):
+    """Optuna logs a trial ended by Ctrl-C as a failure with a traceback, then "failed with
+    value None"; the search records and reports the interruption itself, and a traceback
+    would read like a crash. Other failures keep Optuna's lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dropped = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self._dropped = True
+            return False
+        if self._dropped and "failed with value" in record.getMessage():
+            self._dropped = False
+            return False
+        return True
+
+
+def _quiet_interrupted_trials() -> None:
+    optuna_log = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _InterruptedTrialFilter) for f in optuna_log.filters):
+        optuna_log.addFilter(_InterruptedTrialFilter())
 
 
 @contextlib.contextmanager
@@ -277,6 +303,7 @@ class _Search:
             optuna_study, experiment_id, tracking_uri,
         )
         self.client = MlflowClient()
+        self.interrupts = Interrupts()
         self.storage_error: BaseException | None = None
         self.reconciled: list[str] | None = None
         meta = setup.cache.meta
@@ -300,7 +327,8 @@ class _Search:
         heartbeat = workers.Heartbeat(self.optuna_study, lease,
                                       interval_s=search.heartbeat_interval_s)
         try:
-            return self._run(parent_id, lease, heartbeat)
+            with self.interrupts.installed():
+                return self._run(parent_id, lease, heartbeat)
         except SearchInterrupted:
             raise
         except BaseException as exc:
@@ -327,14 +355,14 @@ class _Search:
         total = None if self.options.dry_run else setup.study.budget.n_trials
         run_budget = budgets.plan(extra=setup.n_trials, total=total, done=done)
         logger.info("budget: %s", run_budget.describe(done))
-        tracker, objective, stop = self._objective(parent_id, lease.id)
+        tracker, objective = self._objective(parent_id, lease.id)
         self._log_parent_params(parent_id, objective.plan.describe(), run_budget)
         progress = _Progress(study=setup.study, n_trials=run_budget.n_trials)
         objective.on_epoch = progress.epoch
         t0 = time.perf_counter()
         outcome = "done"
         try:
-            outcome = self._optimize(objective, run_budget, progress, stop, lease.id)
+            outcome = self._optimize(objective, run_budget, progress, lease.id)
         finally:
             progress.close()
             failed_records = tracker.flush()  # every trial's run is complete before the report
@@ -368,7 +396,7 @@ class _Search:
         except Exception as exc:  # noqa: BLE001 - the end-of-search reap tries again
             logger.warning("could not check for dead workers: %s", exc)
 
-    def _objective(self, parent_id: str, worker: str) -> tuple[Any, Any, threading.Event]:
+    def _objective(self, parent_id: str, worker: str) -> tuple[Any, Any]:
         from pipeline.study.objective import SETTINGS_ATTR, Objective
         from pipeline.study.trial_runs import MlflowTrialTracker, RunTarget
 
@@ -387,15 +415,16 @@ class _Search:
             target, meta=setup.cache.meta, log_models=options.log_models, background=background,
             # One trial at a time on the CPU: record in the trial's thread (see the tracker).
             inline=not background and options.n_jobs == 1, times=options.times,
+            shield=self.interrupts.shield,
         )
-        stop = threading.Event()
         objective = Objective(
             params=self.params, study=setup.study, cache=setup.cache, device=setup.device,
-            tracker=tracker, epoch_cap=DRY_RUN_EPOCHS if options.dry_run else None, stop=stop,
+            tracker=tracker, epoch_cap=DRY_RUN_EPOCHS if options.dry_run else None,
+            stop=self.interrupts.stop,
             trial_attrs={WORKER_ATTR: worker, SETTINGS_ATTR: settings_digest(setup.settings)},
         )
         tracker.example = objective.example
-        return tracker, objective, stop
+        return tracker, objective
 
     def _log_parent_params(self, parent_id: str, plan: str, run_budget: Any) -> None:
         setup, options = self.setup, self.options
@@ -417,18 +446,18 @@ class _Search:
         logger.info("MLflow experiment %r, parent run %s; validation: %s",
                     self.optuna_study.study_name, parent_id, plan)
 
-    def _optimize(self, objective: Any, run_budget: Any, progress: _Progress,
-                  stop: threading.Event, me: str) -> str:
+    def _optimize(self, objective: Any, run_budget: Any, progress: _Progress, me: str) -> str:
         """Run the trials; ``"done"``, ``"interrupted"`` (Ctrl-C) or ``"storage lost"``."""
         if run_budget.n_trials == 0:
             return "done"
         if self.setup.timeout is not None:  # trials running at the deadline end there too
             objective.set_time_budget(self.setup.timeout)
-        callbacks: list[Any] = [progress, lambda study, trial: self._reap_quietly(me)]
+        callbacks: list[Any] = [progress, lambda study, trial: self._reap_quietly(me),
+                                self._stop_when_asked]
         if run_budget.total is not None:
             callbacks.append(budgets.stop_at_total(run_budget.total))
         try:
-            with _sigint_sets(stop), warnings.catch_warnings():
+            with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=UserWarning, module=r"optuna")
                 self.optuna_study.optimize(
                     objective, n_trials=run_budget.n_trials, timeout=self.setup.timeout,
@@ -442,7 +471,13 @@ class _Search:
                 raise
             self.storage_error = exc
             return "storage lost"
-        return "done"
+        # A Ctrl-C held while a record was written: that trial finished, no other starts.
+        return "interrupted" if self.interrupts.requested else "done"
+
+    def _stop_when_asked(self, optuna_study: Any, trial: Any) -> None:
+        """Optuna callback: after a Ctrl-C that waited for a record, start no new trial."""
+        if self.interrupts.requested:
+            optuna_study.stop()
 
     def _end_after_storage_loss(self, parent_id: str) -> None:
         """The study database went away: end this worker's MLflow runs and say what to do."""
@@ -478,13 +513,15 @@ class _Search:
             parent_run_id=parent_id, experiment_id=self.experiment_id,
         )
         path = report_path(self.params, setup.study.name, setup.dataset, setup.default_dataset)
-        if not options.dry_run:
-            report.write(path)
-        parent.finish_parent(
-            self.client, parent_id, self.optuna_study, report=report, report_name=path.name,
-            interrupted=interrupted,
-            metrics={"trials/this_run": float(len(progress.numbers)), "search/wall_s": wall},
-        )
+        with self.interrupts.shield():
+            if not options.dry_run:
+                report.write(path)
+            parent.finish_parent(
+                self.client, parent_id, self.optuna_study, report=report,
+                report_name=path.name, interrupted=interrupted,
+                metrics={"trials/this_run": float(len(progress.numbers)), "search/wall_s": wall},
+            )
+        interrupted = interrupted or self.interrupts.requested
         if failed_records:
             raise RuntimeError(
                 f"the MLflow runs of trial(s) {failed_records} could not be completed (see the "
@@ -515,24 +552,6 @@ class SearchInterrupted(KeyboardInterrupt):
     """Ctrl-C ended the search after it recorded everything; ``result`` says what was done."""
 
     result: SearchResult
-
-
-@contextlib.contextmanager
-def _sigint_sets(stop: threading.Event) -> Iterator[None]:
-    """While searching, Ctrl-C also sets ``stop`` so trials in worker threads end too."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        stop.set()
-        signal.default_int_handler(signum, frame)
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 class _Progress:

@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 
 from pipeline.config import Params
 from pipeline.data.cache import CacheMeta
+from pipeline.errors import first_line
 from pipeline.study.folds import combine_rows
 from pipeline.study.objective import AVERAGED_SKIP, TrialProgress, best_row
 from pipeline.study.timing import TrackingTimes
@@ -87,6 +89,9 @@ class RunTarget:
     direction: str  # the study's direction
 
 
+_MAX_PENDING = 2  # with background records, a trial waits when this many are queued
+
+
 class MlflowTrialTracker:
     """Creates, fills and closes the MLflow run of each trial.
 
@@ -114,7 +119,6 @@ class MlflowTrialTracker:
         example: raw input samples for the model's signature and input example.
         background: write end-of-trial records in the background (else the trial waits for
             its record, as a CPU-bound search should).
-        max_pending: with ``background``, a trial waits when this many records are queued.
         inline: write each record in the trial's thread (only for one trial at a time).
         times: where benchmarks collect the time spent on records (None: not measured).
     """
@@ -127,9 +131,9 @@ class MlflowTrialTracker:
         log_models: bool = True,
         example: np.ndarray | None = None,
         background: bool = True,
-        max_pending: int = 2,
         inline: bool = False,
         times: TrackingTimes | None = None,
+        shield: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
     ) -> None:
         from mlflow.tracking import MlflowClient
 
@@ -153,10 +157,12 @@ class MlflowTrialTracker:
 
             # torch.export's first call costs ~1.4 s; take it while the first trial trains.
             self._executor.submit(warm_up_export)
-        self._slots = threading.BoundedSemaphore(max(1, max_pending))
+        self._slots = threading.BoundedSemaphore(_MAX_PENDING)
         self._stats_lock = threading.Lock()
         self._pending: list[Any] = []
         self.times = times
+        # Ctrl-C waits while a record is written in the main thread (pipeline.study.interrupts).
+        self._shield = shield or contextlib.nullcontext
         self.failed: list[int] = []  # trials whose record could not be written
 
     def _add(self, progress: TrialProgress, dt: float, *, blocking: bool) -> None:
@@ -180,9 +186,10 @@ class MlflowTrialTracker:
             "pipeline.searched": ", ".join(progress.values),
         }
         tags.update(_retry_tags(trial))
-        run = self.client.create_run(
-            self.experiment_id, run_name=f"trial-{progress.number}", tags=tags
-        )
+        with self._shield():  # a run created must reach the trial (its user attribute)
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"trial-{progress.number}", tags=tags
+            )
         run_id = run.info.run_id
         self._add(progress, time.perf_counter() - t0, blocking=True)
         return run_id
@@ -213,10 +220,11 @@ class MlflowTrialTracker:
             # A record that cannot be written is logged and reported when the search ends; it
             # does not turn a trial that trained to the end into a failed one.
             try:
-                if self.inline:
-                    self._record_logged(progress)
-                else:
-                    self._executor.submit(self._record_logged, progress).result()
+                with self._shield():
+                    if self.inline:
+                        self._record_logged(progress)
+                    else:
+                        self._executor.submit(self._record_logged, progress).result()
             finally:
                 self._waited(progress, time.perf_counter() - t0)
             return
@@ -297,15 +305,33 @@ class MlflowTrialTracker:
                 )
             if model_error is not None:
                 raise model_error
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(Exception):
-                self.client.set_terminated(run_id, status="FAILED")
+                self._end_failed(progress, exc)
             raise
         finally:
             self._slots.release()
             progress.record_s = time.perf_counter() - t0
             self._add(progress, progress.record_s, blocking=False)
         self.client.set_terminated(run_id, status=status)
+
+    def _end_failed(self, progress: TrialProgress, exc: BaseException) -> None:
+        """A record cut short ends FAILED, with tags that say so (never ``optuna.state``
+        RUNNING). A Ctrl-C (a second one: the first waits for the record) fails the trial in
+        Optuna too; any other error leaves the trial's state as it was."""
+        from mlflow.entities import RunTag
+
+        assert progress.run_id is not None
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        state = "FAIL" if interrupted else progress.state
+        why = "interrupted (Ctrl-C)" if interrupted else first_line(exc)
+        self.client.log_batch(progress.run_id, tags=[
+            RunTag("optuna.state", state),
+            RunTag("mlflow.runName", trial_run_name(progress.number, state,
+                                                    interrupted=interrupted)),
+            RunTag("pipeline.error", f"its record was not completed: {why}"[:4000]),
+        ], synchronous=True)
+        self.client.set_terminated(progress.run_id, status="FAILED")
 
     def _log_model(self, run_id: str, progress: TrialProgress, fold: int) -> str | None:
         """Log fold ``fold``'s model to the trial's run; returns MLflow's model id."""
