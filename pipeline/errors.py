@@ -11,6 +11,11 @@ class UserError(Exception):
     """
 
 
+class TrackingUnreachable(RuntimeError):
+    """The MLflow tracking server could not be reached (after MLflow's own retries): the
+    search stops starting trials and says so in one line; the study keeps its results."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of a library's error (MLflow's ``message`` when it has one), or its type:
     what a one-line ``UserError`` quotes."""

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import make_image_cache, wait_for_running_trial
-from tests.pgserver import Server, free_port, pg_bin, postgres_server
+from tests.pgserver import Server, pg_bin, postgres_server
+from tests.servers import start_mlflow_server, stop
 
 pytestmark = pytest.mark.slow
 
@@ -227,26 +227,9 @@ STATUS_OF = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 def _mlflow_server(postgres: Server, root: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``mlflow server`` on the ``mlflow`` database, the password only in its environment."""
     postgres.admin("createdb", "mlflow")
-    port = free_port()
-    venv_bin = Path(sys.executable).parent
-    log = (root / "mlflow-server.log").open("wb")
-    server = subprocess.Popen(
-        [str(venv_bin / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"postgresql+psycopg://postgres@{postgres}/mlflow",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        env={**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "PGPASSWORD": PASSWORD},
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/health", timeout=2)
-            return server, base
-        except OSError:
-            assert server.poll() is None, (root / "mlflow-server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
+    return start_mlflow_server(f"postgresql+psycopg://postgres@{postgres}/mlflow",
+                               artifacts=root / "artifacts", log=root / "mlflow-server.log",
+                               env={"PGPASSWORD": PASSWORD})
 
 
 def _running_by_live_worker(url: str, workers: list[subprocess.Popen[str]],
@@ -357,5 +340,4 @@ def test_three_workers_an_mlflow_server_a_kill_and_an_outage(
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
-        server.terminate()
-        server.wait(timeout=60)
+        stop(server)

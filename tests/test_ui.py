@@ -8,18 +8,14 @@ the sidebar), and the three outcomes must read apart in the run names.
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 
+from tests.servers import mlflow_server
 from tests.test_search import DIVERGE_LR, diverging, journal, proj, search
 
 pytestmark = pytest.mark.slow
@@ -28,37 +24,12 @@ __all__ = ["diverging", "proj"]  # fixtures shared with test_search
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def mlflow_ui(proj: Path) -> Iterator[str]:
-    port = _free_port()
-    venv_bin = Path(os.sys.executable).parent
-    server = subprocess.Popen(
-        [str(venv_bin / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{proj / 'mlruns' / 'mlflow.db'}",
-         "--default-artifact-root", str(proj / "mlruns" / "artifacts")],
-        env={**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "no server"
-                time.sleep(0.5)
+def mlflow_ui(proj: Path, tmp_path: Path) -> Iterator[str]:
+    with mlflow_server(f"sqlite:///{proj / 'mlruns' / 'mlflow.db'}",
+                       artifacts=proj / "mlruns" / "artifacts",
+                       log=tmp_path / "mlflow-server.log") as base:
         yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_the_printed_url_opens_the_runs_table_with_outcomes_apart(

@@ -40,6 +40,7 @@ from optuna.trial import TrialState
 from pipeline.config import Params
 from pipeline.data.cache import Cache, CacheMeta
 from pipeline.study.folds import combine, combine_rows, plan_folds
+from pipeline.study.report import RECORD_LOST_ATTR
 from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
 from pipeline.training.engine import Split, Trainer, make_split
 from pipeline.training.models import build_model
@@ -85,6 +86,7 @@ class TrialProgress:
     cut_short: str | None = None  # "deadline": stopped at the search's time budget
     train_s: float = 0.0
     record_s: float = 0.0  # time spent writing the end-of-trial record
+    record_error: str | None = None  # why the trial's MLflow record could not be completed
     run_id: str | None = None
 
     @property
@@ -353,6 +355,8 @@ class Objective:
             trial.set_user_attr(key, value)
         if self.tracker is not None:
             self.tracker.finish(progress)
+            if progress.record_error is not None:  # written in this thread: the trial runs
+                trial.set_user_attr(RECORD_LOST_ATTR, progress.record_error)
 
 
 # Trial user attribute: a digest of the settings the trial ran with (data, base params, space),

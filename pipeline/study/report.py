@@ -21,6 +21,9 @@ from pipeline.config import Params
 from pipeline.errors import UserError
 
 TOP_TRIALS = 10  # rows of the leaderboard printed at the end of a search
+# Trial user attribute: why the trial's MLflow record could not be completed (a lost tracking
+# server). Its result stands in the study, but its run has no model: promote passes over it.
+RECORD_LOST_ATTR = "pipeline.record_lost"
 
 
 @dataclass(frozen=True)
@@ -88,22 +91,25 @@ def from_study(
     counts = {s.name: 0 for s in TrialState}
     for t in trials:
         counts[t.state.name] += 1
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    best = None
-    if complete:
-        best = _best_entry(optuna_study.best_trial, float(optuna_study.best_trial.value))
+    # The best trials promote can take: finished (or, for the second, interrupted) with a
+    # model in MLflow; a tie goes to the earlier trial, as Optuna's best_trial does.
+    complete = [(float(t.value), t) for t in trials if t.state == TrialState.COMPLETE
+                and t.value is not None and RECORD_LOST_ATTR not in t.user_attrs]
     interrupted = [
-        (t, float(t.user_attrs["pipeline.interrupted_value"])) for t in trials
+        (float(t.user_attrs["pipeline.interrupted_value"]), t) for t in trials
         if t.state == TrialState.FAIL and "pipeline.interrupted_value" in t.user_attrs
-        and t.user_attrs.get("mlflow_run_id")
+        and t.user_attrs.get("mlflow_run_id") and RECORD_LOST_ATTR not in t.user_attrs
     ]
     sign = -1.0 if study.direction == "maximize" else 1.0
-    pool = [(float(t.value), t) for t in complete] + [(v, t) for t, v in interrupted]
-    pool = [(v, t) for v, t in pool if math.isfinite(v)]
-    best_any = None
-    if pool:
+
+    def best_of(pool: list[tuple[float, Any]]) -> dict[str, Any] | None:
+        pool = [(v, t) for v, t in pool if math.isfinite(v)]
+        if not pool:
+            return None
         value, trial = min(pool, key=lambda vt: (sign * vt[0], vt[1].number))
-        best_any = _best_entry(trial, value)
+        return _best_entry(trial, value)
+
+    best, best_any = best_of(complete), best_of(complete + interrupted)
     return StudyReport(
         study=study.name, description=study.description, optuna_study=optuna_study.study_name,
         dataset=dataset, fingerprint=fingerprint, direction=study.direction,
@@ -140,7 +146,7 @@ def _trial_row(t: Any) -> dict[str, Any]:
         "epochs": t.user_attrs.get("epochs"),
         "params": dict(t.params),
     }
-    for name in ("retry_of", "duplicate_of", "cut_short", "interrupted_value"):
+    for name in ("retry_of", "duplicate_of", "cut_short", "interrupted_value", "record_lost"):
         if f"pipeline.{name}" in t.user_attrs:
             row[name] = t.user_attrs[f"pipeline.{name}"]
     return row

@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from pipeline.config import PARAMS_FILE, Params, load_params
 from pipeline.data.cache import load_cache
-from pipeline.errors import UserError, first_line
-from pipeline.secrets import redact_text
+from pipeline.errors import TrackingUnreachable, UserError, first_line
+from pipeline.secrets import redact, redact_text
 from pipeline.study import budget as budgets
 from pipeline.study import parent, workers
 from pipeline.study.interrupts import Interrupts
@@ -161,7 +161,8 @@ def run_search(options: SearchOptions) -> SearchResult:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     _quiet_interrupted_trials()
     setup = _load(options)
-    with _tracking_params(setup.params, dry_run=options.dry_run) as tracked:
+    with _tracking_params(setup.params, dry_run=options.dry_run) as tracked, \
+            _tracking_server_errors():
         uri = tracking.configure(tracked, ignore_env=options.dry_run)
         optuna_study = _open_study(setup)
         _check_settings(optuna_study, setup.settings, where=setup.choice.display())
@@ -180,6 +181,26 @@ def run_search(options: SearchOptions) -> SearchResult:
             torch.set_num_threads(threads_before)
 
 
+@contextlib.contextmanager
+def _tracking_server_errors() -> Iterator[None]:
+    """An MLflow server that cannot be reached when the search starts (or that nothing more
+    specific caught later) is one line, not MLflow's traceback."""
+    import mlflow
+
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, UserError) or not _is_unreachable(exc):
+            raise
+        from pipeline import tracking
+
+        why = str(exc) if isinstance(exc, TrackingUnreachable) else (
+            f"the MLflow tracking server is unreachable ({tracking.unreachable_reason(exc)})")
+        raise UserError(f"{why} at {redact(mlflow.get_tracking_uri())}: start it (or unset "
+                        f"{tracking.ENV_URI} to use the project's own store), then rerun; "
+                        "the study keeps every finished trial") from None
+
+
 class _InterruptedTrialFilter(logging.Filter):
     """Optuna logs a trial ended by Ctrl-C as a failure with a traceback, then "failed with
     value None"; the search records and reports the interruption itself, and a traceback
@@ -190,6 +211,9 @@ class _InterruptedTrialFilter(logging.Filter):
         self._dropped = False
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TrackingUnreachable):
+            record.exc_info = None  # its one line says it all
+            return True
         if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
             self._dropped = True
             return False
@@ -289,6 +313,13 @@ def _is_storage_error(exc: BaseException) -> bool:
     return False
 
 
+def _is_unreachable(exc: BaseException) -> bool:
+    """A lost MLflow tracking server (see ``tracking.is_unreachable``)."""
+    from pipeline import tracking
+
+    return isinstance(exc, TrackingUnreachable) or tracking.is_unreachable(exc)
+
+
 class _Search:
     """One invocation's trials and records (split from :func:`run_search` for its length)."""
 
@@ -304,6 +335,7 @@ class _Search:
         )
         self.client = MlflowClient()
         self.interrupts = Interrupts()
+        self.tracker: Any = None  # the trials' MlflowTrialTracker, once made
         self.storage_error: BaseException | None = None
         self.reconciled: list[str] | None = None
         meta = setup.cache.meta
@@ -342,6 +374,8 @@ class _Search:
             heartbeat.end()
         else:
             heartbeat.stop()
+        if self.tracking_lost is not None or _is_unreachable(exc):
+            return  # every request would wait through MLflow's retries; --reconcile ends it
         with contextlib.suppress(Exception):
             if self.client.get_run(parent_id).info.status == "RUNNING":
                 reason = " ".join(str(exc).split()) or type(exc).__name__
@@ -373,9 +407,12 @@ class _Search:
                 heartbeat.stop()
         if outcome == "storage lost":
             self._end_after_storage_loss(parent_id)
+        if self.tracking_lost is not None:
+            self._end_after_tracking_loss(progress, failed_records)
         reaped += self._reap(lease.id)
         if self.options.reconcile:
-            self.reconciled = reconcile(self.optuna_study, self.client, self.experiment_id)
+            self.reconciled = reconcile(self.optuna_study, self.client, self.experiment_id,
+                                        me=lease.id)
         return self._finish(
             parent_id, tracker, progress, run_budget.describe(done), reaped,
             interrupted=outcome == "interrupted", wall=time.perf_counter() - t0,
@@ -424,6 +461,7 @@ class _Search:
             trial_attrs={WORKER_ATTR: worker, SETTINGS_ATTR: settings_digest(setup.settings)},
         )
         tracker.example = objective.example
+        self.tracker = tracker
         return tracker, objective
 
     def _log_parent_params(self, parent_id: str, plan: str, run_budget: Any) -> None:
@@ -474,10 +512,38 @@ class _Search:
         # A Ctrl-C held while a record was written: that trial finished, no other starts.
         return "interrupted" if self.interrupts.requested else "done"
 
+    @property
+    def tracking_lost(self) -> str | None:
+        """Why the tracking server is taken for lost (None while it answers)."""
+        return None if self.tracker is None else self.tracker.lost
+
     def _stop_when_asked(self, optuna_study: Any, trial: Any) -> None:
-        """Optuna callback: after a Ctrl-C that waited for a record, start no new trial."""
-        if self.interrupts.requested:
+        """Optuna callback: after a Ctrl-C that waited for a record, or once the tracking
+        server is lost (a trial must be an MLflow run), start no new trial."""
+        if self.interrupts.requested or self.tracking_lost is not None:
             optuna_study.stop()
+
+    def _end_after_tracking_loss(self, progress: _Progress, failed: list[int]) -> None:
+        """The tracking server went away: the study (Optuna) holds every result; write the
+        report, say in one line what is missing and how to close the open runs later."""
+        setup = self.setup
+        report = from_study(
+            self.optuna_study, study=setup.study, dataset=setup.dataset,
+            storage=setup.choice.display(), fingerprint=setup.cache.meta.fingerprint,
+            parent_run_id="", experiment_id=self.experiment_id,
+        )
+        path = report_path(self.params, setup.study.name, setup.dataset, setup.default_dataset)
+        report.write(path)
+        missing = (f"; trial(s) {sorted(failed)} finished without a complete MLflow run "
+                   "(their results are in the study, their runs have no model)" if failed
+                   else "")
+        raise UserError(
+            f"{self.tracking_lost} at {redact(self.tracking_uri)}; the search stopped after "
+            f"{len(progress.numbers)} trial(s), every finished trial is kept in the study and "
+            f"in {path.name}{missing}. Once the server is back, "
+            f"`python -m pipeline.search --study {setup.study.name} --dataset {setup.dataset} "
+            "--reconcile` closes the runs left open, and a rerun continues the study"
+        )
 
     def _end_after_storage_loss(self, parent_id: str) -> None:
         """The study database went away: end this worker's MLflow runs and say what to do."""
@@ -523,9 +589,10 @@ class _Search:
             )
         interrupted = interrupted or self.interrupts.requested
         if failed_records:
-            raise RuntimeError(
+            raise UserError(
                 f"the MLflow runs of trial(s) {failed_records} could not be completed (see the "
-                "errors above); the Optuna study and the report are written"
+                "errors above); the Optuna study and the report are written, and "
+                "`--reconcile` closes those runs"
             )
         if progress.gave_up:
             raise UserError(

@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline.config import Params
 from pipeline.data.cache import CacheMeta
-from pipeline.errors import first_line
+from pipeline.errors import TrackingUnreachable, first_line
 from pipeline.study.folds import combine_rows
 from pipeline.study.objective import AVERAGED_SKIP, TrialProgress, best_row
 from pipeline.study.timing import TrackingTimes
@@ -164,6 +164,7 @@ class MlflowTrialTracker:
         # Ctrl-C waits while a record is written in the main thread (pipeline.study.interrupts).
         self._shield = shield or contextlib.nullcontext
         self.failed: list[int] = []  # trials whose record could not be written
+        self.lost: str | None = None  # why the tracking server is taken for lost
 
     def _add(self, progress: TrialProgress, dt: float, *, blocking: bool) -> None:
         if self.times is not None:
@@ -186,7 +187,7 @@ class MlflowTrialTracker:
             "pipeline.searched": ", ".join(progress.values),
         }
         tags.update(_retry_tags(trial))
-        with self._shield():  # a run created must reach the trial (its user attribute)
+        with self._shield(), self._reachable():  # a run created must reach the trial
             run = self.client.create_run(
                 self.experiment_id, run_name=f"trial-{progress.number}", tags=tags
             )
@@ -199,11 +200,12 @@ class MlflowTrialTracker:
 
         assert progress.run_id is not None and progress.params is not None
         t0 = time.perf_counter()
-        self.client.log_batch(
-            progress.run_id,
-            params=[Param(k, v) for k, v in _run_params(progress.params).items()],
-            synchronous=True,
-        )
+        with self._reachable():
+            self.client.log_batch(
+                progress.run_id,
+                params=[Param(k, v) for k, v in _run_params(progress.params).items()],
+                synchronous=True,
+            )
         self._add(progress, time.perf_counter() - t0, blocking=True)
 
     def finish(self, progress: TrialProgress) -> None:
@@ -245,10 +247,36 @@ class MlflowTrialTracker:
         self._executor.shutdown(wait=True)
 
     # ----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """Turn a lost tracking server into :class:`TrackingUnreachable` (and remember it)."""
+        from pipeline import tracking
+
+        if self.lost is not None:
+            raise TrackingUnreachable(self.lost)
+        try:
+            yield
+        except Exception as exc:
+            if not tracking.is_unreachable(exc):
+                raise
+            self.lost = ("the MLflow tracking server is unreachable "
+                         f"({tracking.unreachable_reason(exc)})")
+            raise TrackingUnreachable(self.lost) from None
+
     def _record_logged(self, progress: TrialProgress) -> None:
         try:
-            self._record(progress)
-        except Exception:
+            with self._reachable():
+                self._record(progress)
+        except TrackingUnreachable as exc:
+            # Once the server is gone nothing more is sent: each request would wait through
+            # MLflow's retries again. The run stays open for --reconcile to close.
+            progress.record_error = str(exc)
+            logger.warning("trial %d: its MLflow run could not be completed: %s",
+                           progress.number, exc)
+            with self._stats_lock:
+                self.failed.append(progress.number)
+        except Exception as exc:
+            progress.record_error = first_line(exc)
             logger.exception(
                 "could not record trial %d in MLflow run %s", progress.number, progress.run_id
             )
@@ -306,8 +334,9 @@ class MlflowTrialTracker:
             if model_error is not None:
                 raise model_error
         except BaseException as exc:
-            with contextlib.suppress(Exception):
-                self._end_failed(progress, exc)
+            if not tracking.is_unreachable(exc):
+                with contextlib.suppress(Exception):
+                    self._end_failed(progress, exc)
             raise
         finally:
             self._slots.release()

@@ -35,6 +35,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from pipeline.study.report import RECORD_LOST_ATTR
+
 logger = logging.getLogger(__name__)
 
 LEASE_PREFIX = "pipeline.worker."
@@ -240,17 +242,39 @@ def _fail(optuna_study: Any, trial: Any, reason: str, max_retry: int) -> bool:
     return True
 
 
-def _end_run(client: Any, run_id: str | None, *, state: str | None, reason: str) -> None:
+def _end_parents_left_open(optuna_study: Any, client: Any, *, me: str) -> list[str]:
+    """Parent runs of workers that are no longer running (their lease ended or was reaped)
+    but are still RUNNING in MLflow (the tracking server was gone when they ended)."""
+    lines = []
+    for lease in _leases(optuna_study):
+        if lease.state == "running" or not lease.parent_run_id or lease.id == me:
+            continue
+        try:
+            status = client.get_run(lease.parent_run_id).info.status
+        except Exception:  # noqa: BLE001 - a deleted run: nothing to close
+            continue
+        if status == "RUNNING":
+            client.set_tag(lease.parent_run_id, "pipeline.error",
+                           f"ended by --reconcile: its search (worker {lease.id}) had ended")
+            client.set_terminated(lease.parent_run_id, status="FAILED")
+            lines.append(f"parent run {lease.parent_run_id} of worker {lease.id} was RUNNING: "
+                         "ended")
+    return lines
+
+
+def _end_run(client: Any, run_id: str | None, *, state: str | None, reason: str,
+             record_lost: bool = False) -> None:
     """End a RUNNING MLflow run: a trial's FAILED (with its Optuna state), a parent's KILLED."""
     if not run_id or state == "RUNNING":
         return
     try:
-        _end_running_run(client, run_id, state=state, reason=reason)
+        _end_running_run(client, run_id, state=state, reason=reason, record_lost=record_lost)
     except Exception as exc:  # noqa: BLE001 - a deleted run, an unreachable server
         logger.warning("could not end MLflow run %s (reconcile later): %s", run_id, exc)
 
 
-def _end_running_run(client: Any, run_id: str, *, state: str | None, reason: str) -> None:
+def _end_running_run(client: Any, run_id: str, *, state: str | None, reason: str,
+                     record_lost: bool) -> None:
     run = client.get_run(run_id)
     if run.info.status != "RUNNING":
         return
@@ -264,18 +288,22 @@ def _end_running_run(client: Any, run_id: str, *, state: str | None, reason: str
     number = run.data.tags.get("optuna.trial_number")
     if number is not None:
         client.set_tag(run_id, "mlflow.runName", trial_run_name(int(number), state))
-    client.set_terminated(run_id, status=RUN_STATUS.get(state, "FAILED"))
+    # A run whose record was lost ends FAILED whatever its trial's state: it has no model.
+    client.set_terminated(run_id, status="FAILED" if record_lost else RUN_STATUS.get(
+        state, "FAILED"))
 
 
 # --------------------------------------------------------------------------------------------
 # Reconciling Optuna and MLflow
 # --------------------------------------------------------------------------------------------
-def reconcile(optuna_study: Any, client: Any, experiment_id: str) -> list[str]:
+def reconcile(optuna_study: Any, client: Any, experiment_id: str, *, me: str) -> list[str]:
     """Make every trial's MLflow run agree with its Optuna state; one line per fix or finding.
 
-    A finished trial whose run is still RUNNING is ended with the matching status; a run whose
-    ``optuna.state`` tag disagrees with the trial gets the trial's. Trial runs of this study that
-    no trial points to are reported, not changed (they hold what they hold).
+    A finished trial whose run is still RUNNING is ended with the matching status (FAILED,
+    saying why, when the trial's record was lost with the tracking server); a run whose
+    ``optuna.state`` tag disagrees with the trial gets the trial's. The parent run of a worker
+    that ended (or was reaped) but could not close it is ended too. Trial runs of this study
+    that no trial points to are reported, not changed (they hold what they hold).
     """
     from pipeline.study.trial_runs import RUN_STATUS
 
@@ -296,14 +324,18 @@ def reconcile(optuna_study: Any, client: Any, experiment_id: str) -> list[str]:
             lines.append(f"run {run.info.run_id} ({run.info.run_name}) belongs to no trial")
             continue
         state = trial.state.name
+        lost = trial.user_attrs.get(RECORD_LOST_ATTR)
         if state in RUN_STATUS and run.info.status == "RUNNING":
-            _end_run(client, run.info.run_id, state=state,
-                     reason="ended by --reconcile: its trial had finished")
-            lines.append(f"trial {trial.number}: {state}, its run was RUNNING: ended")
+            _end_run(client, run.info.run_id, state=state, record_lost=lost is not None,
+                     reason=f"ended by --reconcile: its trial had finished ({state})"
+                            + (f"; its record was not completed: {lost}" if lost else ""))
+            lines.append(f"trial {trial.number}: {state}, its run was RUNNING: ended"
+                         + (" (its record was lost: no model)" if lost else ""))
         elif state in RUN_STATUS and run.data.tags.get("optuna.state") != state:
             client.set_tag(run.info.run_id, "optuna.state", state)
             lines.append(f"trial {trial.number}: tag optuna.state was "
                          f"{run.data.tags.get('optuna.state')!r}, set to {state}")
+    lines += _end_parents_left_open(optuna_study, client, me=me)
     found = {r.info.run_id for r in runs}
     for run_id, trial in owned.items():
         if run_id not in found:

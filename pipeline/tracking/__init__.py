@@ -33,8 +33,10 @@ from pipeline.tracking.store import (
     configure,
     experiment,
     is_local_store,
+    is_unreachable,
     quiet_mlflow,
     ui_url,
+    unreachable_reason,
 )
 from pipeline.tracking.train_run import (
     TrainOptions,
@@ -60,6 +62,8 @@ __all__ = [
     "git_commit",
     "history_metrics",
     "is_local_store",
+    "is_unreachable",
+    "unreachable_reason",
     "log_curves",
     "log_history",
     "log_metrics",

@@ -11,14 +11,17 @@ import fcntl
 import functools
 import logging
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import mlflow
+import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import Params
+from pipeline.errors import first_line
 from pipeline.secrets import redact
 
 logger = logging.getLogger(__name__)
@@ -173,6 +176,36 @@ def experiment(name: str, params: Params) -> str:
         return str(found.experiment_id)
     logger.info("created MLflow experiment %r", name)
     return str(exp_id)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) says the tracking server could not be reached.
+
+    MLflow's REST client retries a refused connection, a timeout or a 5xx answer (its
+    ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``) and then raises an ``MlflowException`` whose context is
+    the ``requests`` error: a lost server, as opposed to a request the server refused.
+    """
+    lost = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+            requests.exceptions.RetryError)
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, lost):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+_ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """A few words for a lost server (``Connection refused``), not MLflow's 400-character
+    message with the request's URL in it."""
+    text = " ".join(str(exc).split())
+    found = _ERRNO_TEXT.search(text)
+    if found:
+        return found.group(1).strip()
+    return "timed out" if "timed out" in text.lower() else first_line(exc)[:200]
 
 
 def active_run_id(run_id: str | None = None) -> str:
