@@ -60,6 +60,14 @@ def print_summary(result: SearchResult, out: TextIO) -> None:
     if result.reaped:
         print(f"failed and queued again: trial(s) {result.reaped} of a worker that died",
               file=out)
+    # Nothing is left behind silently: what this worker could not finish, someone will.
+    if report.counts.get("WAITING"):
+        print(f"{report.counts['WAITING']} trial(s) of a worker that died are queued again: the "
+              "next search on this study runs them (rerun the same command)", file=out)
+    if report.counts.get("RUNNING"):
+        print(f"{report.counts['RUNNING']} trial(s) still running: on other workers, or on one "
+              "that died too recently to be sure (the next search cleans up after it)",
+              file=out)
     if result.reconciled is not None:
         print("reconcile: Optuna and MLflow agree" if not result.reconciled else
               "reconcile:\n  " + "\n  ".join(result.reconciled), file=out)

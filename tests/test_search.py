@@ -321,12 +321,14 @@ def test_a_trial_whose_record_fails_keeps_its_result(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(tracking, "log_model", log_model)
-    with pytest.raises(RuntimeError, match=r"MLflow runs of trial\(s\) \[0\] could not"):
+    with pytest.raises(UserError, match=r"MLflow runs of trial\(s\) \[0\] could not"):
         run_search(SearchOptions(study="tiny", params_path=proj / "params.yaml", n_trials=3))
 
     trials = load_study(proj).trials
     assert len(trials) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     assert trials[0].user_attrs["mlflow_run_id"] == broken[0]
+    assert "No space left" in trials[0].user_attrs["pipeline.record_lost"]
+    assert report(proj)["best"]["number"] != 0  # promote cannot take a trial without a model
     client, _, children = mlflow_runs(proj)
     by_run = {r.info.run_id: r for r in children}
     run = by_run[broken[0]]

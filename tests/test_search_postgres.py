@@ -12,11 +12,13 @@ refuses passwords) and in ``PGPASSWORD`` to ``mlflow server``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pipeline.study.budget import BudgetReached, admitting
+from pipeline.study.storage import StorageChoice, open_storage, study_lock
 from tests.conftest import make_image_cache, wait_for_running_trial
 from tests.pgserver import Server, pg_bin, postgres_server
 from tests.servers import start_mlflow_server, stop
@@ -158,6 +162,38 @@ def _runs() -> list[Any]:
     client = MlflowClient()
     exp = client.get_experiment_by_name("pg-digits")
     return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_workers_starting_at_once_create_exactly_the_total_on_postgres(
+    postgres: Server,
+) -> None:
+    """Eight storages (as eight workers would) ask at the same moment: the advisory lock admits
+    exactly the total."""
+    url = f"postgresql+psycopg://postgres:{PASSWORD}@{postgres}/optuna"
+    choice = StorageChoice("rdb", url, "test")
+    optuna.create_study(study_name="race", storage=open_storage(choice))
+    studies = [optuna.load_study(study_name="race", storage=open_storage(choice))
+               for _ in range(8)]
+    barrier = threading.Barrier(len(studies))
+    outcomes: list[str] = []
+
+    def worker(study: optuna.Study) -> None:
+        lock = functools.partial(study_lock, choice, study._storage, "race")
+        with admitting(study, 3, lock):
+            barrier.wait()
+            try:
+                study.ask()
+                outcomes.append("created")
+            except BudgetReached:
+                outcomes.append("refused")
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in studies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
+    assert len(optuna.load_study(study_name="race", storage=url).trials) == 3
 
 
 def test_kill_9_of_a_postgres_worker_is_cleaned_up(project: Path, postgres: Server) -> None:
@@ -306,8 +342,8 @@ def test_three_workers_an_mlflow_server_a_kill_and_an_outage(
 
         trials = optuna.load_study(study_name="pg-digits", storage=url).trials
         finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-        # The total, overshot by at most one trial per other worker starting one at that moment.
-        assert BUDGET <= len(finished) <= BUDGET + 2, [t.state.name for t in trials]
+        # Exactly the total: new trials are admitted under one advisory lock.
+        assert len(finished) == BUDGET, [t.state.name for t in trials]
         assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
         assert len({tuple(sorted(t.params.items())) for t in finished}) == len(finished)
         assert trials[victim.number].state.name == "FAIL"

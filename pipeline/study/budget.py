@@ -7,13 +7,15 @@ once it runs: Optuna runs queued trials first, so a retry of a dead worker's tri
 run. A run without ``--n-trials`` adds trials until the total is reached; ``--n-trials N``
 adds N more whatever the total (``0``: create or check the study and clean up after gone
 workers, train nothing).
-Workers that share a study stop when the total is reached, so it is overshot by at most one
-trial per worker that was starting one at that moment.
+The total is exact however many workers start trials at the same moment: a new trial is
+created only under a lock that every worker of the study takes (:func:`admitting`), and only
+while fewer than the total count or wait in the queue.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,14 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 COUNTED_STATES = ("COMPLETE", "PRUNED", "RUNNING")
+# What a new trial must fit beside: a queued trial (a dead worker's retry) will run, so it
+# takes its place in the total before it does.
+ADMITTED_STATES = (*COUNTED_STATES, "WAITING")
+
+
+class BudgetReached(Exception):
+    """The study holds its total: no new trial is created (raised by ``study.ask``)."""
+
 
 
 def counted(states: Iterable[str]) -> int:
@@ -56,3 +66,37 @@ def stop_at_total(total: int) -> Any:
     """Optuna's callback that stops this worker once the study's counted trials reach ``total``."""
 
     return MaxTrialsCallback(total, states=tuple(TrialState[s] for s in COUNTED_STATES))
+
+
+@contextlib.contextmanager
+def admitting(
+    optuna_study: Any, total: int, lock: Callable[[], contextlib.AbstractContextManager[Any]]
+) -> Iterator[None]:
+    """While the block runs, ``optuna_study`` creates a new trial only while fewer than
+    ``total`` of its trials count or wait (:data:`ADMITTED_STATES`), checked and created under
+    ``lock``; otherwise ``study.ask`` raises :class:`BudgetReached`.
+
+    Optuna's ``MaxTrialsCallback`` looks after a trial has ended, so workers starting at the
+    same moment each create one more. The only place between "how many are there" and "one
+    more" is the storage's ``create_new_trial``, so this wraps that method of this study's
+    storage object for the block. Queued trials are popped without it (they already count),
+    and a queued trial being added (``add_trial`` passes a template) is not refused.
+    """
+    storage = optuna_study._storage
+    create = storage.create_new_trial
+    states = tuple(TrialState[s] for s in ADMITTED_STATES)
+
+    def create_within_budget(study_id: int, template_trial: Any = None) -> int:
+        if template_trial is not None:
+            return int(create(study_id, template_trial=template_trial))
+        with lock():
+            held = len(storage.get_all_trials(study_id, deepcopy=False, states=states))
+            if held >= total:
+                raise BudgetReached(f"the study holds its total of {total} trial(s)")
+            return int(create(study_id))
+
+    storage.create_new_trial = create_within_budget
+    try:
+        yield
+    finally:
+        del storage.create_new_trial  # the class's own method again

@@ -38,7 +38,7 @@ from pipeline.study import parent, workers
 from pipeline.study.interrupts import Interrupts
 from pipeline.study.report import StudyReport, from_study, report_path, short_params
 from pipeline.study.spec import STUDIES_DIR, StudySpec, load_study, make_pruner, make_sampler
-from pipeline.study.storage import StorageChoice, open_storage, resolve_storage
+from pipeline.study.storage import StorageChoice, open_storage, resolve_storage, study_lock
 from pipeline.study.timing import TrackingTimes
 from pipeline.study.workers import WORKER_ATTR, reconcile
 
@@ -492,10 +492,14 @@ class _Search:
             objective.set_time_budget(self.setup.timeout)
         callbacks: list[Any] = [progress, lambda study, trial: self._reap_quietly(me),
                                 self._stop_when_asked]
+        admission: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if run_budget.total is not None:
             callbacks.append(budgets.stop_at_total(run_budget.total))
+            lock = functools.partial(study_lock, self.setup.choice, self.optuna_study._storage,
+                                     self.optuna_study.study_name)
+            admission = budgets.admitting(self.optuna_study, run_budget.total, lock)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), admission:
                 warnings.filterwarnings("ignore", category=UserWarning, module=r"optuna")
                 self.optuna_study.optimize(
                     objective, n_trials=run_budget.n_trials, timeout=self.setup.timeout,
@@ -504,6 +508,8 @@ class _Search:
                 )
         except KeyboardInterrupt:
             return "interrupted"
+        except budgets.BudgetReached as exc:  # other workers took the last places
+            logger.info("%s; this worker stops", exc)
         except Exception as exc:
             if not _is_storage_error(exc):
                 raise

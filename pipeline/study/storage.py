@@ -15,9 +15,14 @@ module unredacted: :meth:`StorageChoice.display` is what logs, MLflow and report
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import logging
 import os
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +30,7 @@ from typing import Any, Literal
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
+from sqlalchemy import make_url, text
 
 from pipeline.errors import UserError, first_line
 from pipeline.secrets import has_password, redact, redact_text
@@ -143,3 +149,39 @@ def open_storage(
             f"{choice.origin}: cannot open Optuna storage {choice.display()}: "
             f"{redact_text(first_line(exc), choice.target)}"
         ) from None
+
+
+@contextlib.contextmanager
+def study_lock(choice: StorageChoice, storage: Any, study_name: str) -> Iterator[None]:
+    """A lock that every worker of ``study_name`` on this storage takes for the same moment:
+    the budget's check-then-create (:mod:`pipeline.study.budget`).
+
+    PostgreSQL: a transaction-level advisory lock (released with the transaction, so also when
+    a worker dies holding it). A journal or SQLite file: ``flock`` on a file beside it, opened
+    afresh each time so that threads of one process exclude each other too. In memory (one
+    process): a thread lock. Other databases have no lock here (a concurrent start may then
+    overshoot the total by one trial per worker).
+    """
+    if choice.kind == "memory":
+        with _MEMORY_LOCK:
+            yield
+        return
+    if choice.kind == "journal" or choice.target.startswith("sqlite:"):
+        path = Path(choice.target) if choice.kind == "journal" else Path(
+            make_url(choice.target).database or "optuna.db")
+        with open(path.with_name(path.name + ".budget.lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        return
+    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        yield
+        return
+    key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
+    with engine.begin() as connection:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        yield
+
+
+_MEMORY_LOCK = threading.Lock()
+

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+from pathlib import Path
+
 import optuna
 import pytest
 
-from pipeline.study.budget import counted, plan, stop_at_total
+from pipeline.study.budget import BudgetReached, admitting, counted, plan, stop_at_total
+from pipeline.study.storage import StorageChoice, open_storage, study_lock
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -47,3 +52,50 @@ def test_workers_stop_at_the_study_total() -> None:
 def test_a_queued_retry_of_a_dead_workers_trial_still_runs() -> None:
     states = ["COMPLETE"] * 19 + ["FAIL", "WAITING"]  # trial 19 died and was queued again
     assert plan(extra=None, total=20, done=counted(states)).n_trials == 1
+
+
+def _journal_study(tmp_path: Path) -> tuple[optuna.Study, StorageChoice]:
+    choice = StorageChoice("journal", str(tmp_path / "s.journal"), "test")
+    return optuna.create_study(study_name="s", storage=open_storage(choice)), choice
+
+
+def test_workers_starting_at_once_create_exactly_the_total(tmp_path: Path) -> None:
+    """Twelve threads, each its own storage object on one journal, ask at the same moment."""
+    _, choice = _journal_study(tmp_path)
+    barrier = threading.Barrier(12)
+    outcomes: list[str] = []
+
+    def worker() -> None:
+        study = optuna.load_study(study_name="s", storage=open_storage(choice))
+        lock = functools.partial(study_lock, choice, study._storage, "s")
+        with admitting(study, 5, lock):
+            barrier.wait()
+            try:
+                study.ask()
+                outcomes.append("created")
+            except BudgetReached:
+                outcomes.append("refused")
+
+    threads = [threading.Thread(target=worker) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["created"] * 5 + ["refused"] * 7
+    assert len(optuna.load_study(study_name="s", storage=open_storage(choice)).trials) == 5
+
+
+def test_a_full_study_still_runs_its_queued_retry(tmp_path: Path) -> None:
+    study, choice = _journal_study(tmp_path)
+    lock = functools.partial(study_lock, choice, study._storage, "s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    study.enqueue_trial({"x": 0.5})  # a dead worker's trial, queued again: it counts
+    with admitting(study, 3, lock):
+        with pytest.raises(BudgetReached):  # two done + one queued: no room for a new one
+            study._storage.create_new_trial(study._study_id)
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)  # pops the retry
+        with pytest.raises(BudgetReached):
+            study.ask()
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert study.trials[2].params == {"x": 0.5}
+    study.ask()  # outside the block Optuna is as it was
