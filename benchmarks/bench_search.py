@@ -9,9 +9,9 @@ with the same sampler seed and the same number of trials and no time limit:
 * **unpruned**: the same file with ``pruner: {type: none}``;
 * **untracked**: the pruned search again without MLflow (the same objective and the same
   journal storage); trials are seeded by their number, so it trains exactly the same trials;
-* **background** (``--background``): the pruned search with each trial's MLflow record written
-  in the background while the next trial trains (the default only when training runs on an
-  accelerator; on the CPU the trial waits for its record).
+* **inline** (``--inline``): the pruned search with each trial's MLflow record written in the
+  trial's own thread while it waits (the default before the recorder process, which writes
+  records while the next trial trains).
 
 Pruning: lockstep trial-epochs spent (the steps the pruner sees), fold-epochs (epochs summed
 over the CV folds: the compute), wall time and the best value reached, with the ratios
@@ -24,7 +24,7 @@ search's wall time, and the wall-time difference tracked vs untracked (target â‰
 Timed runs are repeated (``--repeat``, interleaved) and the fastest repetition counts, because
 other processes on a shared machine inflate wall times (OpenMP threads spin when descheduled).
 
-    python benchmarks/bench_search.py [--study capacity] [--n-trials N] [--background] [--json F]
+    python benchmarks/bench_search.py [--study capacity] [--n-trials N] [--inline] [--json F]
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def summarise(trials: list[Any], wall: float) -> dict[str, Any]:
 
 
 def tracked(
-    project: Path, study: str, n_trials: int | None, *, background: bool | None = None
+    project: Path, study: str, n_trials: int | None, *, writer: Any = None
 ) -> dict:
     import optuna
 
@@ -98,7 +98,7 @@ def tracked(
     times = TrackingTimes()
     result = run_search(SearchOptions(
         study=study, params_path=project / "params.yaml", n_trials=n_trials, timeout_s=1e9,
-        background_logging=background, times=times,
+        record_writer=writer, times=times,
     ))
     journal = project / "studies" / f"{result.optuna_study}.journal"
     trials = optuna.load_study(
@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="capacity")
     parser.add_argument("--n-trials", type=int, help="default: the study file's budget")
-    parser.add_argument("--background", action="store_true",
+    parser.add_argument("--inline", action="store_true",
                         help="also run the pruned search with trial records written in the "
-                             "background (the default only on an accelerator)")
+                             "trial's thread (instead of the recorder process)")
     parser.add_argument("--repeat", type=int, default=2,
                         help="repetitions of the timed runs; the fastest counts (default 2)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -181,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeat):  # interleaved, so background load hits them alike
         runs.append(("untracked", lambda p: untracked(p, args.study, args.n_trials)))
         runs.append(("pruned", lambda p: tracked(p, args.study, args.n_trials)))
-        if args.background:
+        if args.inline:
             runs.append(
-                ("background", lambda p: tracked(p, args.study, args.n_trials, background=True))
+                ("inline", lambda p: tracked(p, args.study, args.n_trials, writer="inline"))
             )
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{ratios['wall_saved']:.1%} less wall time; best {p['best_value']:.5f} vs "
           f"{u['best_value']:.5f} = {ratios['best_rel_diff']:+.2%} relative  "
           "[target: â‰¥ 50 % fewer epochs, within 1 %]")
-    for name in ("pruned", "unpruned", "background"):
+    for name in ("pruned", "unpruned", "inline"):
         if name not in out:
             continue
         r = out[name]
@@ -240,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{ratios['tracking_fixed_s']:.1f} s")
     print(f"wall time tracked vs untracked (same trials): {p['search_wall_s']:.1f} s vs "
           f"{n['search_wall_s']:.1f} s = {ratios['tracking_wall_overhead']:+.1%} overhead")
-    if "background" in out:
-        s = out["background"]
-        print(f"wall time background vs untracked: {s['search_wall_s']:.1f} s vs "
+    if "inline" in out:
+        s = out["inline"]
+        print(f"wall time inline records vs untracked: {s['search_wall_s']:.1f} s vs "
               f"{n['search_wall_s']:.1f} s = "
               f"{(s['search_wall_s'] - n['search_wall_s']) / s['search_wall_s']:+.1%} overhead")
     if args.json:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from sklearn.datasets import load_diabetes, load_digits
 
 from pipeline.atomic import write_bytes_atomic
 from pipeline.config import Params
@@ -75,6 +74,8 @@ def run_fetch(options: FetchOptions) -> FetchResult:
 
 def digit_images() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 digits (values 0-16) as ``uint8 [N, 28, 28]`` (0-255) and labels."""
+    from sklearn.datasets import load_digits  # heavy: only `fetch` needs it
+
     digits = load_digits()
     small = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     big = np.stack(
@@ -113,6 +114,8 @@ def _number(value: float) -> str:
 
 def write_diabetes(path: Path) -> int:
     """Write the diabetes table (original units where scikit-learn has them) as CSV."""
+    from sklearn.datasets import load_diabetes
+
     try:
         data = load_diabetes(scaled=False)
     except TypeError:  # scikit-learn < 1.1: only the scaled version

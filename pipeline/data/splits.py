@@ -7,7 +7,6 @@ the same test split, holdout and folds on every machine and in every trial.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 
 def _can_stratify(y: np.ndarray, n_splits_or_fraction: float, classification: bool) -> bool:
@@ -23,6 +22,9 @@ def holdout_split(
     y: np.ndarray, *, fraction: float, seed: int, classification: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices (keep, held_out), stratified by class when every class has ≥ 2 samples."""
+    # scikit-learn costs about as much to import as torch: only the commands that split pay.
+    from sklearn.model_selection import train_test_split
+
     idx = np.arange(len(y))
     stratify = y if _can_stratify(y, fraction, classification) else None
     keep, held = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
@@ -33,6 +35,8 @@ def kfold_splits(
     y: np.ndarray, *, k: int, seed: int, classification: bool
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """K (train, val) index pairs; stratified for classification when every class has ≥ K."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
     idx = np.arange(len(y))
     if _can_stratify(y, k, classification):
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from sqlalchemy.exc import SQLAlchemyError
@@ -41,6 +41,9 @@ from pipeline.study.spec import STUDIES_DIR, StudySpec, load_study, make_pruner,
 from pipeline.study.storage import StorageChoice, open_storage, resolve_storage, study_lock
 from pipeline.study.timing import TrackingTimes
 from pipeline.study.workers import WORKER_ATTR, reconcile
+
+if TYPE_CHECKING:
+    from pipeline.study.trial_runs import RecordWriter
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +65,9 @@ class SearchOptions:
     dry_run: bool = False
     device: str | None = None
     log_models: bool = True
-    # Benchmarks only (no command-line flag): write each trial's record while the next trial
-    # trains (None: only when training runs on an accelerator; on the CPU the writer competes
-    # with training for the same cores, see BENCHMARKS.md), skip the models, time the records.
-    background_logging: bool | None = None
+    # Benchmarks and tests only (no command-line flag): who writes each trial's record
+    # (MlflowTrialTracker's writer; None: the recorder process), skip the models, time them.
+    record_writer: RecordWriter | None = None
     times: TrackingTimes | None = None
     reconcile: bool = False  # train nothing; make Optuna and MLflow agree, say what differed
 
@@ -438,10 +440,6 @@ class _Search:
         from pipeline.study.trial_runs import MlflowTrialTracker, RunTarget
 
         options, setup = self.options, self.setup
-        background = (
-            options.background_logging if options.background_logging is not None
-            else setup.device.type != "cpu"
-        )
         target = RunTarget(
             experiment_id=self.experiment_id, parent_run_id=parent_id,
             optuna_study=self.optuna_study.study_name,
@@ -449,9 +447,8 @@ class _Search:
             metric=setup.study.metric, direction=setup.study.direction,
         )
         tracker = MlflowTrialTracker(
-            target, meta=setup.cache.meta, log_models=options.log_models, background=background,
-            # One trial at a time on the CPU: record in the trial's thread (see the tracker).
-            inline=not background and options.n_jobs == 1, times=options.times,
+            target, meta=setup.cache.meta, log_models=options.log_models,
+            writer=options.record_writer or "process", times=options.times,
             shield=self.interrupts.shield,
         )
         objective = Objective(
@@ -461,6 +458,7 @@ class _Search:
             trial_attrs={WORKER_ATTR: worker, SETTINGS_ATTR: settings_digest(setup.settings)},
         )
         tracker.example = objective.example
+        tracker.start_recorder()  # it warms up (imports, torch.export) while trial 0 trains
         self.tracker = tracker
         return tracker, objective
 

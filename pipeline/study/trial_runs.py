@@ -10,6 +10,7 @@ shows in MLflow (the reaper and ``--reconcile`` use them too).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import threading
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from pipeline.errors import TrackingUnreachable, first_line
 from pipeline.study.folds import combine_rows
 from pipeline.study.objective import AVERAGED_SKIP, TrialProgress, best_row
 from pipeline.study.timing import TrackingTimes
+
+if TYPE_CHECKING:
+    from pipeline.tracking import RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +93,8 @@ class RunTarget:
     direction: str  # the study's direction
 
 
-_MAX_PENDING = 2  # with background records, a trial waits when this many are queued
+_MAX_PENDING = 2  # a trial waits when this many of its predecessors' records are queued
+RecordWriter = Literal["inline", "thread", "process"]
 
 
 class MlflowTrialTracker:
@@ -99,28 +104,30 @@ class MlflowTrialTracker:
     ``mlflow.parentRunId`` nests them), so trials running in parallel threads never share an
     active run. Creating the run (and logging its params) happens in the trial's thread, so the
     Optuna trial knows its run id at once. The end-of-trial record (metrics, tags, curves PNG,
-    model, final status) is written by **one** thread at a time — ``torch.export`` is not
-    thread-safe — the logging thread, either while the trial waits or, with ``background``,
-    while the next trial trains (worth it when training runs on an
-    accelerator and leaves CPU cores free). With ``inline`` (one trial at a time on the CPU)
-    the trial's own thread writes it instead: a second thread that runs torch ops gives the
-    OpenMP runtime more threads than cores, and it then puts the training threads to sleep
-    between parallel regions instead of letting them spin — measured here, training took 40 %
-    longer for the whole search. :meth:`flush` waits for queued records. Pruned runs end
-    FINISHED named ``trial-N pruned``, failed ones FAILED; every run carries the tag
-    ``optuna.state`` (COMPLETE / PRUNED /
-    FAIL). A record that cannot be written (a full disk, a lost server) is logged, its run ends
-    FAILED and the search reports it when it ends; the trial keeps its Optuna state and value.
+    model, final status) is built in the trial's thread as a
+    :class:`~pipeline.tracking.records.RunRecord` and written by one writer at a time
+    (``torch.export`` is not thread-safe):
+
+    - ``process``: the recorder process (:mod:`pipeline.tracking.recorder`) writes it while the
+      next trial trains; the trial only hands it over. A second *thread* of the training
+      process would not do: a torch op there makes OpenMP put the training threads to sleep
+      between parallel regions (training ran 40–55 % slower, BENCHMARKS.md).
+    - ``inline``: the trial's own thread writes it (one trial at a time).
+    - ``thread``: one logging thread writes it while the trial waits (trials in threads).
+
+    :meth:`flush` waits for queued records. Pruned runs end FINISHED named ``trial-N pruned``,
+    failed ones FAILED; every run carries the tag ``optuna.state`` (COMPLETE / PRUNED / FAIL).
+    A record that cannot be written (a full disk, a lost server) is logged, its run ends FAILED
+    and the search reports it when it ends; the trial keeps its Optuna state and value.
 
     Args:
         target: where the runs go and what they are for (:class:`RunTarget`).
         meta: the cache metadata (model packaging, tags).
         log_models: log each trial's model (complete and pruned trials).
         example: raw input samples for the model's signature and input example.
-        background: write end-of-trial records in the background (else the trial waits for
-            its record, as a CPU-bound search should).
-        inline: write each record in the trial's thread (only for one trial at a time).
+        writer: who writes the end-of-trial records (above).
         times: where benchmarks collect the time spent on records (None: not measured).
+        shield: holds a Ctrl-C while a record is written in the main thread.
     """
 
     def __init__(
@@ -130,8 +137,7 @@ class MlflowTrialTracker:
         meta: CacheMeta,
         log_models: bool = True,
         example: np.ndarray | None = None,
-        background: bool = True,
-        inline: bool = False,
+        writer: RecordWriter = "inline",
         times: TrackingTimes | None = None,
         shield: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
     ) -> None:
@@ -147,24 +153,25 @@ class MlflowTrialTracker:
         self.direction = target.direction
         self.log_models = log_models
         self.example = example
-        if inline and background:
-            raise ValueError("MlflowTrialTracker: inline and background exclude each other")
-        self.background = background
-        self.inline = inline
+        self.writer = writer
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
-        if log_models and not inline:
-            from pipeline.tracking import warm_up_export
-
-            # torch.export's first call costs ~1.4 s; take it while the first trial trains.
-            self._executor.submit(warm_up_export)
+        self._recorder: Any = None  # started with the first record (needs the example)
         self._slots = threading.BoundedSemaphore(_MAX_PENDING)
         self._stats_lock = threading.Lock()
-        self._pending: list[Any] = []
+        self._numbers: dict[str, int] = {}  # run id -> trial number, for the recorder's replies
         self.times = times
         # Ctrl-C waits while a record is written in the main thread (pipeline.study.interrupts).
         self._shield = shield or contextlib.nullcontext
         self.failed: list[int] = []  # trials whose record could not be written
         self.lost: str | None = None  # why the tracking server is taken for lost
+
+    def start_recorder(self) -> None:
+        """Start the recorder process now (it warms up while the first trial trains)."""
+        from pipeline.tracking.recorder import Recorder
+
+        if self.writer == "process" and self._recorder is None:
+            self._recorder = Recorder(meta=self.meta, example=self.example,
+                                      experiment_id=self.experiment_id, on_done=self._written)
 
     def _add(self, progress: TrialProgress, dt: float, *, blocking: bool) -> None:
         if self.times is not None:
@@ -209,7 +216,7 @@ class MlflowTrialTracker:
         self._add(progress, time.perf_counter() - t0, blocking=True)
 
     def finish(self, progress: TrialProgress) -> None:
-        """Record how the trial ended (in the background unless it was interrupted)."""
+        """Record how the trial ended (see the class docstring for who writes it)."""
         if progress.run_id is None:
             return
         # The kept weights are restored here, in the trial's thread, before anyone else looks.
@@ -217,36 +224,39 @@ class MlflowTrialTracker:
             if t.best_epoch > 0:
                 t.final_model()
         t0 = time.perf_counter()
-        self._slots.acquire()  # back-pressure: at most max_pending records queued
-        if not self.background or progress.interrupted:
-            # A record that cannot be written is logged and reported when the search ends; it
-            # does not turn a trial that trained to the end into a failed one.
-            try:
-                with self._shield():
-                    if self.inline:
-                        self._record_logged(progress)
-                    else:
-                        self._executor.submit(self._record_logged, progress).result()
-            finally:
-                self._waited(progress, time.perf_counter() - t0)
+        record = self._run_record(progress)
+        self._slots.acquire()  # back-pressure: at most _MAX_PENDING records queued
+        if self.writer == "process" and self.lost is None:
+            with self._stats_lock:
+                self._numbers[record.run_id] = progress.number
+            self.start_recorder()
+            self._recorder.submit(record)
+            self._waited(progress, time.perf_counter() - t0)
             return
-        self._waited(progress, time.perf_counter() - t0)
-        with self._stats_lock:
-            self._pending.append(self._executor.submit(self._record_logged, progress))
+        # A record that cannot be written is logged and reported when the search ends; it does
+        # not turn a trial that trained to the end into a failed one.
+        try:
+            with self._shield():
+                if self.writer == "inline":
+                    self._write_logged(progress, record)
+                else:
+                    self._executor.submit(self._write_logged, progress, record).result()
+        finally:
+            self._waited(progress, time.perf_counter() - t0)
 
     def flush(self) -> list[int]:
         """Wait until every queued record is written; returns the trials that failed to log."""
+        if self._recorder is not None:
+            self._recorder.wait()
         with self._stats_lock:
-            pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
-        return list(self.failed)
+            return list(self.failed)
 
     def close(self) -> None:
         self.flush()
+        if self._recorder is not None:
+            self._recorder.close()
         self._executor.shutdown(wait=True)
 
-    # ----------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _reachable(self) -> Iterator[None]:
         """Turn a lost tracking server into :class:`TrackingUnreachable` (and remember it)."""
@@ -263,10 +273,32 @@ class MlflowTrialTracker:
                          f"({tracking.unreachable_reason(exc)})")
             raise TrackingUnreachable(self.lost) from None
 
-    def _record_logged(self, progress: TrialProgress) -> None:
+    def _written(self, outcome: tuple[str, str | None, bool]) -> None:
+        """The recorder's word on one record (called from its reply thread)."""
+        run_id, error, unreachable = outcome
+        self._slots.release()
+        if error is None:
+            return
+        with self._stats_lock:
+            number = self._numbers.get(run_id, -1)
+            self.failed.append(number)
+        if unreachable:
+            self.lost = f"the MLflow tracking server is unreachable ({error})"
+            logger.warning("trial %d: its MLflow run could not be completed: %s", number,
+                           self.lost)
+        else:
+            logger.warning("could not record trial %d in MLflow run %s: %s", number, run_id,
+                           error)
+
+    def _write_logged(self, progress: TrialProgress, record: RunRecord) -> None:
+        """Write ``record`` here (this thread); a failure is logged and remembered."""
+        from pipeline import tracking
+
+        t0 = time.perf_counter()
         try:
             with self._reachable():
-                self._record(progress)
+                tracking.write_record(record, meta=self.meta, example=self.example,
+                                      experiment_id=self.experiment_id, client=self.client)
         except TrackingUnreachable as exc:
             # Once the server is gone nothing more is sent: each request would wait through
             # MLflow's retries again. The run stays open for --reconcile to close.
@@ -282,96 +314,51 @@ class MlflowTrialTracker:
             )
             with self._stats_lock:
                 self.failed.append(progress.number)
-
-    def _record(self, progress: TrialProgress) -> None:
-        """Metrics, tags, curves, model and final status of one trial's run (logging thread)."""
-        from mlflow.entities import Metric, Param, RunTag
-
-        from pipeline import tracking
-
-        run_id = progress.run_id
-        assert run_id is not None
-        status = RUN_STATUS.get(progress.state, "FAILED")
-        best = progress.best_fold(self.direction, self.metric)
-        t0 = time.perf_counter()
-        try:
-            now = int(time.time() * 1000)
-            metrics = _curve_metrics(progress, now)
-            params = []
-            if progress.params is None:  # the sampled values were rejected: record them
-                params = [Param(k, _param_str(v)) for k, v in progress.values.items()]
-            run_tags = [RunTag(k, v) for k, v in _end_tags(progress, best).items()]
-            # The model goes first: logging it copies the run's step-0 metrics to the model by
-            # reading back the history of every metric already logged (about 100 ms with CV's
-            # per-fold metrics). Logged afterwards with the model's id, the summary metrics
-            # reach the model in the same request that writes them to the run.
-            model_id, model_error = None, None
-            if self.log_models and best is not None and (
-                progress.state in ("COMPLETE", "PRUNED") or progress.interrupted
-            ):
-                try:
-                    model_id = self._log_model(run_id, progress, best)
-                except Exception as exc:  # still write the metrics, then report it
-                    model_error = exc
-            metrics += [
-                Metric(k, v, now, 0, model_id=model_id) for k, v in self._summary(progress).items()
-            ]
-            # One request for tags, params and the first 1000 metrics (MLflow's batch limit).
-            for i in range(0, max(1, len(metrics)), tracking.BATCH_LIMIT):
-                self.client.log_batch(
-                    run_id, metrics=metrics[i : i + tracking.BATCH_LIMIT],
-                    params=params if i == 0 else [],
-                    tags=run_tags if i == 0 else [], synchronous=True,
-                )
-            if len(progress.trainers) > 1:
-                self.client.log_text(run_id, tracking.fold_table(
-                    [t.history for t in progress.trainers]), FOLD_TABLE)
-            if progress.history:
-                tracking.log_curves(
-                    progress.history, run_id=run_id,
-                    title=f"{self.optuna_study} trial {progress.number} ({progress.state})",
-                )
-            if model_error is not None:
-                raise model_error
-        except BaseException as exc:
-            if not tracking.is_unreachable(exc):
-                with contextlib.suppress(Exception):
-                    self._end_failed(progress, exc)
-            raise
         finally:
             self._slots.release()
             progress.record_s = time.perf_counter() - t0
             self._add(progress, progress.record_s, blocking=False)
-        self.client.set_terminated(run_id, status=status)
 
-    def _end_failed(self, progress: TrialProgress, exc: BaseException) -> None:
-        """A record cut short ends FAILED, with tags that say so (never ``optuna.state``
-        RUNNING). A Ctrl-C (a second one: the first waits for the record) fails the trial in
-        Optuna too; any other error leaves the trial's state as it was."""
-        from mlflow.entities import RunTag
+    def _run_record(self, progress: TrialProgress) -> RunRecord:
+        """The trial's end-of-run record, built in the trial's thread (plain data + weights)."""
+        from pipeline.tracking import ModelPart, RunRecord, fold_table
 
         assert progress.run_id is not None
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        state = "FAIL" if interrupted else progress.state
-        why = "interrupted (Ctrl-C)" if interrupted else first_line(exc)
-        self.client.log_batch(progress.run_id, tags=[
-            RunTag("optuna.state", state),
-            RunTag("mlflow.runName", trial_run_name(progress.number, state,
-                                                    interrupted=interrupted)),
-            RunTag("pipeline.error", f"its record was not completed: {why}"[:4000]),
-        ], synchronous=True)
-        self.client.set_terminated(progress.run_id, status="FAILED")
-
-    def _log_model(self, run_id: str, progress: TrialProgress, fold: int) -> str | None:
-        """Log fold ``fold``'s model to the trial's run; returns MLflow's model id."""
-        from pipeline import tracking
-
-        info = tracking.log_model(
-            progress.trainers[fold].model, self.meta, example=self.example, validate=False,
-            run_id=run_id, experiment_id=self.experiment_id,
-            params=_run_params(progress.params) if progress.params is not None else {},
+        best = progress.best_fold(self.direction, self.metric)
+        model = None
+        if self.log_models and best is not None and (
+            progress.state in ("COMPLETE", "PRUNED") or progress.interrupted
+        ):
+            net = progress.trainers[best].model
+            model = ModelPart(
+                weights={k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()},
+                model=dataclasses.asdict(progress.params.model) if progress.params else {},
+                root=str(progress.params.root) if progress.params else "",
+                params=_run_params(progress.params) if progress.params is not None else {},
+                net=net if self.writer != "process" else None,
+            )
+        interrupted = progress.interrupted
+        return RunRecord(
+            run_id=progress.run_id, status=RUN_STATUS.get(progress.state, "FAILED"),
+            history=list(progress.history), summary=self._summary(progress),
+            # The sampled values were rejected: record them (else they are in the params).
+            params={} if progress.params is not None else {
+                k: _param_str(v) for k, v in progress.values.items()},
+            tags=_end_tags(progress, best),
+            texts={FOLD_TABLE: fold_table([t.history for t in progress.trainers])}
+            if len(progress.trainers) > 1 else {},
+            title=f"{self.optuna_study} trial {progress.number} ({progress.state})",
+            model=model,
+            failure_tags={
+                "optuna.state": progress.state,
+                "mlflow.runName": trial_run_name(progress.number, progress.state,
+                                                 interrupted=interrupted),
+            },
+            interrupt_tags={  # a Ctrl-C inside the record fails the trial in Optuna too
+                "optuna.state": "FAIL",
+                "mlflow.runName": trial_run_name(progress.number, "FAIL", interrupted=True),
+            },
         )
-        return info.model_id
 
     def _summary(self, progress: TrialProgress) -> dict[str, float]:
         """``best_*``: each fold's best epoch, combined (the spread over folds beside it)."""
@@ -388,13 +375,6 @@ class MlflowTrialTracker:
         out["fold_epochs"] = float(progress.fold_epochs)
         out["train_s"] = float(progress.train_s)
         return {k: v for k, v in out.items() if math.isfinite(v)}
-
-
-def _curve_metrics(progress: TrialProgress, now_ms: int) -> list[Any]:
-    """The per-epoch metrics of the fold-combined history (each fold's are in ``folds.csv``)."""
-    from pipeline import tracking
-
-    return list(tracking.history_metrics(progress.history, timestamp_ms=now_ms))
 
 
 def _end_tags(progress: TrialProgress, best: int | None) -> dict[str, str]:

@@ -14,6 +14,7 @@ from pipeline.tracking.models import (
     warm_up_export,
 )
 from pipeline.tracking.plots import plot_history
+from pipeline.tracking.records import ModelPart, RunRecord, write_record
 from pipeline.tracking.runs import (
     BATCH_LIMIT,
     curve_name,
@@ -47,6 +48,9 @@ from pipeline.tracking.train_run import (
 )
 
 __all__ = [
+    "ModelPart",
+    "RunRecord",
+    "write_record",
     "BATCH_LIMIT",
     "ENV_URI",
     "TrainOptions",

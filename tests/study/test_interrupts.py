@@ -53,12 +53,18 @@ def test_the_previous_handler_comes_back() -> None:
 
 
 # A search whose first epoch or model log announces itself on stderr and then waits 3 s, so
-# the test can press Ctrl-C exactly there.
+# the test can press Ctrl-C exactly there. Records are written in the search's own process
+# ("inline"): with the recorder process (the default) Ctrl-C never lands inside one.
 _SLOW = """
 import sys, time
-import pipeline.tracking as tracking
+import pipeline.tracking.records as records
 from pipeline.training import engine
 where = sys.argv[1]
+import pipeline.study.trial_runs as trial_runs  # records written here, where the patch is
+init = trial_runs.MlflowTrialTracker.__init__
+def inline(self, *args, **kwargs):
+    init(self, *args, **{**kwargs, "writer": "inline"})
+trial_runs.MlflowTrialTracker.__init__ = inline
 def slow(original, label):
     def wrapper(*args, **kwargs):
         print(label, file=sys.stderr, flush=True)
@@ -66,7 +72,7 @@ def slow(original, label):
         return original(*args, **kwargs)
     return wrapper
 if where == "model":
-    tracking.log_model = slow(tracking.log_model, "@@ MODEL")
+    records.log_model = slow(records.log_model, "@@ MODEL")
 else:
     engine.Trainer.run_epoch = slow(engine.Trainer.run_epoch, "@@ EPOCH")
 from pipeline.search import main
