@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from pipeline import cli
 from pipeline.config import PARAMS_FILE, load_params
+from pipeline.data import FetchOptions, run_fetch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,10 +39,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.setup_logging(args.verbose)
 
     def body() -> None:
-        # Imported here so that --help and argument errors answer without loading OpenCV and
-        # scikit-learn.
-        from pipeline.data import FetchOptions, run_fetch
-
         run_fetch(FetchOptions.from_params(load_params(args.params)))
 
     return cli.run(body)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from pipeline import cli
 from pipeline.config import PARAMS_FILE, load_params
+from pipeline.data import PrepareOptions, run_prepare
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,10 +43,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.setup_logging(args.verbose)
 
     def body() -> None:
-        # Imported here so that --help and argument errors answer without loading OpenCV and
-        # scikit-learn.
-        from pipeline.data import PrepareOptions, run_prepare
-
         options = PrepareOptions(
             params=load_params(args.params),
             datasets=tuple(args.dataset or ()),

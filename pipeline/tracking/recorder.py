@@ -30,10 +30,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import mlflow
 import numpy as np
+import torch
 
 from pipeline.data.cache import CacheMeta
 from pipeline.errors import first_line
+from pipeline.tracking.models import warm_up_export
 from pipeline.tracking.records import RunRecord, from_wire, to_wire, write_record
 from pipeline.tracking.store import is_unreachable, quiet_mlflow, unreachable_reason
 
@@ -57,8 +60,6 @@ class Recorder:
 
     def __init__(self, *, meta: CacheMeta, example: np.ndarray | None, experiment_id: str,
                  on_done: Callable[[Outcome], None]) -> None:
-        import mlflow
-
         self._folder = tempfile.TemporaryDirectory(prefix="pipeline-recorder-")
         self._on_done = on_done
         self._pending = 0
@@ -135,10 +136,6 @@ class Recorder:
 # The child process
 # --------------------------------------------------------------------------------------------
 def _serve(lines: IO[str], replies: IO[str]) -> None:
-    import torch
-
-    from pipeline.tracking.models import warm_up_export
-
     torch.set_num_threads(1)
     quiet_mlflow()
     setup = json.loads(lines.readline())
