@@ -136,6 +136,16 @@ def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
+def check_split(split: Split, meta: CacheMeta) -> None:
+    """Refuse a split without training or validation samples (a UserError naming the fix)."""
+    if len(split.x_train) == 0 or len(split.x_val) == 0:
+        raise UserError(
+            f"dataset {meta.name!r}: the train/validation split has "
+            f"{len(split.x_train)} training and {len(split.x_val)} validation samples; "
+            "both must be non-empty (check train.val_fraction)"
+        )
+
+
 def normalised(xb: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Raw rows as normalised float32: a fresh copy (a float batch may be a view of the stored
     data), then in place; the same arithmetic as PackagedModel's ``x.mul(scale).add(shift)``."""
@@ -199,7 +209,9 @@ class ModelRun:
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def _check_finite(self, train_loss: float) -> None:
+    def check_finite(self, train_loss: float) -> None:
+        """Raise :class:`TrainingDiverged` for a NaN or infinite training loss (the epoch is not
+        counted)."""
         if not math.isfinite(train_loss):
             raise TrainingDiverged(
                 f"training diverged in epoch {self.epoch + 1}: train/loss is {train_loss} "
@@ -207,10 +219,13 @@ class ModelRun:
                 "try a lower learning rate"
             )
 
-    def _end_epoch(
+    def end_epoch(
         self, train: dict[str, float], val: dict[str, float], lr: float
     ) -> dict[str, float]:
-        """Count the epoch, apply early stopping and the schedule; the row without ``time_s``."""
+        """Count the epoch, apply early stopping and the schedule; the row without ``time_s``.
+
+        Called by the trainer that ran the epoch, with its metrics and the lr it used.
+        """
         self.epoch += 1
         self._after_validation(val["val/loss"])
         return {"epoch": self.epoch, **train, **val, "lr": lr}
@@ -267,12 +282,7 @@ class Trainer(ModelRun):
     ) -> None:
         """Args: as the attributes; ``fast_linear`` routes nn.Linear through oneDNN (default:
         on the CPU, when available)."""
-        if len(split.x_train) == 0 or len(split.x_val) == 0:
-            raise UserError(
-                f"dataset {meta.name!r}: the train/validation split has "
-                f"{len(split.x_train)} training and {len(split.x_val)} validation samples; "
-                "both must be non-empty (check train.val_fraction)"
-            )
+        check_split(split, meta)
         super().__init__(model=model, cfg=cfg, device=device)
         self.meta = meta
         self.seed = int(seed)
@@ -432,9 +442,9 @@ class Trainer(ModelRun):
         lr = self.lr
         with self._own_rng(), routed_linears(self.model, self.fast_linear):
             train = self._train_epoch()
-            self._check_finite(train["train/loss"])
+            self.check_finite(train["train/loss"])
             val = self.evaluate()
-        row = self._end_epoch(train, val, lr)
+        row = self.end_epoch(train, val, lr)
         row["time_s"] = time.perf_counter() - t0
         self.history.append(row)
         return row
