@@ -49,6 +49,7 @@ from pipeline.training.engine import (
     _batch_bounds,
     _row_gatherer,
     check_split,
+    make_optimizer,
     normalised,
     training_targets,
 )
@@ -166,8 +167,10 @@ def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
 
 def _forked_rng(device: torch.device) -> contextlib.AbstractContextManager[None]:
     """The global random state as it was, once the block ends."""
-    devices = [device.index or torch.cuda.current_device()] if device.type == "cuda" else []
-    return torch.random.fork_rng(devices=devices, device_type="cuda")
+    if device.type != "cuda":
+        return torch.random.fork_rng(devices=[])
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.random.fork_rng(devices=[index], device_type="cuda")
 
 
 def _seeded_state(seed: int, device: torch.device) -> torch.Tensor:
@@ -261,6 +264,7 @@ class BatchedFolds:
             logger.warning("train.hflip is for colour images only; ignored for %s", meta.name)
         self._init_data(splits)
         self._active: list[int] = []
+        self._joint: dict[tuple[int, ...], torch.optim.Optimizer] = {}
         self._params: dict[str, torch.Tensor] = {}
         self._buffers: dict[str, torch.Tensor] = {}
         self._restack()
@@ -420,9 +424,36 @@ class BatchedFolds:
                 grad = leaves[name].grad
                 assert grad is not None
                 p.grad = grad[j]
-            fold.optimizer.step()
+        self._step(folds)
         hits = (out.detach().argmax(dim=1) == yb).sum(dim=1) if self.classification else None
         return losses.detach(), hits
+
+    def _step(self, folds: list[BatchedFold]) -> None:
+        """Each fold's optimizer step; folds at the same lr step in one call."""
+        same_lr: dict[float, list[BatchedFold]] = {}
+        for fold in folds:
+            same_lr.setdefault(fold.lr, []).append(fold)
+        for lr, group in same_lr.items():
+            optimizer = self._joint_optimizer(tuple(f.index for f in group))
+            optimizer.param_groups[0]["lr"] = lr
+            optimizer.step()
+
+    def _joint_optimizer(self, key: tuple[int, ...]) -> torch.optim.Optimizer:
+        """One optimizer over the parameters of the folds ``key``, holding each fold
+        optimizer's own state (the same dict objects): its step does, tensor by tensor, what
+        the folds' steps do, in one fused call instead of one per fold (each torch optimizer
+        step has a fixed cost that dominated small batches: benchmarks/bench_folds.py)."""
+        if len(key) == 1:
+            return self.folds[key[0]].optimizer
+        if key not in self._joint:
+            owners = {p: self.folds[i].optimizer for i in key
+                      for p in self.folds[i].optimizer.param_groups[0]["params"]}
+            joint = make_optimizer(list(owners), self.cfg,
+                                   fused=self.device.type in _DEVICE_TYPES)
+            for p, owner in owners.items():
+                joint.state[p] = owner.state[p]
+            self._joint[key] = joint
+        return self._joint[key]
 
     def _forward(
         self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
