@@ -81,35 +81,37 @@ def fold_batching_wins(
 ) -> bool:
     """Whether batching the folds is expected to be faster than one Trainer per fold.
 
-    The CPU rule is the boundary ``benchmarks/bench_folds.py`` measured (28x28 inputs, K=5):
-    batching wins while the work of one fold's batch is small, i.e. while the multiply-adds
-    per batch (``batch_size`` x the weights) stay below a bound; beyond it the stacked GEMMs run
-    no faster than K separate ones and copying the stacks costs more than the overhead saved.
-    On CUDA the K small kernels of the sequential path are launch-bound, so batching small and
-    medium MLPs is expected to win; that could not be measured here (no GPU), and the bound is
-    set where a single fold's products already fill the device.
+    Decided by the network's largest layer (its weights: multiply-adds per sample) and the
+    batch size. On the CPU the rule is the boundary ``benchmarks/bench_folds.py`` measured
+    (28x28 inputs, K=5, depth 2): batching wins clearly while the per-operation overhead it
+    saves is a large part of a step (layers up to 784x256 at any batch size, up to 784x512 at
+    batches up to 128); beyond that the K products are large enough that stacking them gains
+    little, and the sequential path's oneDNN GEMMs (see ``_onednn.py``) are faster than
+    ``torch.bmm`` at the largest sizes. On CUDA the sequential path's K sets of small kernels
+    are launch-bound, so batching is on for every MLP whose largest layer a single fold cannot
+    fill the device with; this bound is set by reasoning, not measured (no GPU here).
     """
     if not can_batch_folds(model_cfg, n_folds, device):
         return False
     n_in = math.prod(int(d) for d in meta.input_shape)
-    weights = 0
+    largest = 0
     for width in hidden_widths(model_cfg):
-        weights += n_in * width
+        largest = max(largest, n_in * width)
         n_in = width
-    weights += n_in * (meta.num_classes if meta.task == "classification" else 1)
-    work = weights * min(train_cfg.batch_size, _largest_batch(meta))
-    limit = _CUDA_WORK_LIMIT if device.type == "cuda" else _CPU_WORK_LIMIT
-    return work <= limit
+    largest = max(largest, n_in * (meta.num_classes if meta.task == "classification" else 1))
+    if device.type == "cuda":
+        return largest <= _CUDA_LARGEST
+    if largest <= _CPU_ANY_BATCH:
+        return True
+    return largest <= _CPU_SMALL_BATCH and train_cfg.batch_size <= _CPU_SMALL_BATCH_SIZE
 
 
-# Multiply-adds per training batch of one fold below which batching wins (see above).
-_CPU_WORK_LIMIT = 2.5e8
-_CUDA_WORK_LIMIT = 5e10
-
-
-def _largest_batch(meta: CacheMeta) -> int:
-    # A batch cannot be larger than a fold's training part (about (K-1)/K of the train part).
-    return max(1, int(meta.n_train))
+# Largest layer (weights) up to which batching wins: on the CPU at any batch size (784x256),
+# at batches up to _CPU_SMALL_BATCH_SIZE (784x512); on CUDA (4096x4096, not measured).
+_CPU_ANY_BATCH = 784 * 256
+_CPU_SMALL_BATCH = 784 * 512
+_CPU_SMALL_BATCH_SIZE = 128
+_CUDA_LARGEST = 4096 * 4096
 
 
 # --------------------------------------------------------------------------------------------
