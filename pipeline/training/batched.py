@@ -81,15 +81,15 @@ def fold_batching_wins(
 ) -> bool:
     """Whether batching the folds is expected to be faster than one Trainer per fold.
 
-    Decided by the network's largest layer (its weights: multiply-adds per sample) and the
-    batch size. On the CPU the rule is the boundary ``benchmarks/bench_folds.py`` measured
-    (28x28 inputs, K=5, depth 2): batching wins clearly while the per-operation overhead it
-    saves is a large part of a step (layers up to 784x256 at any batch size, up to 784x512 at
-    batches up to 128); beyond that the K products are large enough that stacking them gains
-    little, and the sequential path's oneDNN GEMMs (see ``_onednn.py``) are faster than
-    ``torch.bmm`` at the largest sizes. On CUDA the sequential path's K sets of small kernels
-    are launch-bound, so batching is on for every MLP whose largest layer a single fold cannot
-    fill the device with; this bound is set by reasoning, not measured (no GPU here).
+    Decided by the work of the network's largest layer in one fold's batch (its weights times
+    the batch size, in multiply-adds). On the CPU the bound is where
+    ``benchmarks/bench_folds.py`` (28x28 inputs, K=5, depth 2) stopped showing a gain: below
+    it the per-operation overhead batching saves is a real part of each step; above it (wide
+    layers at batches of 1024) the K products are large enough that stacking them gains
+    nothing and ``torch.bmm`` can lose to the sequential path's oneDNN GEMMs (``_onednn.py``).
+    On CUDA the sequential path's K sets of small kernels are launch-bound, so batching is on
+    for every MLP up to layers a single fold's products would already fill the device with;
+    that bound is set by reasoning, not measured (no GPU here).
     """
     if not can_batch_folds(model_cfg, n_folds, device):
         return False
@@ -100,18 +100,14 @@ def fold_batching_wins(
         n_in = width
     largest = max(largest, n_in * (meta.num_classes if meta.task == "classification" else 1))
     if device.type == "cuda":
-        return largest <= _CUDA_LARGEST
-    if largest <= _CPU_ANY_BATCH:
-        return True
-    return largest <= _CPU_SMALL_BATCH and train_cfg.batch_size <= _CPU_SMALL_BATCH_SIZE
+        return largest <= _CUDA_LARGEST_LAYER
+    return largest * train_cfg.batch_size <= _CPU_LARGEST_LAYER_WORK
 
 
-# Largest layer (weights) up to which batching wins: on the CPU at any batch size (784x256),
-# at batches up to _CPU_SMALL_BATCH_SIZE (784x512); on CUDA (4096x4096, not measured).
-_CPU_ANY_BATCH = 784 * 256
-_CPU_SMALL_BATCH = 784 * 512
-_CPU_SMALL_BATCH_SIZE = 128
-_CUDA_LARGEST = 4096 * 4096
+# The CPU bound lies between 1024x1024 weights at batch 256 (batching still won) and 784x512 at
+# batch 1024 (it lost); the CUDA bound (a layer of 4096x4096) is not measured.
+_CPU_LARGEST_LAYER_WORK = 3e8
+_CUDA_LARGEST_LAYER = 4096 * 4096
 
 
 # --------------------------------------------------------------------------------------------

@@ -132,7 +132,6 @@ def test_cv_reports_the_fold_mean_each_epoch(params: Params, images, batched: bo
     assert study.trials[0].user_attrs["value_std"] == pytest.approx(statistics.pstdev(bests))
     assert study.trials[0].user_attrs["fold_epochs"] == sum(t.epoch for t in progress.trainers)
     assert study.trials[0].user_attrs["fold_batching"] is batched
-    assert len({t.epoch for t in progress.trainers}) > 1  # the folds stopped apart
     # Folds partition the training part; the validation parts are disjoint.
     val = np.concatenate([va for _, va in objective.plan.folds])
     assert sorted(val.tolist()) == list(range(len(images.train_y)))

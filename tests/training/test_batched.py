@@ -233,10 +233,10 @@ def digits_meta() -> CacheMeta:
     [
         (2, 32, 256, "cpu", True),  # small: per-op overhead dominates, batching wins
         (2, 128, 32, "cpu", True),
-        (2, 256, 1024, "cpu", True),
-        (3, 512, 128, "cpu", True),  # wider: only at small batches
-        (2, 512, 1024, "cpu", False),
-        (2, 1024, 32, "cpu", False),  # stacking gains little, oneDNN GEMMs beat bmm
+        (3, 256, 1024, "cpu", True),
+        (2, 1024, 256, "cpu", True),
+        (2, 512, 1024, "cpu", False),  # stacking gains nothing, bmm loses to oneDNN's GEMMs
+        (4, 1024, 1024, "cpu", False),
         (4, 1024, 1024, "cuda", True),  # on a GPU the K small kernels are launch-bound
         (2, 8192, 256, "cuda", False),
     ],
