@@ -201,6 +201,9 @@ class SearchConfig:
     max_retry: int = field(default=2, metadata=bounds(0))
     # With a time budget, one trial may use at most this share of it (the deadline still holds).
     trial_time_share: float = field(default=0.25, metadata=bounds(0.0, 1.0, lo_open=True))
+    # A k-fold MLP trial trains its folds as one batched model (same results, one stack of
+    # weights): true, false, or auto (where benchmarks/bench_folds.py measured it faster).
+    fold_batching: Literal["auto"] | bool = "auto"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,10 @@ A trial draws its values from the study's space, lays them over the dataset's pa
   of ``cv.holdout`` (default ``train.val_fraction``);
 - **k-fold** (``cv.folds: K``, or ``auto`` below ``search.cv_threshold`` samples): K stratified
   folds (classification), one :class:`~pipeline.training.Trainer` each, advanced in
-  *lockstep*: every epoch, each fold that is still training runs one epoch.
+  *lockstep*: every epoch, each fold that is still training runs one epoch. An MLP's folds may
+  instead train as one batched model (:class:`~pipeline.training.BatchedFolds`, same per-fold
+  results): ``search.fold_batching`` (``auto``: where it was measured faster on this kind of
+  device); the trial's user attribute ``fold_batching`` says which path ran.
 
 After every epoch the trial reports ``metric`` averaged over the folds and asks the pruner.
 A fold that has already early-stopped contributes the value at its best epoch (the weights it
@@ -42,7 +45,8 @@ from pipeline.data.cache import Cache, CacheMeta
 from pipeline.study.folds import combine, combine_rows, plan_folds
 from pipeline.study.report import RECORD_LOST_ATTR
 from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
-from pipeline.training.engine import Split, Trainer, make_split
+from pipeline.training.batched import BatchedFolds, can_batch_folds, fold_batching_wins
+from pipeline.training.engine import ModelRun, Split, Trainer, make_split
 from pipeline.training.models import build_model
 from pipeline.training.runtime import derive_seed, set_seed
 
@@ -76,7 +80,7 @@ class TrialProgress:
     seed: int
     values: dict[str, Any]  # the sampled values (dotted keys)
     params: Params | None = None  # the resolved params (None if the values were rejected)
-    trainers: list[Trainer] = field(default_factory=list)
+    trainers: list[ModelRun] = field(default_factory=list)  # one per fold (Trainer or batched)
     history: list[dict[str, float]] = field(default_factory=list)  # fold-averaged rows
     state: str = "RUNNING"  # COMPLETE | PRUNED | FAIL once finished
     value: float | None = None  # trial value (mean over folds at each fold's best epoch)
@@ -88,6 +92,7 @@ class TrialProgress:
     record_s: float = 0.0  # time spent writing the end-of-trial record
     record_error: str | None = None  # why the trial's MLflow record could not be completed
     run_id: str | None = None
+    fold_batching: bool = False  # the folds trained as one batched model
 
     @property
     def epochs(self) -> int:
@@ -109,7 +114,7 @@ class TrialProgress:
         return min(scored)[1] if scored else None
 
 
-def best_row(trainer: Trainer) -> dict[str, float]:
+def best_row(trainer: ModelRun) -> dict[str, float]:
     """The history row of the trainer's best epoch (the weights it keeps), or {}."""
     if trainer.best_epoch <= 0:
         return {}
@@ -269,17 +274,7 @@ class Objective:
         )
         try:
             set_seed(progress.seed)
-            for i, split in enumerate(self.splits):
-                fold_seed = progress.seed if self.plan.n_models == 1 else derive_seed(
-                    progress.seed, i
-                )
-                with _MODEL_INIT_LOCK:
-                    torch.manual_seed(fold_seed)
-                    model = build_model(cfg.model, self.meta, root=cfg.root)
-                progress.trainers.append(
-                    Trainer(model=model, cfg=cfg.train, meta=self.meta, split=split,
-                            device=self.device, seed=fold_seed)
-                )
+            lockstep_epoch = self._start_folds(cfg, progress)
             epoch = 0
             while not all(t.done for t in progress.trainers):
                 if self.epoch_cap is not None and epoch >= self.epoch_cap:
@@ -295,10 +290,7 @@ class Objective:
                                     progress.number, epoch, CUT_SHORT[reason])
                         break
                 epoch += 1
-                rows = []
-                for t in progress.trainers:
-                    rows.append(t.run_epoch() if not t.done else best_row(t))
-                row = _averaged_row(rows, epoch, metric)
+                row = _averaged_row(lockstep_epoch(), epoch, metric)
                 progress.history.append(row)
                 if not self._cost_said:
                     self._say_cost(float(row["time_s"]), cfg.train.max_epochs)
@@ -315,6 +307,49 @@ class Objective:
             )
         finally:
             progress.train_s = time.perf_counter() - t0
+
+    def _start_folds(
+        self, cfg: Params, progress: TrialProgress
+    ) -> Callable[[], list[dict[str, float]]]:
+        """Build the folds' models (each under its fold's seed) and their trainers, K Trainers
+        or one BatchedFolds, into ``progress.trainers``; returns the lockstep epoch: each fold's
+        new history row, or its best row once it is done."""
+        n = self.plan.n_models
+        seeds = [progress.seed if n == 1 else derive_seed(progress.seed, i) for i in range(n)]
+        models = []
+        for seed in seeds:
+            with _MODEL_INIT_LOCK:
+                torch.manual_seed(seed)
+                models.append(build_model(cfg.model, self.meta, root=cfg.root))
+        progress.fold_batching = self._batch_folds(cfg)
+        logger.debug("trial %d: %d fold(s) trained %s", progress.number, n,
+                     "as one batched model" if progress.fold_batching else "one by one")
+        if progress.fold_batching:
+            group = BatchedFolds(models=models, cfg=cfg.train, meta=self.meta,
+                                 splits=self.splits, device=self.device, seeds=seeds)
+            progress.trainers.extend(group.folds)
+
+            def batched_epoch() -> list[dict[str, float]]:
+                rows = group.run_epoch()
+                return [r if r is not None else best_row(f) for r, f in zip(rows, group.folds,
+                                                                             strict=True)]
+
+            return batched_epoch
+        trainers = [Trainer(model=m, cfg=cfg.train, meta=self.meta, split=split,
+                            device=self.device, seed=seed)
+                    for m, split, seed in zip(models, self.splits, seeds, strict=True)]
+        progress.trainers.extend(trainers)
+        return lambda: [t.run_epoch() if not t.done else best_row(t) for t in trainers]
+
+    def _batch_folds(self, cfg: Params) -> bool:
+        """``search.fold_batching``: true batches wherever BatchedFolds can (an MLP, K ≥ 2, CPU
+        or CUDA), auto where :func:`fold_batching_wins` says it is faster, false never."""
+        setting, k = cfg.search.fold_batching, self.plan.n_models
+        if not can_batch_folds(cfg.model, k, self.device):
+            return False
+        if setting == "auto":
+            return fold_batching_wins(cfg.model, cfg.train, self.meta, k, self.device)
+        return bool(setting)
 
     def _say_cost(self, epoch_s: float, max_epochs: int) -> None:
         """Once per search: what one epoch cost and what that means for the time budget."""
@@ -339,6 +374,7 @@ class Objective:
             "epochs": progress.epochs,
             "fold_epochs": progress.fold_epochs,
             "folds": self.plan.n_models,
+            "fold_batching": progress.fold_batching,
             "train_s": round(progress.train_s, 3),
         }
         if progress.value_std is not None:

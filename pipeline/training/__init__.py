@@ -1,8 +1,15 @@
 """Training: models, the epoch engine, checkpoints, seeds and devices. No MLflow, no Optuna."""
 
 from pipeline.training._onednn import onednn_linear_available
+from pipeline.training.batched import (
+    BatchedFold,
+    BatchedFolds,
+    can_batch_folds,
+    fold_batching_wins,
+)
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.engine import (
+    ModelRun,
     Split,
     Trainer,
     TrainingDiverged,
@@ -14,12 +21,17 @@ from pipeline.training.models import build_model, input_affine, model_metadata, 
 from pipeline.training.runtime import derive_seed, resolve_device, set_seed
 
 __all__ = [
+    "BatchedFold",
+    "BatchedFolds",
+    "ModelRun",
     "Split",
     "Trainer",
     "TrainingDiverged",
     "build_model",
+    "can_batch_folds",
     "derive_seed",
     "fit",
+    "fold_batching_wins",
     "input_affine",
     "load_checkpoint",
     "make_optimizer",

@@ -43,6 +43,7 @@ from pipeline.training.runtime import derive_seed
 
 __all__ = [
     "STATE_VERSION",
+    "ModelRun",
     "Split",
     "Trainer",
     "TrainingDiverged",
@@ -135,16 +136,137 @@ def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
-class Trainer:
-    """Trains one model on one split; call :meth:`run_epoch` until :attr:`done`.
+def check_split(split: Split, meta: CacheMeta) -> None:
+    """Refuse a split without training or validation samples (a UserError naming the fix)."""
+    if len(split.x_train) == 0 or len(split.x_val) == 0:
+        raise UserError(
+            f"dataset {meta.name!r}: the train/validation split has "
+            f"{len(split.x_train)} training and {len(split.x_val)} validation samples; "
+            "both must be non-empty (check train.val_fraction)"
+        )
+
+
+def normalised(xb: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Raw rows as normalised float32: a fresh copy (a float batch may be a view of the stored
+    data), then in place; the same arithmetic as PackagedModel's ``x.mul(scale).add(shift)``."""
+    return xb.to(torch.float32, copy=True).mul_(scale).add_(shift)
+
+
+def training_targets(y: torch.Tensor, meta: CacheMeta, device: torch.device) -> torch.Tensor:
+    """Targets as the loss takes them: class ids, or regression targets standardised once."""
+    if meta.task == "classification":
+        return y.to(device, torch.int64)
+    std = float(meta.target_std) or 1.0
+    return ((y.to(torch.float64) - float(meta.target_mean)) / std).to(device, torch.float32)
+
+
+class ModelRun:
+    """One model's record of training: history, early stopping, LR schedule, kept weights.
+
+    :class:`Trainer` is one; so is each fold of a
+    :class:`~pipeline.training.batched.BatchedFolds`. It is what the study layer reads from a
+    fold, however it was trained.
 
     Attributes:
-        history: one row per completed epoch (see :meth:`run_epoch`).
+        model: the network (on ``device``); :meth:`final_model` restores the kept weights.
+        optimizer, scheduler: this model's own (``train.optimizer``, ReduceLROnPlateau).
+        history: one row per completed epoch (see :meth:`Trainer.run_epoch`).
         epoch: the number of completed epochs.
         done: early stopping fired or ``max_epochs`` was reached.
         stop_reason: ``"early_stopping"``, ``"max_epochs"`` or None while running.
         best_epoch: the epoch (1-based) with the lowest ``val/loss`` so far; 0 before any.
         best_val_loss: that loss (``inf`` before any epoch).
+    """
+
+    def __init__(self, *, model: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.optimizer = make_optimizer(
+            [p for p in self.model.parameters() if p.requires_grad],
+            cfg,
+            fused=self.device.type in ("cpu", "cuda"),
+        )
+        self.scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        if cfg.lr_schedule.enabled:
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer,
+                mode="min",
+                factor=cfg.lr_schedule.factor,
+                patience=cfg.lr_schedule.patience,
+                min_lr=cfg.lr_schedule.min_lr,
+            )
+        self.history: list[dict[str, float]] = []
+        self.epoch = 0
+        self.done = False
+        self.stop_reason: str | None = None
+        self.best_epoch = 0
+        self.best_val_loss = math.inf
+        self._bad_epochs = 0
+        self._best_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def check_finite(self, train_loss: float) -> None:
+        """Raise :class:`TrainingDiverged` for a NaN or infinite training loss (the epoch is not
+        counted)."""
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(
+                f"training diverged in epoch {self.epoch + 1}: train/loss is {train_loss} "
+                f"(train.lr={self.cfg.lr:g}, train.optimizer={self.cfg.optimizer}); "
+                "try a lower learning rate"
+            )
+
+    def end_epoch(
+        self, train: dict[str, float], val: dict[str, float], lr: float
+    ) -> dict[str, float]:
+        """Count the epoch, apply early stopping and the schedule; the row without ``time_s``.
+
+        Called by the trainer that ran the epoch, with its metrics and the lr it used.
+        """
+        self.epoch += 1
+        self._after_validation(val["val/loss"])
+        return {"epoch": self.epoch, **train, **val, "lr": lr}
+
+    def _after_validation(self, val_loss: float) -> None:
+        es = self.cfg.early_stopping
+        if val_loss < self.best_val_loss - es.min_delta:
+            self.best_val_loss = val_loss
+            self.best_epoch = self.epoch
+            self._bad_epochs = 0
+            if es.restore_best:
+                self._best_state = {
+                    k: v.detach().clone() for k, v in self.model.state_dict().items()
+                }
+        else:
+            self._bad_epochs += 1
+        if self.scheduler is not None:
+            self.scheduler.step(val_loss)
+        if self._bad_epochs >= es.patience:
+            self.done, self.stop_reason = True, "early_stopping"
+            logger.debug(
+                "early stopping after epoch %d (best epoch %d)", self.epoch, self.best_epoch
+            )
+        elif self.epoch >= self.cfg.max_epochs:
+            self.done, self.stop_reason = True, "max_epochs"
+
+    def final_model(self) -> nn.Module:
+        """The trained network in eval mode, with the best epoch's weights when configured.
+
+        The weights are restored into :attr:`model` itself (as Keras does), not into a copy.
+        """
+        if self._best_state is not None and self.best_epoch != self.epoch:
+            self.model.load_state_dict(self._best_state)
+            # Loaded weights now equal the best; later calls are no-ops.
+        return self.model.eval()
+
+
+class Trainer(ModelRun):
+    """Trains one model on one split; call :meth:`run_epoch` until :attr:`done`.
+
+    Attributes: those of :class:`ModelRun`, and ``on_batch`` (a per-batch hook).
     """
 
     def __init__(
@@ -160,17 +282,10 @@ class Trainer:
     ) -> None:
         """Args: as the attributes; ``fast_linear`` routes nn.Linear through oneDNN (default:
         on the CPU, when available)."""
-        if len(split.x_train) == 0 or len(split.x_val) == 0:
-            raise UserError(
-                f"dataset {meta.name!r}: the train/validation split has "
-                f"{len(split.x_train)} training and {len(split.x_val)} validation samples; "
-                "both must be non-empty (check train.val_fraction)"
-            )
-        self.cfg = cfg
+        check_split(split, meta)
+        super().__init__(model=model, cfg=cfg, device=device)
         self.meta = meta
-        self.device = torch.device(device)
         self.seed = int(seed)
-        self.model = model.to(self.device)
         self.classification = meta.task == "classification"
 
         # Data: moved to the device once; regression targets standardised once.
@@ -190,32 +305,10 @@ class Trainer:
             fast_linear = self.device.type == "cpu"
         self.fast_linear = bool(fast_linear) and onednn_linear_available()
         self._gather_x = _row_gatherer(self._x_train)
-        self.optimizer = make_optimizer(
-            [p for p in self.model.parameters() if p.requires_grad],
-            cfg,
-            fused=self.device.type in ("cpu", "cuda"),
-        )
-        self.scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
-        if cfg.lr_schedule.enabled:
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer,
-                mode="min",
-                factor=cfg.lr_schedule.factor,
-                patience=cfg.lr_schedule.patience,
-                min_lr=cfg.lr_schedule.min_lr,
-            )
 
         # Called as on_batch(done, total) after each training batch (a progress bar for long
         # epochs); it must not read tensors, or it would add a host sync per batch.
         self.on_batch: Callable[[int, int], None] | None = None
-        self.history: list[dict[str, float]] = []
-        self.epoch = 0
-        self.done = False
-        self.stop_reason: str | None = None
-        self.best_epoch = 0
-        self.best_val_loss = math.inf
-        self._bad_epochs = 0
-        self._best_state: dict[str, torch.Tensor] | None = None
 
         # This trainer's own random streams, seeded from `seed` (see the module docstring):
         # a generator for shuffling and flips, and the global state (dropout) swapped per epoch.
@@ -251,26 +344,15 @@ class Trainer:
     # Data
     # ----------------------------------------------------------------------------------------
     def _targets(self, y: torch.Tensor) -> torch.Tensor:
-        if self.classification:
-            return y.to(self.device, torch.int64)
-        std = float(self.meta.target_std) or 1.0
-        return ((y.to(torch.float64) - float(self.meta.target_mean)) / std).to(
-            self.device, torch.float32
-        )
+        return training_targets(y, self.meta, self.device)
 
     def _normalise(self, xb: torch.Tensor) -> torch.Tensor:
-        # A fresh float32 copy (a float batch may be a view of the stored data), then in place:
-        # the same arithmetic as PackagedModel's x.mul(scale).add(shift).
-        return xb.to(torch.float32, copy=True).mul_(self._scale).add_(self._shift)
+        return normalised(xb, self._scale, self._shift)
 
     def _loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if self.classification:
             return F.cross_entropy(out, y, reduction=reduction)
         return F.mse_loss(out[:, 0], y, reduction=reduction)
-
-    @property
-    def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
 
     # ----------------------------------------------------------------------------------------
     # Epochs
@@ -360,52 +442,12 @@ class Trainer:
         lr = self.lr
         with self._own_rng(), routed_linears(self.model, self.fast_linear):
             train = self._train_epoch()
-            train_loss = train["train/loss"]
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged(
-                    f"training diverged in epoch {self.epoch + 1}: train/loss is {train_loss} "
-                    f"(train.lr={self.cfg.lr:g}, train.optimizer={self.cfg.optimizer}); "
-                    "try a lower learning rate"
-                )
+            self.check_finite(train["train/loss"])
             val = self.evaluate()
-        self.epoch += 1
-        self._after_validation(val["val/loss"])
-        row: dict[str, float] = {"epoch": self.epoch, **train, **val, "lr": lr}
+        row = self.end_epoch(train, val, lr)
         row["time_s"] = time.perf_counter() - t0
         self.history.append(row)
         return row
-
-    def _after_validation(self, val_loss: float) -> None:
-        es = self.cfg.early_stopping
-        if val_loss < self.best_val_loss - es.min_delta:
-            self.best_val_loss = val_loss
-            self.best_epoch = self.epoch
-            self._bad_epochs = 0
-            if es.restore_best:
-                self._best_state = {
-                    k: v.detach().clone() for k, v in self.model.state_dict().items()
-                }
-        else:
-            self._bad_epochs += 1
-        if self.scheduler is not None:
-            self.scheduler.step(val_loss)
-        if self._bad_epochs >= es.patience:
-            self.done, self.stop_reason = True, "early_stopping"
-            logger.debug(
-                "early stopping after epoch %d (best epoch %d)", self.epoch, self.best_epoch
-            )
-        elif self.epoch >= self.cfg.max_epochs:
-            self.done, self.stop_reason = True, "max_epochs"
-
-    def final_model(self) -> nn.Module:
-        """The trained network in eval mode, with the best epoch's weights when configured.
-
-        The weights are restored into :attr:`model` itself (as Keras does), not into a copy.
-        """
-        if self._best_state is not None and self.best_epoch != self.epoch:
-            self.model.load_state_dict(self._best_state)
-            # Loaded weights now equal the best; later calls are no-ops.
-        return self.model.eval()
 
     # ----------------------------------------------------------------------------------------
     # Checkpoint state (tensors and plain containers only: loads with weights_only=True)

@@ -61,6 +61,10 @@ def test_overrides_are_revalidated_and_leave_the_original_alone() -> None:
         ("train.optimizer", "adagrad", r"train\.optimizer: expected one of 'sgd', 'adam'"),
         ("model.batch_norm", "yes", r"model\.batch_norm: expected true or false, got 'yes'"),
         ("train.batch_size", 2.5, r"train\.batch_size: expected an integer, got 2\.5"),
+        ("search.fold_batching", "yes",
+         r"params\.yaml:\d+: search\.fold_batching: expected one of 'auto' or true or false, "
+         r"got 'yes'"),
+        ("search.fold_batching", 1, r"search\.fold_batching: expected .*, got 1$"),
     ],
 )
 def test_bad_values_name_key_and_expectation(
@@ -70,6 +74,12 @@ def test_bad_values_name_key_and_expectation(
     raw[section][key] = value
     with pytest.raises(UserError, match=message):
         load_params(write(tmp_path, raw))
+
+
+@pytest.mark.parametrize("value", ["auto", True, False])
+def test_fold_batching_takes_auto_or_a_bool(tmp_path: Path, raw: dict, value: object) -> None:
+    raw["search"]["fold_batching"] = value
+    assert load_params(write(tmp_path, raw)).search.fold_batching == value
 
 
 def test_typo_key_suggests_the_right_one(tmp_path: Path, raw: dict) -> None:

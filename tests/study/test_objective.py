@@ -100,10 +100,11 @@ def test_same_trial_number_gives_the_same_value(params: Params, images) -> None:
     assert objective(fixed()) == objective(fixed())
 
 
-def test_cv_reports_the_fold_mean_each_epoch(params: Params, images) -> None:
+@pytest.mark.parametrize("batched", [True, False])
+def test_cv_reports_the_fold_mean_each_epoch(params: Params, images, batched: bool) -> None:
     # patience 1 makes folds stop at different epochs: a stopped fold contributes its best row.
     p = params.with_overrides({"train.max_epochs": 6, "train.early_stopping.patience": 1,
-                               "train.lr": 0.05})
+                               "train.lr": 0.05, "search.fold_batching": batched})
     rec = Recorder()
     spec = study_spec(cv={"folds": 3}, space={"train.lr": {"type": "float", "low": 0.05,
                                                             "high": 0.5, "log": True}})
@@ -130,9 +131,62 @@ def test_cv_reports_the_fold_mean_each_epoch(params: Params, images) -> None:
     assert value == pytest.approx(sum(bests) / 3)
     assert study.trials[0].user_attrs["value_std"] == pytest.approx(statistics.pstdev(bests))
     assert study.trials[0].user_attrs["fold_epochs"] == sum(t.epoch for t in progress.trainers)
+    assert study.trials[0].user_attrs["fold_batching"] is batched
     # Folds partition the training part; the validation parts are disjoint.
     val = np.concatenate([va for _, va in objective.plan.folds])
     assert sorted(val.tolist()) == list(range(len(images.train_y)))
+
+
+def run_trial(objective: Objective, study: optuna.Study) -> tuple[Any, TrialProgress]:
+    trial = study.ask({"train.lr": optuna.distributions.FloatDistribution(0.005, 0.05)})
+    value = objective(trial)
+    study.tell(trial, value)
+    assert isinstance(objective.tracker, Recorder)
+    return study.trials[-1], objective.tracker.finished[-1]
+
+
+def test_batched_folds_give_the_sequential_trial(params: Params, images) -> None:
+    """search.fold_batching true vs false: the same trial value, the same value reported to the
+    pruner after every epoch (so pruning decides alike), the same per-fold histories."""
+    p = params.with_overrides({"train.max_epochs": 4, "train.early_stopping.patience": 2,
+                               "model.dropout": 0.2, "model.batch_norm": True,
+                               "model.hidden_layers": 2, "train.batch_size": 32})
+    spec = study_spec(cv={"folds": 3}, space={"train.lr": {"type": "float", "low": 0.005,
+                                                            "high": 0.05}})
+    runs = {}
+    for batched in (True, False):
+        objective = Objective(params=p.with_overrides({"search.fold_batching": batched}),
+                              study=spec, cache=images, tracker=Recorder())
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+        runs[batched] = run_trial(objective, study)
+    (fast, fast_progress), (slow, slow_progress) = runs[True], runs[False]
+    assert fast.user_attrs["fold_batching"] is True and slow.user_attrs["fold_batching"] is False
+    assert fast.params == slow.params
+    assert fast.value == pytest.approx(slow.value, rel=1e-4)
+    assert sorted(fast.intermediate_values) == sorted(slow.intermediate_values)
+    for step, value in slow.intermediate_values.items():
+        assert fast.intermediate_values[step] == pytest.approx(value, rel=1e-4)
+    assert fast.user_attrs["fold_epochs"] == slow.user_attrs["fold_epochs"]
+    assert fast.user_attrs["model_fold"] == slow.user_attrs["model_fold"]
+    for f, t in zip(fast_progress.trainers, slow_progress.trainers, strict=True):
+        assert type(f).__name__ == "BatchedFold" and type(t).__name__ == "Trainer"
+        assert [r["val/loss"] for r in f.history] == pytest.approx(
+            [r["val/loss"] for r in t.history], rel=1e-4)
+        assert type(f.final_model()) is type(t.final_model())
+
+
+def test_auto_batches_small_mlp_folds_only(params: Params, images) -> None:
+    auto = params.with_overrides({"search.fold_batching": "auto"})
+    for cv, width, batched in (({"folds": 2}, 8, True), ({"folds": 0}, 8, False)):
+        objective = Objective(params=auto, study=study_spec(cv=cv), cache=images)
+        trial = fixed(**{"model.width": width})
+        objective(trial)
+        assert trial.user_attrs["fold_batching"] is batched
+    cnn = auto.with_overrides({"model.arch": "cnn", "search.fold_batching": True})
+    objective = Objective(params=cnn, study=study_spec(cv={"folds": 2}), cache=images)
+    trial = fixed()
+    objective(trial)
+    assert trial.user_attrs["fold_batching"] is False  # true batches only what can be
 
 
 def test_auto_cv_uses_k_folds_below_the_threshold(params: Params, images) -> None:
