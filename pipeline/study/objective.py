@@ -43,7 +43,6 @@ from optuna.trial import TrialState
 from pipeline.config import Params
 from pipeline.data.cache import Cache, CacheMeta
 from pipeline.study.folds import combine, combine_rows, plan_folds
-from pipeline.study.report import RECORD_LOST_ATTR
 from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
 from pipeline.training.batched import BatchedFolds, can_batch_folds, fold_batching_wins
 from pipeline.training.engine import ModelRun, Split, Trainer, make_split
@@ -391,8 +390,6 @@ class Objective:
             trial.set_user_attr(key, value)
         if self.tracker is not None:
             self.tracker.finish(progress)
-            if progress.record_error is not None:  # written in this thread: the trial runs
-                trial.set_user_attr(RECORD_LOST_ATTR, progress.record_error)
 
 
 # Trial user attribute: a digest of the settings the trial ran with (data, base params, space),

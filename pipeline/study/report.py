@@ -21,9 +21,18 @@ from pipeline.config import Params
 from pipeline.errors import UserError
 
 TOP_TRIALS = 10  # rows of the leaderboard printed at the end of a search
-# Trial user attribute: why the trial's MLflow record could not be completed (a lost tracking
-# server). Its result stands in the study, but its run has no model: promote passes over it.
-RECORD_LOST_ATTR = "pipeline.record_lost"
+# Study user attributes ``pipeline.record_lost.<trial number>``: why that trial's MLflow record
+# could not be completed (a lost tracking server, a full disk). Its result stands in the study,
+# but its run has no model: promote passes over it. On the study, not the trial, because a
+# record written after its trial finished (the recorder process) can fail when the trial no
+# longer takes attributes.
+RECORD_LOST_PREFIX = "pipeline.record_lost."
+
+
+def lost_records(optuna_study: Any) -> dict[int, str]:
+    """Trial number -> why its MLflow record is incomplete."""
+    return {int(k[len(RECORD_LOST_PREFIX):]): str(v) for k, v in optuna_study.user_attrs.items()
+            if k.startswith(RECORD_LOST_PREFIX) and k[len(RECORD_LOST_PREFIX):].isdigit()}
 
 
 @dataclass(frozen=True)
@@ -93,12 +102,13 @@ def from_study(
         counts[t.state.name] += 1
     # The best trials promote can take: finished (or, for the second, interrupted) with a
     # model in MLflow; a tie goes to the earlier trial, as Optuna's best_trial does.
+    lost = lost_records(optuna_study)
     complete = [(float(t.value), t) for t in trials if t.state == TrialState.COMPLETE
-                and t.value is not None and RECORD_LOST_ATTR not in t.user_attrs]
+                and t.value is not None and t.number not in lost]
     interrupted = [
         (float(t.user_attrs["pipeline.interrupted_value"]), t) for t in trials
         if t.state == TrialState.FAIL and "pipeline.interrupted_value" in t.user_attrs
-        and t.user_attrs.get("mlflow_run_id") and RECORD_LOST_ATTR not in t.user_attrs
+        and t.user_attrs.get("mlflow_run_id") and t.number not in lost
     ]
     sign = -1.0 if study.direction == "maximize" else 1.0
 
@@ -115,7 +125,7 @@ def from_study(
         dataset=dataset, fingerprint=fingerprint, direction=study.direction,
         metric=study.metric, storage=storage, best=best,
         counts={k: v for k, v in counts.items() if v or k in ("COMPLETE", "PRUNED", "FAIL")},
-        trials=[_trial_row(t) for t in trials],
+        trials=[_trial_row(t, lost.get(t.number)) for t in trials],
         parent_run_id=parent_run_id, experiment_id=experiment_id,
         best_with_interrupted=best_any,
     )
@@ -137,7 +147,7 @@ def _best_entry(trial: Any, value: float) -> dict[str, Any]:
     return entry
 
 
-def _trial_row(t: Any) -> dict[str, Any]:
+def _trial_row(t: Any, record_lost: str | None) -> dict[str, Any]:
     row = {
         "number": t.number,
         "state": t.state.name,
@@ -146,9 +156,11 @@ def _trial_row(t: Any) -> dict[str, Any]:
         "epochs": t.user_attrs.get("epochs"),
         "params": dict(t.params),
     }
-    for name in ("retry_of", "duplicate_of", "cut_short", "interrupted_value", "record_lost"):
+    for name in ("retry_of", "duplicate_of", "cut_short", "interrupted_value"):
         if f"pipeline.{name}" in t.user_attrs:
             row[name] = t.user_attrs[f"pipeline.{name}"]
+    if record_lost is not None:
+        row["record_lost"] = record_lost
     return row
 
 

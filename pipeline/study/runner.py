@@ -36,7 +36,13 @@ from pipeline.secrets import redact, redact_text
 from pipeline.study import budget as budgets
 from pipeline.study import parent, workers
 from pipeline.study.interrupts import Interrupts
-from pipeline.study.report import StudyReport, from_study, report_path, short_params
+from pipeline.study.report import (
+    RECORD_LOST_PREFIX,
+    StudyReport,
+    from_study,
+    report_path,
+    short_params,
+)
 from pipeline.study.spec import STUDIES_DIR, StudySpec, load_study, make_pruner, make_sampler
 from pipeline.study.storage import StorageChoice, open_storage, resolve_storage, study_lock
 from pipeline.study.timing import TrackingTimes
@@ -404,6 +410,7 @@ class _Search:
             failed_records = tracker.flush()  # every trial's run is complete before the report
             tracker.close()
             if outcome != "storage lost":
+                self._mark_lost_records(failed_records)
                 heartbeat.end()
             else:
                 heartbeat.stop()
@@ -420,6 +427,14 @@ class _Search:
             interrupted=outcome == "interrupted", wall=time.perf_counter() - t0,
             failed_records=failed_records,
         )
+
+    def _mark_lost_records(self, failed: dict[int, str]) -> None:
+        """Say in the study which trials' records are incomplete (promote passes over them)."""
+        for number, why in failed.items():
+            try:
+                self.optuna_study.set_user_attr(f"{RECORD_LOST_PREFIX}{number}", why[:1000])
+            except Exception as exc:  # noqa: BLE001 - the search's last line names them too
+                logger.warning("could not mark trial %d's record as lost: %s", number, exc)
 
     def _reap(self, me: str) -> list[int]:
         search = self.params.search
@@ -527,7 +542,7 @@ class _Search:
         if self.interrupts.requested or self.tracking_lost is not None:
             optuna_study.stop()
 
-    def _end_after_tracking_loss(self, progress: _Progress, failed: list[int]) -> None:
+    def _end_after_tracking_loss(self, progress: _Progress, failed: dict[int, str]) -> None:
         """The tracking server went away: the study (Optuna) holds every result; write the
         report, say in one line what is missing and how to close the open runs later."""
         setup = self.setup
@@ -575,7 +590,7 @@ class _Search:
 
     def _finish(self, parent_id: str, tracker: Any, progress: _Progress, budget_text: str,
                 reaped: list[int], *, interrupted: bool, wall: float,
-                failed_records: list[int]) -> SearchResult:
+                failed_records: dict[int, str]) -> SearchResult:
         setup, options = self.setup, self.options
         report = from_study(
             self.optuna_study, study=setup.study, dataset=setup.dataset,
@@ -594,8 +609,8 @@ class _Search:
         interrupted = interrupted or self.interrupts.requested
         if failed_records:
             raise UserError(
-                f"the MLflow runs of trial(s) {failed_records} could not be completed (see the "
-                "errors above); the Optuna study and the report are written, and "
+                f"the MLflow runs of trial(s) {sorted(failed_records)} could not be completed "
+                "(see the errors above); the Optuna study and the report are written, and "
                 "`--reconcile` closes those runs"
             )
         if progress.gave_up:

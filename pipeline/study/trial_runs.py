@@ -162,7 +162,7 @@ class MlflowTrialTracker:
         self.times = times
         # Ctrl-C waits while a record is written in the main thread (pipeline.study.interrupts).
         self._shield = shield or contextlib.nullcontext
-        self.failed: list[int] = []  # trials whose record could not be written
+        self.failed: dict[int, str] = {}  # trials whose record could not be written: why
         self.lost: str | None = None  # why the tracking server is taken for lost
 
     def start_recorder(self) -> None:
@@ -244,12 +244,12 @@ class MlflowTrialTracker:
         finally:
             self._waited(progress, time.perf_counter() - t0)
 
-    def flush(self) -> list[int]:
+    def flush(self) -> dict[int, str]:
         """Wait until every queued record is written; returns the trials that failed to log."""
         if self._recorder is not None:
             self._recorder.wait()
         with self._stats_lock:
-            return list(self.failed)
+            return dict(self.failed)
 
     def close(self) -> None:
         self.flush()
@@ -281,7 +281,7 @@ class MlflowTrialTracker:
             return
         with self._stats_lock:
             number = self._numbers.get(run_id, -1)
-            self.failed.append(number)
+            self.failed[number] = error
         if unreachable:
             self.lost = f"the MLflow tracking server is unreachable ({error})"
             logger.warning("trial %d: its MLflow run could not be completed: %s", number,
@@ -306,14 +306,14 @@ class MlflowTrialTracker:
             logger.warning("trial %d: its MLflow run could not be completed: %s",
                            progress.number, exc)
             with self._stats_lock:
-                self.failed.append(progress.number)
+                self.failed[progress.number] = str(exc)
         except Exception as exc:
             progress.record_error = first_line(exc)
             logger.exception(
                 "could not record trial %d in MLflow run %s", progress.number, progress.run_id
             )
             with self._stats_lock:
-                self.failed.append(progress.number)
+                self.failed[progress.number] = progress.record_error
         finally:
             self._slots.release()
             progress.record_s = time.perf_counter() - t0

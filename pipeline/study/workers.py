@@ -35,7 +35,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from pipeline.study.report import RECORD_LOST_ATTR
+from pipeline.study.report import lost_records
 
 logger = logging.getLogger(__name__)
 
@@ -309,6 +309,7 @@ def reconcile(optuna_study: Any, client: Any, experiment_id: str, *, me: str) ->
 
     lines: list[str] = []
     trials = optuna_study.get_trials(deepcopy=False)
+    records_lost = lost_records(optuna_study)
     owned: dict[str, Any] = {}
     for t in trials:  # the first trial with a run owns it (an RDB retry copies the old one's)
         if t.user_attrs.get(RUN_ATTR) and "pipeline.duplicate_of" not in t.user_attrs \
@@ -324,7 +325,7 @@ def reconcile(optuna_study: Any, client: Any, experiment_id: str, *, me: str) ->
             lines.append(f"run {run.info.run_id} ({run.info.run_name}) belongs to no trial")
             continue
         state = trial.state.name
-        lost = trial.user_attrs.get(RECORD_LOST_ATTR)
+        lost = records_lost.get(trial.number)
         if state in RUN_STATUS and run.info.status == "RUNNING":
             _end_run(client, run.info.run_id, state=state, record_lost=lost is not None,
                      reason=f"ended by --reconcile: its trial had finished ({state})"
