@@ -431,3 +431,15 @@ def test_continuing_a_study_with_other_settings_warns(
     (record,) = caplog.records
     assert "params.train.max_epochs (3 -> 2)" in record.getMessage()
     assert "not comparable" in record.getMessage()
+
+
+def test_who_writes_the_records() -> None:
+    import torch
+
+    from pipeline.study.runner import record_writer
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert record_writer(None, device=cpu, n_jobs=1) == "inline"
+    assert record_writer(None, device=cpu, n_jobs=2) == "thread"
+    assert record_writer(None, device=cuda, n_jobs=1) == "process"  # the CPU is idle there
+    assert record_writer("process", device=cpu, n_jobs=1) == "process"

@@ -72,7 +72,8 @@ class SearchOptions:
     device: str | None = None
     log_models: bool = True
     # Benchmarks and tests only (no command-line flag): who writes each trial's record
-    # (MlflowTrialTracker's writer; None: the recorder process), skip the models, time them.
+    # (MlflowTrialTracker's writer; None: :func:`record_writer` decides), skip the models, time
+    # the records.
     record_writer: RecordWriter | None = None
     times: TrackingTimes | None = None
     reconcile: bool = False  # train nothing; make Optuna and MLflow agree, say what differed
@@ -321,6 +322,19 @@ def _is_storage_error(exc: BaseException) -> bool:
     return False
 
 
+def record_writer(chosen: RecordWriter | None, *, device: Any, n_jobs: int) -> RecordWriter:
+    """Who writes the trials' records. On an accelerator the recorder process, which uses the
+    CPU the training leaves idle. On the CPU the trial's own thread (or one logging thread for
+    trials in threads): measured on 2 cores, the recorder process made the capacity search
+    about 20 % slower, because its second copy of torch and MLflow and its writing compete with
+    training for the same cores (BENCHMARKS.md)."""
+    if chosen is not None:
+        return chosen
+    if device.type != "cpu":
+        return "process"
+    return "inline" if n_jobs == 1 else "thread"
+
+
 def _is_unreachable(exc: BaseException) -> bool:
     """A lost MLflow tracking server (see ``tracking.is_unreachable``)."""
     from pipeline import tracking
@@ -463,7 +477,9 @@ class _Search:
         )
         tracker = MlflowTrialTracker(
             target, meta=setup.cache.meta, log_models=options.log_models,
-            writer=options.record_writer or "process", times=options.times,
+            writer=record_writer(options.record_writer, device=setup.device,
+                                 n_jobs=options.n_jobs),
+            times=options.times,
             shield=self.interrupts.shield,
         )
         objective = Objective(
