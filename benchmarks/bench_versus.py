@@ -6,7 +6,10 @@ environment (``PYTHONPATH`` points each command at its own tree's ``pipeline``),
 them: ``python -m pipeline.search --study capacity`` (after ``fetch`` and ``prepare``, untimed),
 and ``dvc repro`` then ``python -m pipeline.evaluate --summary`` (what ``make run`` does once the
 virtual environment exists). The study's time budget is lifted in both trees alike, so both
-train the same 20 seeded trials whatever the machine's speed; the best trial of each is
+run all 20 trials whatever the machine's speed, and the head replays the base's configurations
+(queued in its study before it starts, in the base's order): the two commits draw trials
+differently (the head seeds each trial's stream by its number so that workers never repeat each
+other), and only the same trials make the wall times comparable. The best trial of each is
 printed beside its wall time. Runs alternate between the trees (``--repeat`` rounds) and the
 fastest of each counts, because other processes on a shared machine inflate wall times.
 
@@ -70,24 +73,56 @@ def _clean(tree: Path, *, data: bool) -> None:
             path.unlink()
 
 
+STUDY = "capacity-digits"
+
+
+def _journal(tree: Path) -> Any:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return JournalStorage(JournalFileBackend(str(tree / "studies" / f"{STUDY}.journal")))
+
+
+def _configs(tree: Path) -> list[dict[str, Any]]:
+    """The configurations the search in ``tree`` trained, in trial order."""
+    import optuna
+
+    return [t.params for t in optuna.load_study(study_name=STUDY, storage=_journal(tree)).trials]
+
+
+def _enqueue(tree: Path, configs: list[dict[str, Any]]) -> None:
+    import optuna
+
+    study = optuna.create_study(study_name=STUDY, storage=_journal(tree), direction="minimize")
+    for params in configs:
+        study.enqueue_trial(params)
+
+
 def _best(tree: Path) -> tuple[int, float, int]:
     report = json.loads((tree / "reports" / "studies" / "capacity.json").read_text())
     best = report["best"]
     return int(best["number"]), float(best["value"]), int(report["n_trials"])
 
 
-def search(tree: Path) -> dict[str, Any]:
+def search(tree: Path, configs: list[dict[str, Any]] | None) -> dict[str, Any]:
     _clean(tree, data=False)
     if not (tree / "data" / "cache" / "digits" / "meta.json").is_file():
         _run(tree, "python", "-m", "pipeline.fetch")
         _run(tree, "python", "-m", "pipeline.prepare")
+    if configs:
+        _enqueue(tree, configs)
     wall = _run(tree, "python", "-m", "pipeline.search", "--study", "capacity")
     number, value, n = _best(tree)
     return {"wall_s": wall, "best_trial": number, "best_value": value, "trials": n}
 
 
-def make_run(tree: Path) -> dict[str, Any]:
+def make_run(tree: Path, configs: list[dict[str, Any]] | None) -> dict[str, Any]:
     _clean(tree, data=True)
+    if configs:
+        (tree / "studies").mkdir(exist_ok=True)
+        _enqueue(tree, configs)
     wall = _run(tree, "dvc", "repro") + _run(tree, "python", "-m", "pipeline.evaluate",
                                                "--summary")
     number, value, n = _best(tree)
@@ -112,9 +147,12 @@ def main(argv: list[str] | None = None) -> int:
             benches = [("search", search)] + ([] if args.skip_make_run else
                                               [("make run", make_run)])
             for bench, fn in benches:
+                configs: list[dict[str, Any]] | None = None
                 for _ in range(args.repeat):
                     for side, tree in trees.items():
-                        r = fn(tree)
+                        r = fn(tree, configs if side == "head" else None)
+                        if side == "base":
+                            configs = _configs(tree)
                         print(f"{bench:8s} {side} ({args.base if side == 'base' else args.head})"
                               f": {r['wall_s']:6.1f} s, best trial {r['best_trial']} "
                               f"({r['best_value']:.5f}) of {r['trials']}", flush=True)
