@@ -27,7 +27,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline import cli
+from pipeline import cli, tracking
 from pipeline.config import load_params
 from pipeline.errors import UserError
 from pipeline.registry.gate import PREDICT_BATCH
@@ -71,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging(args.verbose)
 
     def body() -> int:
-        from pipeline import tracking
-
         tracking.quiet_mlflow()
         params_path = Path(args.params)
         if params_path.is_file():

@@ -43,6 +43,7 @@ from pipeline.study.runner import (
     run_search,
 )
 from pipeline.study.spec import STUDIES_DIR, list_studies
+from pipeline.tracking import ui_url
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +92,6 @@ def print_summary(result: SearchResult, out: TextIO) -> None:
         print(f"report: {result.report_path}", file=out)
     print(f"storage: {result.storage}", file=out)
     if result.tracking_uri.startswith("sqlite:"):
-        from pipeline.tracking import ui_url
-
         print(f"MLflow: experiment {result.optuna_study!r} - `make ui`, then "
               f"{ui_url(result.experiment_id)}", file=out)
     else:

@@ -14,16 +14,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from pipeline import cli
+from pipeline import (
+    cli,
+    tracking,  # a lazy face: torch and MLflow load when training starts
+)
 from pipeline.config import PARAMS_FILE, load_params
 from pipeline.secrets import redact
-
-if TYPE_CHECKING:
-    from pipeline.tracking import TrainResult
 
 LONG_EPOCH_BATCHES = 50  # a batch progress bar from this many batches per epoch
 # History keys as the progress bar shows them (Keras' names: loss, acc, val_loss, ...).
@@ -114,14 +113,12 @@ class BarProgress:
 # --------------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------------
-def summary(result: TrainResult) -> str:
+def summary(result: tracking.TrainResult) -> str:
     """What the command prints: the best epoch's figures and where the run was recorded."""
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.best.items() if k.startswith("val/"))
     reason = {"early_stopping": "early stopping", "max_epochs": "max epochs"}.get(
         result.stop_reason, result.stop_reason
     )
-    from pipeline.tracking import ui_url
-
     uri = redact(result.tracking_uri)
     lines = [
         f"{result.dataset}: best epoch {result.best_epoch} of {result.epochs} ({reason}; "
@@ -138,8 +135,8 @@ def summary(result: TrainResult) -> str:
         f"  MLflow run {result.run_id} ({result.run_name}; experiment {result.experiment_name}, "
         f"id {result.experiment_id}) in {uri}",
         f"  model: {result.model_uri}",
-        f"  browse: {ui_url(result.experiment_id, uri)}" if uri.startswith(("http://", "https://"))
-        else f"  browse: make ui, then {ui_url(result.experiment_id)}",
+        f"  browse: {tracking.ui_url(result.experiment_id, uri)}" if uri.startswith(("http://", "https://"))
+        else f"  browse: make ui, then {tracking.ui_url(result.experiment_id)}",
     ]
     return "\n".join(lines)
 
@@ -147,9 +144,7 @@ def summary(result: TrainResult) -> str:
 def _train(args: argparse.Namespace) -> int:
     # Imported after parsing, so `--help` and argument errors answer without the seconds that
     # importing torch and MLflow take.
-    from pipeline.tracking import TrainOptions, run_train
-
-    options = TrainOptions(
+    options = tracking.TrainOptions(
         params=load_params(args.params),
         dataset=args.dataset,
         overrides=tuple(args.overrides),
@@ -159,7 +154,7 @@ def _train(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         progress=BarProgress() if sys.stderr.isatty() else None,
     )
-    print(summary(run_train(options)))
+    print(summary(tracking.run_train(options)))
     return 0
 
 

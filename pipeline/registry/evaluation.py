@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import tracking
 from pipeline.atomic import write_bytes_atomic
 from pipeline.config import Params
 from pipeline.data.cache import Cache, CacheMeta, load_cache
@@ -162,8 +163,6 @@ class EvaluateOptions:
 def run_evaluate(options: EvaluateOptions) -> Evaluation:
     """Score the model on the dataset's test split and write metrics and plots."""
     params, dataset, model_uri = options.params, options.dataset, options.model_uri
-    from pipeline import tracking
-
     entry = params.dataset_entry(dataset)
     cache: Cache = load_cache(params.cache_dir(entry.name))
     meta = cache.meta
@@ -300,8 +299,6 @@ def champion_summary(params: Params, dataset: str | None = None) -> str:
     this after ``dvc repro``, which may have had nothing to rerun).
     """
     from mlflow import MlflowClient
-
-    from pipeline import tracking
 
     entry = params.dataset_entry(dataset)
     uri = tracking.configure(params)

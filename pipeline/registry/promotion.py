@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import tracking
 from pipeline.atomic import write_json_atomic
 from pipeline.config import Params
 from pipeline.data.cache import load_cache
@@ -137,8 +138,6 @@ class PromoteResult:
 def run_promote(options: PromoteOptions) -> PromoteResult:
     """Promote the study's best trial; write and return the decision record."""
     from mlflow import MlflowClient
-
-    from pipeline import tracking
 
     params, study = options.params, options.study
     path = find_report(params, study, options.dataset)

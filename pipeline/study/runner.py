@@ -29,6 +29,7 @@ import optuna
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
+from pipeline import tracking
 from pipeline.config import PARAMS_FILE, Params, load_params
 from pipeline.data.cache import load_cache
 from pipeline.errors import TrackingUnreachable, UserError, first_line
@@ -165,8 +166,6 @@ def run_search(options: SearchOptions) -> SearchResult:
     """
     import torch
 
-    from pipeline import tracking
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     _quiet_interrupted_trials()
     setup = _load(options)
@@ -201,8 +200,6 @@ def _tracking_server_errors() -> Iterator[None]:
     except Exception as exc:
         if isinstance(exc, UserError) or not _is_unreachable(exc):
             raise
-        from pipeline import tracking
-
         why = str(exc) if isinstance(exc, TrackingUnreachable) else (
             f"the MLflow tracking server is unreachable ({tracking.unreachable_reason(exc)})")
         raise UserError(f"{why} at {redact(mlflow.get_tracking_uri())}: start it (or unset "
@@ -337,8 +334,6 @@ def record_writer(chosen: RecordWriter | None, *, device: Any, n_jobs: int) -> R
 
 def _is_unreachable(exc: BaseException) -> bool:
     """A lost MLflow tracking server (see ``tracking.is_unreachable``)."""
-    from pipeline import tracking
-
     return isinstance(exc, TrackingUnreachable) or tracking.is_unreachable(exc)
 
 
@@ -348,8 +343,6 @@ class _Search:
     def __init__(self, options: SearchOptions, setup: _Setup, params: Params,
                  optuna_study: Any, experiment_id: str, tracking_uri: str) -> None:
         from mlflow.tracking import MlflowClient
-
-        from pipeline import tracking
 
         self.options, self.setup, self.params = options, setup, params
         self.optuna_study, self.experiment_id, self.tracking_uri = (

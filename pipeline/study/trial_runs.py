@@ -19,19 +19,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from pipeline import tracking
 from pipeline.config import Params
 from pipeline.data.cache import CacheMeta
 from pipeline.errors import TrackingUnreachable, first_line
 from pipeline.study.folds import combine_rows
 from pipeline.study.objective import AVERAGED_SKIP, TrialProgress, best_row
 from pipeline.study.timing import TrackingTimes
-
-if TYPE_CHECKING:
-    from pipeline.tracking import RunRecord
+from pipeline.tracking import ModelPart, RunRecord, fold_table
 
 logger = logging.getLogger(__name__)
 
@@ -260,8 +259,6 @@ class MlflowTrialTracker:
     @contextlib.contextmanager
     def _reachable(self) -> Iterator[None]:
         """Turn a lost tracking server into :class:`TrackingUnreachable` (and remember it)."""
-        from pipeline import tracking
-
         if self.lost is not None:
             raise TrackingUnreachable(self.lost)
         try:
@@ -292,8 +289,6 @@ class MlflowTrialTracker:
 
     def _write_logged(self, progress: TrialProgress, record: RunRecord) -> None:
         """Write ``record`` here (this thread); a failure is logged and remembered."""
-        from pipeline import tracking
-
         t0 = time.perf_counter()
         try:
             with self._reachable():
@@ -321,8 +316,6 @@ class MlflowTrialTracker:
 
     def _run_record(self, progress: TrialProgress) -> RunRecord:
         """The trial's end-of-run record, built in the trial's thread (plain data + weights)."""
-        from pipeline.tracking import ModelPart, RunRecord, fold_table
-
         assert progress.run_id is not None
         best = progress.best_fold(self.direction, self.metric)
         model = None
@@ -362,8 +355,6 @@ class MlflowTrialTracker:
 
     def _summary(self, progress: TrialProgress) -> dict[str, float]:
         """``best_*``: each fold's best epoch, combined (the spread over folds beside it)."""
-        from pipeline import tracking
-
         rows = [best_row(t) for t in progress.trainers]
         out = {tracking.summary_name(k): v for k, v in combine_rows(
             rows, skip=(*AVERAGED_SKIP, "lr"), spread=self.metric).items()}
