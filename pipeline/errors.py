@@ -16,6 +16,18 @@ class TrackingUnreachable(RuntimeError):
     search stops starting trials and says so in one line; the study keeps its results."""
 
 
+def caused_by(exc: BaseException, types: type[BaseException] | tuple[type[BaseException], ...]
+              ) -> bool:
+    """Whether ``exc`` or any exception in its chain (``__cause__``, else ``__context__``) is one
+    of ``types``: libraries wrap the error that says what really happened."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, types):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of a library's error (MLflow's ``message`` when it has one), or its type:
     what a one-line ``UserError`` quotes."""

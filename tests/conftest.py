@@ -223,3 +223,33 @@ def wait_for_running_trial(
             return running[0]
         time.sleep(poll)
     raise AssertionError("no trial started in time")
+
+
+def race_for_trials(studies: list[Any], choice: Any, total: int) -> list[str]:
+    """Each study object (one per would-be worker, its own storage) asks for a trial at the same
+    moment under the budget's lock: "created" or "refused" per worker, sorted."""
+    import functools
+    import threading
+
+    from pipeline.study.budget import BudgetReached, admitting
+    from pipeline.study.storage import study_lock
+
+    barrier = threading.Barrier(len(studies))
+    outcomes: list[str] = []
+
+    def worker(study: Any) -> None:
+        lock = functools.partial(study_lock, choice, study._storage, study.study_name)
+        with admitting(study, total, lock):
+            barrier.wait()
+            try:
+                study.ask()
+                outcomes.append("created")
+            except BudgetReached:
+                outcomes.append("refused")
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in studies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(outcomes)

@@ -12,13 +12,11 @@ refuses passwords) and in ``PGPASSWORD`` to ``mlflow server``.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,9 +28,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.study.budget import BudgetReached, admitting
-from pipeline.study.storage import StorageChoice, open_storage, study_lock
-from tests.conftest import make_image_cache, wait_for_running_trial
+from pipeline.study.storage import StorageChoice, open_storage
+from tests.conftest import make_image_cache, race_for_trials, wait_for_running_trial
 from tests.pgserver import Server, pg_bin, postgres_server
 from tests.servers import start_mlflow_server, stop
 
@@ -174,25 +171,7 @@ def test_workers_starting_at_once_create_exactly_the_total_on_postgres(
     optuna.create_study(study_name="race", storage=open_storage(choice))
     studies = [optuna.load_study(study_name="race", storage=open_storage(choice))
                for _ in range(8)]
-    barrier = threading.Barrier(len(studies))
-    outcomes: list[str] = []
-
-    def worker(study: optuna.Study) -> None:
-        lock = functools.partial(study_lock, choice, study._storage, "race")
-        with admitting(study, 3, lock):
-            barrier.wait()
-            try:
-                study.ask()
-                outcomes.append("created")
-            except BudgetReached:
-                outcomes.append("refused")
-
-    threads = [threading.Thread(target=worker, args=(s,)) for s in studies]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
+    assert race_for_trials(studies, choice, 3) == ["created"] * 3 + ["refused"] * 5
     assert len(optuna.load_study(study_name="race", storage=url).trials) == 3
 
 

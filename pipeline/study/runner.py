@@ -32,7 +32,7 @@ from tqdm import tqdm
 from pipeline import tracking
 from pipeline.config import PARAMS_FILE, Params, load_params
 from pipeline.data.cache import load_cache
-from pipeline.errors import TrackingUnreachable, UserError, first_line
+from pipeline.errors import TrackingUnreachable, UserError, caused_by, first_line
 from pipeline.secrets import redact, redact_text
 from pipeline.study import budget as budgets
 from pipeline.study import parent, workers
@@ -310,13 +310,7 @@ def _check_settings(optuna_study: Any, settings: dict[str, str], *, where: str) 
 
 def _is_storage_error(exc: BaseException) -> bool:
     """A lost study database (SQLAlchemy's errors, or Optuna tripping over one)."""
-
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, SQLAlchemyError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return caused_by(exc, SQLAlchemyError)
 
 
 def record_writer(chosen: RecordWriter | None, *, device: Any, n_jobs: int) -> RecordWriter:

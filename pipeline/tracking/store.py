@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import Params
-from pipeline.errors import first_line
+from pipeline.errors import caused_by, first_line
 from pipeline.secrets import redact
 
 logger = logging.getLogger(__name__)
@@ -185,14 +185,8 @@ def is_unreachable(exc: BaseException) -> bool:
     ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``) and then raises an ``MlflowException`` whose context is
     the ``requests`` error: a lost server, as opposed to a request the server refused.
     """
-    lost = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-            requests.exceptions.RetryError)
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, lost):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return caused_by(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                           requests.exceptions.RetryError))
 
 
 _ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import threading
 from pathlib import Path
 
 import optuna
@@ -11,6 +10,7 @@ import pytest
 
 from pipeline.study.budget import BudgetReached, admitting, counted, plan, stop_at_total
 from pipeline.study.storage import StorageChoice, open_storage, study_lock
+from tests.conftest import race_for_trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -62,26 +62,8 @@ def _journal_study(tmp_path: Path) -> tuple[optuna.Study, StorageChoice]:
 def test_workers_starting_at_once_create_exactly_the_total(tmp_path: Path) -> None:
     """Twelve threads, each its own storage object on one journal, ask at the same moment."""
     _, choice = _journal_study(tmp_path)
-    barrier = threading.Barrier(12)
-    outcomes: list[str] = []
-
-    def worker() -> None:
-        study = optuna.load_study(study_name="s", storage=open_storage(choice))
-        lock = functools.partial(study_lock, choice, study._storage, "s")
-        with admitting(study, 5, lock):
-            barrier.wait()
-            try:
-                study.ask()
-                outcomes.append("created")
-            except BudgetReached:
-                outcomes.append("refused")
-
-    threads = [threading.Thread(target=worker) for _ in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(outcomes) == ["created"] * 5 + ["refused"] * 7
+    studies = [optuna.load_study(study_name="s", storage=open_storage(choice)) for _ in range(12)]
+    assert race_for_trials(studies, choice, 5) == ["created"] * 5 + ["refused"] * 7
     assert len(optuna.load_study(study_name="s", storage=open_storage(choice)).trials) == 5
 
 
