@@ -1,15 +1,16 @@
 """The one owner of passwords in URLs: detection and redaction, with real URL parsers.
 
 Database URLs (``postgresql+psycopg://user:p#ss/w?rd@host/db``) are parsed by SQLAlchemy's
-``make_url``, which accepts every character a password may hold; other URLs (``http://``) by
-:func:`urllib.parse.urlsplit`. Anything that leaves the process (a log line, an MLflow tag or
-param, a report, an error message) goes through :func:`redact` or :func:`redact_text` first.
+``make_url``, which accepts every character a password may hold except a raw ``@`` (such a
+password is taken to run to the URL's last ``@``). Anything that leaves the process (a log line,
+an MLflow tag or param, a report, an error message) goes through :func:`redact` or
+:func:`redact_text` first.
 """
 
 from __future__ import annotations
 
 import re
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -31,13 +32,15 @@ def password_of(url: str) -> str | None:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         parsed = None
-    if parsed is not None and parsed.password is not None:
+    if parsed is not None and parsed.password is not None and "@" not in (parsed.host or ""):
         return str(parsed.password)
-    try:
-        password = urlsplit(url).password
-    except ValueError:
+    # SQLAlchemy ends a password at its first '@'. One typed with a raw '@' (or with characters
+    # it cannot parse at all) runs to the last '@': mask too much rather than leak the rest.
+    userinfo, at, _ = url.split("://", 1)[1].rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not (at and colon) or any(c in user for c in "/?#"):
         return None
-    return unquote(password) if password else None
+    return unquote(password)
 
 
 def _query_secrets(url: str) -> list[str]:
