@@ -230,6 +230,9 @@ def test_the_database_stopped_mid_trial(project: Path, postgres: Server) -> None
     assert not [t for t in trials if t.state.name == "RUNNING"]
     assert any(t.user_attrs.get("pipeline.retry_of") == victim.number
                and t.state.name == "COMPLETE" for t in trials)
+    check = _search(project, env, "--reconcile")
+    out, err = check.communicate(timeout=300)
+    assert check.returncode == 0 and "Optuna and MLflow agree" in out, err[-3000:]
 
 
 # --------------------------------------------------------------------------------------------
