@@ -36,11 +36,21 @@ def password_of(url: str) -> str | None:
         return str(parsed.password)
     # SQLAlchemy ends a password at its first '@'. One typed with a raw '@' (or with characters
     # it cannot parse at all) runs to the last '@': mask too much rather than leak the rest.
-    userinfo, at, _ = url.split("://", 1)[1].rpartition("@")
-    user, colon, password = userinfo.partition(":")
-    if not (at and colon) or any(c in user for c in "/?#"):
+    split = _split_userinfo(url)
+    if split is None or any(c in split[1] for c in "/?#"):
         return None
-    return unquote(password)
+    return unquote(split[2])
+
+
+def _split_userinfo(url: str) -> tuple[str, str, str, str] | None:
+    """``scheme://user:password@hostinfo`` split at the first ':' after the scheme and the
+    last '@', or None without both: the one reading of where a password ends."""
+    scheme, _, rest = url.partition("://")
+    userinfo, at, hostinfo = rest.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not (at and colon):
+        return None
+    return scheme, user, password, hostinfo
 
 
 def _query_secrets(url: str) -> list[str]:
@@ -63,10 +73,9 @@ def redact(url: str) -> str:
     password = password_of(url)
     out = url
     if password is not None:
-        scheme, _, rest = url.partition("://")
-        userinfo, at, hostinfo = rest.rpartition("@")
-        if at:
-            user = userinfo.split(":", 1)[0]
+        split = _split_userinfo(url)
+        if split is not None:
+            scheme, user, _, hostinfo = split
             out = f"{scheme}://{user}:{MASK}@{hostinfo}"
         else:  # unusual form: fall back to removing every spelling of the password
             out = _mask(url, password)

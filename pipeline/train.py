@@ -142,8 +142,6 @@ def summary(result: tracking.TrainResult) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    # Imported after parsing, so `--help` and argument errors answer without the seconds that
-    # importing torch and MLflow take.
     options = tracking.TrainOptions(
         params=load_params(args.params),
         dataset=args.dataset,

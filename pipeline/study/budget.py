@@ -90,7 +90,7 @@ def admitting(
         if template_trial is not None:
             return int(create(study_id, template_trial=template_trial))
         with lock():
-            held = len(storage.get_all_trials(study_id, deepcopy=False, states=states))
+            held = storage.get_n_trials(study_id, state=states)
             if held >= total:
                 raise BudgetReached(f"the study holds its total of {total} trial(s)")
             return int(create(study_id))

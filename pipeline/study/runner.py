@@ -549,12 +549,7 @@ class _Search:
         """The tracking server went away: the study (Optuna) holds every result; write the
         report, say in one line what is missing and how to close the open runs later."""
         setup = self.setup
-        report = from_study(
-            self.optuna_study, study=setup.study, dataset=setup.dataset,
-            storage=setup.choice.display(), fingerprint=setup.cache.meta.fingerprint,
-            parent_run_id="", experiment_id=self.experiment_id,
-        )
-        path = report_path(self.params, setup.study.name, setup.dataset, setup.default_dataset)
+        report, path = self._report(parent_id="")
         report.write(path)
         missing = (f"; trial(s) {sorted(failed)} finished without a complete MLflow run "
                    "(their results are in the study, their runs have no model)" if failed
@@ -591,16 +586,22 @@ class _Search:
             "command"
         )
 
-    def _finish(self, parent_id: str, tracker: Any, progress: _Progress, budget_text: str,
-                reaped: list[int], *, interrupted: bool, wall: float,
-                failed_records: dict[int, str]) -> SearchResult:
-        setup, options = self.setup, self.options
+    def _report(self, parent_id: str) -> tuple[StudyReport, Path]:
+        """The study's report as it stands, and the file it belongs in."""
+        setup = self.setup
         report = from_study(
             self.optuna_study, study=setup.study, dataset=setup.dataset,
             storage=setup.choice.display(), fingerprint=setup.cache.meta.fingerprint,
             parent_run_id=parent_id, experiment_id=self.experiment_id,
         )
-        path = report_path(self.params, setup.study.name, setup.dataset, setup.default_dataset)
+        return report, report_path(self.params, setup.study.name, setup.dataset,
+                                   setup.default_dataset)
+
+    def _finish(self, parent_id: str, tracker: Any, progress: _Progress, budget_text: str,
+                reaped: list[int], *, interrupted: bool, wall: float,
+                failed_records: dict[int, str]) -> SearchResult:
+        setup, options = self.setup, self.options
+        report, path = self._report(parent_id)
         with self.interrupts.shield():
             if not options.dry_run:
                 report.write(path)
