@@ -74,7 +74,7 @@ def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, CacheMeta]
 
 def make_splits(x: np.ndarray, y: np.ndarray, k: int) -> list[Split]:
     out = []
-    for tr, va in kfold_splits(y, k=k, seed=0, classification=True):
+    for tr, va in kfold_splits(y, folds=k, seed=0, classification=True):
         out.append(Split(x_train=torch.from_numpy(x[tr]), y_train=torch.from_numpy(y[tr]),
                          x_val=torch.from_numpy(x[va]), y_val=torch.from_numpy(y[va])))
     return out

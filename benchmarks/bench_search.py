@@ -46,7 +46,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import load_params  # noqa: E402
-from pipeline.study.runner import SearchOptions, run_search  # noqa: E402
+from pipeline.study.instruments import Instruments, TrackingTimes  # noqa: E402
+from pipeline.study.runner import search  # noqa: E402
+from pipeline.study.setup import SearchOptions  # noqa: E402
 
 
 def make_project(tmp: Path, study: str, *, pruner_none: bool) -> Path:
@@ -93,13 +95,11 @@ def tracked(
     import optuna
 
     from pipeline.study.storage import StorageChoice, open_storage
-    from pipeline.study.timing import TrackingTimes
 
     times = TrackingTimes()
-    result = run_search(SearchOptions(
+    result = search(SearchOptions(
         study=study, params_path=project / "params.yaml", n_trials=n_trials, timeout_s=1e9,
-        record_writer=writer, times=times,
-    ))
+    ), Instruments(record_writer=writer, times=times))
     journal = project / "studies" / f"{result.optuna_study}.journal"
     trials = optuna.load_study(
         study_name=result.optuna_study,

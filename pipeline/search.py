@@ -33,15 +33,10 @@ from pipeline import cli
 from pipeline.config import PARAMS_FILE, load_params
 from pipeline.errors import UserError
 from pipeline.secrets import redact
-from pipeline.study.pool import run_workers
+from pipeline.study.pool import OPTIONS_ON_STDIN
 from pipeline.study.report import leaderboard, short_params
-from pipeline.study.runner import (
-    DRY_RUN_EPOCHS,
-    SearchInterrupted,
-    SearchOptions,
-    SearchResult,
-    run_search,
-)
+from pipeline.study.runner import SearchInterrupted, SearchResult, run_search
+from pipeline.study.setup import DRY_RUN_EPOCHS, SearchOptions
 from pipeline.study.spec import STUDIES_DIR, list_studies
 from pipeline.tracking import ui_url
 
@@ -142,8 +137,23 @@ def build_parser(studies_dir: Path | None = None) -> argparse.ArgumentParser:
                         help=f"one trial of {DRY_RUN_EPOCHS} epochs, in-memory study, MLflow in "
                              "a temporary folder; writes nothing in the project")
     parser.add_argument("--list", action="store_true", help="list the studies and exit")
+    # A --workers process: its options as JSON on stdin (pipeline.study.pool).
+    parser.add_argument(OPTIONS_ON_STDIN, action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
+
+
+def _options(args: argparse.Namespace) -> SearchOptions:
+    if args.options_json:
+        return SearchOptions.from_json(sys.stdin.read())
+    if not args.study:
+        raise UserError("--study NAME is required (python -m pipeline.search --list shows them)")
+    return SearchOptions(
+        study=args.study, params_path=args.params, dataset=args.dataset,
+        n_trials=args.n_trials, timeout_s=args.timeout, storage=args.storage,
+        n_jobs=args.n_jobs, workers=args.workers, dry_run=args.dry_run, device=args.device,
+        reconcile=args.reconcile,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,21 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, desc in studies.items():
                 print(f"{name.ljust(width)}  {desc}")
             return 0
-        if not args.study:
-            raise UserError(
-                "--study NAME is required (python -m pipeline.search --list shows them)"
-            )
-        options = SearchOptions(
-            study=args.study, params_path=args.params, dataset=args.dataset,
-            n_trials=args.n_trials, timeout_s=args.timeout, storage=args.storage,
-            n_jobs=args.n_jobs, dry_run=args.dry_run, device=args.device,
-            reconcile=args.reconcile,
-        )
         try:
-            if args.workers != 1:
-                result = run_workers(options, args.workers)
-            else:
-                result = run_search(options)
+            result = run_search(_options(args))
         except SearchInterrupted as stopped:
             print_summary(stopped.result, sys.stdout)
             raise

@@ -225,7 +225,8 @@ def test_the_time_budget_holds_for_a_running_trial(proj: Path) -> None:
     """--timeout stops the trial still running at the deadline, which keeps what it reached."""
     import time
 
-    from pipeline.study.runner import SearchOptions, run_search
+    from pipeline.study.runner import run_search
+    from pipeline.study.setup import SearchOptions
 
     raw = yaml.safe_load((proj / "params.yaml").read_text())
     raw["train"]["max_epochs"] = 100_000
@@ -267,7 +268,8 @@ def test_a_k_fold_trial_records_fold_means_as_curves_and_each_fold_in_a_table(
 
 def test_one_slow_trial_cannot_spend_the_whole_time_budget(proj: Path) -> None:
     """search.trial_time_share: a trial stops once another epoch would pass its share."""
-    from pipeline.study.runner import SearchOptions, run_search
+    from pipeline.study.runner import run_search
+    from pipeline.study.setup import SearchOptions
 
     raw = yaml.safe_load((proj / "params.yaml").read_text())
     raw["train"]["max_epochs"] = 100_000
@@ -285,13 +287,21 @@ def test_one_slow_trial_cannot_spend_the_whole_time_budget(proj: Path) -> None:
 
 
 def test_the_share_rule_stops_before_an_epoch_that_would_pass_it() -> None:
-    from pipeline.study.objective import _cut_short
+    from pipeline.study.budget import RunBudget
 
-    # started at 0, 2 epochs in 4 s (2 s each), share ends at 10, deadline at 40
-    assert _cut_short(4.0, 0.0, 2, 10.0, 40.0) is None  # the next one ends at 6
-    assert _cut_short(9.0, 0.0, 3, 10.0, 40.0) == "trial_share"  # it would end at 12
-    assert _cut_short(41.0, 0.0, 3, 10.0, 40.0) == "deadline"
-    assert _cut_short(39.0, 0.0, 3, 40.0, 40.0) is None  # a share of 1: only the deadline
+    # the clock started at 0 with 40 s: the deadline is at 40; a share of 0.25 ends at 10
+    budget = RunBudget(timeout_s=40.0, trial_time_share=0.25).start_clock(0.0)
+
+    def cut(now: float, epochs: int, share: RunBudget = budget) -> str | None:
+        return share.trial_cut(now=now, trial_started=0.0, epochs=epochs)
+
+    assert cut(4.0, 2) is None  # 2 epochs in 4 s (2 s each): the next one ends at 6
+    assert cut(9.0, 3) == "trial_share"  # it would end at 12
+    assert cut(41.0, 3) == "deadline"
+    whole = RunBudget(timeout_s=40.0, trial_time_share=1.0).start_clock(0.0)
+    assert cut(39.0, 3, whole) is None  # a share of 1: only the deadline
+    assert RunBudget(trial_time_share=0.25).trial_cut(now=1e9, trial_started=0.0,
+                                                       epochs=3) is None  # no time limit
 
 
 def test_the_search_says_what_an_epoch_costs(
@@ -308,7 +318,9 @@ def test_a_trial_whose_record_fails_keeps_its_result(
     proj: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """MLflow failing to store a model loses neither the trial nor the rest of its record."""
-    from pipeline.study.runner import SearchOptions, run_search
+    from pipeline.study.instruments import Instruments
+    from pipeline.study.runner import search as search_with
+    from pipeline.study.setup import SearchOptions
     from pipeline.tracking import records
 
     original = records.log_model
@@ -323,8 +335,8 @@ def test_a_trial_whose_record_fails_keeps_its_result(
     monkeypatch.setattr(records, "log_model", log_model)
     with pytest.raises(UserError, match=r"MLflow runs of trial\(s\) \[0\] could not"):
         # Written in this process, where the patch is (the recorder process is another).
-        run_search(SearchOptions(study="tiny", params_path=proj / "params.yaml", n_trials=3,
-                                 record_writer="inline"))
+        search_with(SearchOptions(study="tiny", params_path=proj / "params.yaml", n_trials=3),
+                    Instruments(record_writer="inline"))
 
     trials = load_study(proj).trials
     assert len(trials) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
@@ -344,13 +356,14 @@ def test_a_trial_whose_record_fails_keeps_its_result(
 
 @pytest.mark.parametrize("writer", ["thread", "process"])
 def test_parallel_threads_log_every_trial_once(proj: Path, writer: Any) -> None:
-    from pipeline.study.runner import SearchOptions, run_search
-    from pipeline.study.timing import TrackingTimes
+    from pipeline.study.instruments import Instruments, TrackingTimes
+    from pipeline.study.runner import search as search_with
+    from pipeline.study.setup import SearchOptions
 
     times = TrackingTimes()
-    result = run_search(SearchOptions(study="tiny", params_path=proj / "params.yaml",
-                                      n_trials=4, n_jobs=2, record_writer=writer,
-                                      times=times))
+    result = search_with(SearchOptions(study="tiny", params_path=proj / "params.yaml",
+                                       n_trials=4, n_jobs=2),
+                         Instruments(record_writer=writer, times=times))
     assert result.report.n_trials == 4
     assert 0 < times.blocking_s and set(times.blocking_by_trial) == {0, 1, 2, 3}
     assert times.work_s > 0 or writer == "process"  # the recorder's work is not ours
@@ -418,16 +431,16 @@ def test_storage_precedence_and_redaction(
 def test_continuing_a_study_with_other_settings_warns(
     proj: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from pipeline.study.runner import _check_settings
+    from pipeline.study.setup import check_settings
 
     study = optuna.create_study()
-    _check_settings(study, {"params.train.max_epochs": "3", "data.fingerprint": "a"}, where="x")
+    check_settings(study, {"params.train.max_epochs": "3", "data.fingerprint": "a"}, where="x")
     with caplog.at_level(logging.WARNING, logger="pipeline.search"):
-        _check_settings(study, {"params.train.max_epochs": "3", "data.fingerprint": "a"},
-                        where="x")
+        check_settings(study, {"params.train.max_epochs": "3", "data.fingerprint": "a"},
+                       where="x")
         assert not caplog.records
-        _check_settings(study, {"params.train.max_epochs": "2", "data.fingerprint": "a"},
-                        where="x")
+        check_settings(study, {"params.train.max_epochs": "2", "data.fingerprint": "a"},
+                       where="x")
     (record,) = caplog.records
     assert "params.train.max_epochs (3 -> 2)" in record.getMessage()
     assert "not comparable" in record.getMessage()

@@ -166,13 +166,19 @@ def test_reconcile_makes_mlflow_agree_with_optuna(
 
 
 def test_trials_are_shared_out_among_workers() -> None:
-    from pipeline.study.pool import shares, worker_command
-    from pipeline.study.runner import SearchOptions
+    from pipeline.study.pool import shares, worker_options
+    from pipeline.study.setup import SearchOptions
 
     assert shares(7, 3) == [3, 2, 2] and shares(None, 2) == [None, None]
-    cmd = worker_command(SearchOptions(study="s", params_path=Path("p.yaml"), timeout_s=9.0), 2)
-    assert cmd[1:] == ["-m", "pipeline.search", "--study", "s", "--params", "p.yaml",
-                       "--n-trials", "2", "--timeout", "9.0"]
+    options = SearchOptions(study="s", params_path=Path("p.yaml"), timeout_s=9.0, n_trials=5,
+                            workers=3)
+    each = worker_options(options)
+    assert [o.n_trials for o in each] == [2, 2, 1]
+    assert all(o.workers == 1 and o.timeout_s == 9.0 and o.study == "s" for o in each)
+    # They travel as data: what a worker process reads back is what was meant.
+    assert [SearchOptions.from_json(o.to_json()) for o in each] == each
+    assert worker_options(SearchOptions(study="s", n_trials=1, workers=2))[0].n_trials == 1
+    assert len(worker_options(SearchOptions(study="s", n_trials=1, workers=2))) == 1
 
 
 @pytest.mark.slow

@@ -32,14 +32,15 @@ def holdout_split(
 
 
 def kfold_splits(
-    y: np.ndarray, *, k: int, seed: int, classification: bool
+    y: np.ndarray, *, folds: int, seed: int, classification: bool
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """K (train, val) index pairs; stratified for classification when every class has ≥ K."""
+    """``folds`` (train, val) index pairs; stratified for classification when every class has
+    at least ``folds`` items."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     idx = np.arange(len(y))
-    if _can_stratify(y, k, classification):
-        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    if _can_stratify(y, folds, classification):
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
         return [(tr, va) for tr, va in splitter.split(idx, y)]
-    splitter_plain = KFold(n_splits=k, shuffle=True, random_state=seed)
+    splitter_plain = KFold(n_splits=folds, shuffle=True, random_state=seed)
     return [(tr, va) for tr, va in splitter_plain.split(idx)]

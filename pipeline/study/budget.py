@@ -1,4 +1,5 @@
-"""The study's trial budget: a total for the study, shared by every worker and every run.
+"""What a search may spend: trials (a total for the study, shared by every worker and every
+run) and time (this run's seconds, and one trial's share of them), in one :class:`RunBudget`.
 
 ``budget.n_trials`` in a study file is the study's total. A trial counts once it is complete,
 pruned or running; a failed trial does not count, because its retry or a new trial takes its
@@ -15,8 +16,9 @@ while fewer than the total count or wait in the queue.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from optuna.study import MaxTrialsCallback
@@ -40,32 +42,107 @@ def counted(states: Iterable[str]) -> int:
 
 @dataclass(frozen=True)
 class RunBudget:
-    """How many trials this run may start (None: no limit) and the total that stops it."""
+    """What this run may spend, from the flags and the study file to every check that uses it.
 
-    n_trials: int | None
-    total: int | None  # stop when this many trials count (None: only n_trials limits)
+    Built once (:func:`run_budget`) and handed down: the search stops starting trials when
+    either limit is reached (:meth:`spent`, :func:`stop_at_total`), and the objective stops a
+    running trial at the deadline or at its share of the time (:meth:`trial_cut`).
+    """
+
+    n_trials: int | None = None  # trials this run may start (None: no limit)
+    total: int | None = None  # the study's total that stops every worker (None: none)
+    timeout_s: float | None = None  # seconds for this run (--timeout, else budget.timeout_s)
+    # The share of ``timeout_s`` one trial may use (search.trial_time_share).
+    trial_time_share: float = 1.0
+    epoch_cap: int | None = None  # every trial stops after this many epochs (--dry-run)
+    started: float | None = None  # time.monotonic() when this run's clock started
+
+    def start_clock(self, now: float | None = None) -> RunBudget:
+        """This budget with its clock running from ``now`` (default: the present)."""
+        return replace(self, started=time.monotonic() if now is None else now)
+
+    @property
+    def deadline(self) -> float | None:
+        """``time.monotonic()`` at which the time is spent (None: no time limit)."""
+        if self.timeout_s is None or self.started is None:
+            return None
+        return self.started + self.timeout_s
+
+    def spent(self, now: float | None = None) -> bool:
+        """Whether the time is up (never without a time limit)."""
+        deadline = self.deadline
+        return deadline is not None and (time.monotonic() if now is None else now) >= deadline
+
+    def seconds_left(self, now: float | None = None) -> float | None:
+        deadline = self.deadline
+        if deadline is None:
+            return None
+        return max(0.0, deadline - (time.monotonic() if now is None else now))
+
+    def trial_cut(self, *, now: float, trial_started: float, epochs: int) -> str | None:
+        """Why a trial that has run ``epochs`` epochs since ``trial_started`` stops before
+        another, or None to go on: ``"deadline"`` (the time is spent) or ``"trial_share"``
+        (judged from its mean epoch time, the next epoch would end past its share)."""
+        deadline = self.deadline
+        if deadline is None or epochs < 1:
+            return None
+        if now >= deadline:
+            return "deadline"
+        assert self.timeout_s is not None
+        share_end = trial_started + self.trial_time_share * self.timeout_s
+        if share_end >= deadline:  # a share of 1: the deadline alone
+            return None
+        epoch_s = (now - trial_started) / epochs
+        return "trial_share" if now + epoch_s > share_end else None
 
     def describe(self, done: int) -> str:
         if self.n_trials == 0:
             return "no new trials"
         if self.total is None:
-            return "no trial limit" if self.n_trials is None else f"{self.n_trials} new trial(s)"
-        return f"up to {self.n_trials} new trial(s): {done} of the study's {self.total} done"
+            trials = ("no trial limit" if self.n_trials is None
+                      else f"{self.n_trials} new trial(s)")
+        else:
+            trials = f"up to {self.n_trials} new trial(s): {done} of the study's {self.total} done"
+        return trials + (f" within {self.timeout_s:g} s" if self.timeout_s is not None else "")
 
 
-def plan(*, extra: int | None, total: int | None, done: int) -> RunBudget:
-    """This run's budget from ``--n-trials`` (``extra``) or the study's ``total``."""
+def run_budget(
+    *, extra: int | None, total: int | None, done: int, timeout_s: float | None,
+    trial_time_share: float, epoch_cap: int | None = None,
+) -> RunBudget:
+    """This run's budget: ``--n-trials`` (``extra``) trials, else up to the study's ``total``
+    (``done`` counted so far); ``timeout_s`` seconds (None: no limit)."""
     if extra is not None:
-        return RunBudget(n_trials=extra, total=None)
-    if total is None:
-        return RunBudget(n_trials=None, total=None)
-    return RunBudget(n_trials=max(0, total - done), total=total)
+        n_trials, total = extra, None
+    elif total is None:
+        n_trials = None
+    else:
+        n_trials = max(0, total - done)
+    return RunBudget(n_trials=n_trials, total=total, timeout_s=timeout_s,
+                     trial_time_share=trial_time_share, epoch_cap=epoch_cap)
+
+
+CUT_SHORT = {
+    "deadline": "the search's time budget is spent",
+    "trial_share": "another epoch would pass its share of the time budget "
+                   "(search.trial_time_share)",
+}
 
 
 def stop_at_total(total: int) -> Any:
     """Optuna's callback that stops this worker once the study's counted trials reach ``total``."""
 
     return MaxTrialsCallback(total, states=tuple(TrialState[s] for s in COUNTED_STATES))
+
+
+def stop_when_spent(budget: RunBudget) -> Callable[[Any, Any], None]:
+    """Optuna callback: once ``budget``'s time is spent, start no new trial."""
+
+    def callback(optuna_study: Any, trial: Any) -> None:
+        if budget.spent():
+            optuna_study.stop()
+
+    return callback
 
 
 @contextlib.contextmanager

@@ -56,36 +56,34 @@ def combine_rows(
 
 @dataclass(frozen=True)
 class FoldPlan:
-    """How a trial validates: ``k`` folds (0 = one holdout split of ``fraction``)."""
+    """How a trial validates: ``folds`` validation splits, each a model trained on the rest of
+    the training part (1: one holdout split of ``holdout``)."""
 
-    k: int
-    fraction: float
-    folds: tuple[tuple[np.ndarray, np.ndarray], ...]  # (train_idx, val_idx) into the train part
-
-    @property
-    def n_models(self) -> int:
-        return len(self.folds)
+    folds: int  # K ≥ 2 for K-fold cross-validation; 1 for a holdout
+    holdout: float | None  # the holdout's validation fraction (None for K-fold)
+    splits: tuple[tuple[np.ndarray, np.ndarray], ...]  # (train_idx, val_idx) into the train part
 
     def describe(self) -> str:
-        if self.k:
-            return f"{self.k}-fold cross-validation"
-        return f"holdout ({self.fraction:g} of the training part for validation)"
+        if self.holdout is None:
+            return f"{self.folds}-fold cross-validation"
+        return f"holdout ({self.holdout:g} of the training part for validation)"
 
 
 def plan_folds(cache: Cache, study: StudySpec, params: Params) -> FoldPlan:
     """Resolve ``cv`` for this cache: K folds or a holdout, seeded by the cache's split seed."""
     meta = cache.meta
     y = np.asarray(cache.train_y)
-    k, fraction = study.cv.resolve(len(y), params)
+    folds, holdout = study.cv.resolve(len(y), params)
     classification = meta.task == "classification"
-    if k:
-        if k > len(y):
+    if holdout is None:
+        if folds > len(y):
             raise UserError(
-                f"{study.source}: cv.folds: {k} folds but the training part of {meta.name!r} has "
-                f"only {len(y)} samples"
+                f"{study.source}: cv.folds: {folds} folds but the training part of "
+                f"{meta.name!r} has only {len(y)} samples"
             )
-        folds = kfold_splits(y, k=k, seed=meta.split_seed, classification=classification)
+        splits = kfold_splits(y, folds=folds, seed=meta.split_seed,
+                              classification=classification)
     else:
-        folds = [holdout_split(y, fraction=fraction, seed=meta.split_seed,
-                               classification=classification)]
-    return FoldPlan(k=k, fraction=fraction, folds=tuple((tr, va) for tr, va in folds))
+        splits = [holdout_split(y, fraction=holdout, seed=meta.split_seed,
+                                classification=classification)]
+    return FoldPlan(folds=folds, holdout=holdout, splits=tuple((tr, va) for tr, va in splits))

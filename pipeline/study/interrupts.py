@@ -18,9 +18,11 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from pipeline.errors import TrackingUnreachable
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["Interrupts"]
+__all__ = ["Interrupts", "quiet_interrupted_trials"]
 
 
 class Interrupts:
@@ -73,3 +75,33 @@ class Interrupts:
             yield
         finally:
             self._depth -= 1
+
+
+class _InterruptedTrialFilter(logging.Filter):
+    """Optuna logs a trial ended by Ctrl-C as a failure with a traceback, then "failed with
+    value None"; the search records and reports the interruption itself, and a traceback
+    would read like a crash. A lost tracking server's one line says it all too. Other
+    failures keep Optuna's lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dropped = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TrackingUnreachable):
+            record.exc_info = None
+            return True
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self._dropped = True
+            return False
+        if self._dropped and "failed with value" in record.getMessage():
+            self._dropped = False
+            return False
+        return True
+
+
+def quiet_interrupted_trials() -> None:
+    """Install :class:`_InterruptedTrialFilter` on Optuna's trial log (once per process)."""
+    optuna_log = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _InterruptedTrialFilter) for f in optuna_log.filters):
+        optuna_log.addFilter(_InterruptedTrialFilter())

@@ -42,6 +42,7 @@ from optuna.trial import TrialState
 
 from pipeline.config import Params
 from pipeline.data.cache import Cache, CacheMeta
+from pipeline.study.budget import CUT_SHORT, RunBudget
 from pipeline.study.folds import combine, combine_rows, plan_folds
 from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
 from pipeline.training.batched import BatchedFolds, can_batch_folds, fold_batching_wins
@@ -66,9 +67,6 @@ class TrialInterrupted(KeyboardInterrupt):
 
 
 # --------------------------------------------------------------------------------------------
-# Folds
-# --------------------------------------------------------------------------------------------
-# --------------------------------------------------------------------------------------------
 # A trial in progress
 # --------------------------------------------------------------------------------------------
 @dataclass
@@ -78,6 +76,7 @@ class TrialProgress:
     number: int
     seed: int
     values: dict[str, Any]  # the sampled values (dotted keys)
+    folds: int = 1  # validation folds (1: a holdout), from the objective's FoldPlan
     params: Params | None = None  # the resolved params (None if the values were rejected)
     trainers: list[ModelRun] = field(default_factory=list)  # one per fold (Trainer or batched)
     history: list[dict[str, float]] = field(default_factory=list)  # fold-averaged rows
@@ -86,10 +85,8 @@ class TrialProgress:
     value_std: float | None = None
     error: str | None = None
     interrupted: bool = False
-    cut_short: str | None = None  # "deadline": stopped at the search's time budget
+    cut_short: str | None = None  # "deadline" or "trial_share" (RunBudget.trial_cut)
     train_s: float = 0.0
-    record_s: float = 0.0  # time spent writing the end-of-trial record
-    record_error: str | None = None  # why the trial's MLflow record could not be completed
     run_id: str | None = None
     fold_batching: bool = False  # the folds trained as one batched model
 
@@ -161,18 +158,18 @@ class Objective:
         cache: the dataset's tensor cache; only its train part is read.
         device: where to train.
         tracker: records each trial (an MLflow run); None records nothing.
-        epoch_cap: stop every trial after this many epochs (``--dry-run``).
         stop: when set (Ctrl-C), the running trials stop after their current epoch and are
             recorded as failed.
         trial_attrs: user attributes set on every trial when it starts (the worker's id).
+        budget: this run's budget, its clock running (None: no limit); its ``epoch_cap``
+            stops every trial after that many epochs (``--dry-run``).
 
-    :meth:`set_time_budget` (the runner's ``--timeout``) sets a deadline: a trial still training
-    then stops after its current epoch and completes with what it reached
-    (``pipeline.cut_short=deadline``). Before that, a trial may use at most
-    ``search.trial_time_share`` of the whole budget: once its measured epoch time says the next
-    epoch would end past that share, it completes with what it reached
-    (``pipeline.cut_short=trial_share``), so one slow configuration cannot spend the budget that
-    the cheaper ones after it need.
+    With a time limit, a trial still training at the budget's deadline stops after its current
+    epoch and completes with what it reached (``pipeline.cut_short=deadline``). Before that, a
+    trial may use at most ``search.trial_time_share`` of the whole budget: once its measured
+    epoch time says the next epoch would end past that share, it completes with what it
+    reached (``pipeline.cut_short=trial_share``), so one slow configuration cannot spend the
+    budget that the cheaper ones after it need (:meth:`RunBudget.trial_cut`).
 
     A trial whose sampled configuration equals an earlier complete or pruned trial's is not
     trained again: it takes that trial's result (Optuna's FAQ recipe) and records which trial
@@ -187,14 +184,13 @@ class Objective:
         cache: Cache,
         device: torch.device | str = "cpu",
         tracker: TrialTracker | None = None,
-        epoch_cap: int | None = None,
         stop: threading.Event | None = None,
         trial_attrs: dict[str, Any] | None = None,
+        budget: RunBudget | None = None,
     ) -> None:
         check_metric_for_task(study, cache.meta.task)
         self.trial_attrs = dict(trial_attrs or {})
-        self.deadline: float | None = None  # time.monotonic() at the end of the time budget
-        self.budget_s: float | None = None
+        self.budget = budget if budget is not None else RunBudget()
         # Called after every lockstep epoch with (trial number, epoch, value): the search's
         # progress bar shows where a long trial is, not only how many trials are done.
         self.on_epoch: Callable[[int, int, float], None] | None = None
@@ -204,19 +200,13 @@ class Objective:
         self.meta: CacheMeta = cache.meta
         self.device = torch.device(device)
         self.tracker = tracker
-        self.epoch_cap = epoch_cap
         self.stop = stop
         self.plan = plan_folds(cache, study, params)
         # Built once; trainers copy them to the device and never write into them.
-        self.splits: list[Split] = [make_split(cache, tr, va) for tr, va in self.plan.folds]
+        self.splits: list[Split] = [make_split(cache, tr, va) for tr, va in self.plan.splits]
         # Two real validation samples (raw values) as the logged model's input example.
-        first_val = self.plan.folds[0][1][:2]
+        first_val = self.plan.splits[0][1][:2]
         self.example = np.asarray(cache.train_x[first_val], dtype=np.float32)
-
-    def set_time_budget(self, seconds: float) -> None:
-        """From now on, ``seconds`` in all for the trials this objective runs."""
-        self.budget_s = seconds
-        self.deadline = time.monotonic() + seconds
 
     # ----------------------------------------------------------------------------------------
     def __call__(self, trial: optuna.trial.BaseTrial) -> float:
@@ -228,7 +218,8 @@ class Objective:
         if earlier is not None:
             return _reuse(trial, earlier)
         progress = TrialProgress(
-            number=number, seed=derive_seed(self.params.seed, number), values=values
+            number=number, seed=derive_seed(self.params.seed, number), values=values,
+            folds=self.plan.folds,
         )
         tracker = self.tracker
         try:  # from the run's creation on, however the trial ends, its run is completed
@@ -268,26 +259,22 @@ class Objective:
         metric = self.study.metric
         t0 = time.perf_counter()
         started = time.monotonic()
-        share_end = None if self.budget_s is None else (
-            started + cfg.search.trial_time_share * self.budget_s
-        )
         try:
             set_seed(progress.seed)
             lockstep_epoch = self._start_folds(cfg, progress)
             epoch = 0
             while not all(t.done for t in progress.trainers):
-                if self.epoch_cap is not None and epoch >= self.epoch_cap:
+                if self.budget.epoch_cap is not None and epoch >= self.budget.epoch_cap:
                     break
                 if self.stop is not None and self.stop.is_set():
                     raise TrialInterrupted(f"trial {progress.number} interrupted")
-                if epoch and share_end is not None:
-                    reason = _cut_short(time.monotonic(), started, epoch, share_end,
-                                        self.deadline)
-                    if reason is not None:
-                        progress.cut_short = reason
-                        logger.info("trial %d ends at epoch %d with what it reached: %s",
-                                    progress.number, epoch, CUT_SHORT[reason])
-                        break
+                reason = self.budget.trial_cut(now=time.monotonic(), trial_started=started,
+                                               epochs=epoch)
+                if reason is not None:
+                    progress.cut_short = reason
+                    logger.info("trial %d ends at epoch %d with what it reached: %s",
+                                progress.number, epoch, CUT_SHORT[reason])
+                    break
                 epoch += 1
                 row = _averaged_row(lockstep_epoch(), epoch, metric)
                 progress.history.append(row)
@@ -313,7 +300,7 @@ class Objective:
         """Build the folds' models (each under its fold's seed) and their trainers, K Trainers
         or one BatchedFolds, into ``progress.trainers``; returns the lockstep epoch: each fold's
         new history row, or its best row once it is done."""
-        n = self.plan.n_models
+        n = self.plan.folds
         seeds = [progress.seed if n == 1 else derive_seed(progress.seed, i) for i in range(n)]
         models = []
         for seed in seeds:
@@ -343,23 +330,23 @@ class Objective:
     def _batch_folds(self, cfg: Params) -> bool:
         """``search.fold_batching``: true batches wherever BatchedFolds can (an MLP, K ≥ 2, CPU
         or CUDA), auto where :func:`fold_batching_wins` says it is faster, false never."""
-        setting, k = cfg.search.fold_batching, self.plan.n_models
-        if not can_batch_folds(cfg.model, k, self.device):
+        setting, folds = cfg.search.fold_batching, self.plan.folds
+        if not can_batch_folds(cfg.model, folds, self.device):
             return False
         if setting == "auto":
-            return fold_batching_wins(cfg.model, cfg.train, self.meta, k, self.device)
+            return fold_batching_wins(cfg.model, cfg.train, self.meta, folds, self.device)
         return bool(setting)
 
     def _say_cost(self, epoch_s: float, max_epochs: int) -> None:
         """Once per search: what one epoch cost and what that means for the time budget."""
         self._cost_said = True
         trial_s = epoch_s * max_epochs
-        line = (f"first epoch: {epoch_s:.1f} s over {self.plan.n_models} model(s) "
-                f"({self.plan.describe()}, {len(self.plan.folds[0][1])} validation "
+        line = (f"first epoch: {epoch_s:.1f} s over {self.plan.folds} model(s) "
+                f"({self.plan.describe()}, {len(self.plan.splits[0][1])} validation "
                 f"and {len(self.splits[0].y_train)} training samples per model); a trial of "
                 f"{max_epochs} epochs would take about {trial_s:.0f} s")
-        if self.deadline is not None:
-            left = max(0.0, self.deadline - time.monotonic())
+        left = self.budget.seconds_left()
+        if left is not None:
             line += (f"; {left:.0f} s of the time budget are left: about "
                      f"{left / max(trial_s, 1e-9):.1f} such trial(s), fewer epochs when pruned "
                      "or stopped early")
@@ -372,7 +359,7 @@ class Objective:
         attrs: dict[str, Any] = {
             "epochs": progress.epochs,
             "fold_epochs": progress.fold_epochs,
-            "folds": self.plan.n_models,
+            "folds": progress.folds,
             "fold_batching": progress.fold_batching,
             "train_s": round(progress.train_s, 3),
         }
@@ -395,24 +382,6 @@ class Objective:
 # Trial user attribute: a digest of the settings the trial ran with (data, base params, space),
 # so that a repeated configuration reuses only a result obtained under the same settings.
 SETTINGS_ATTR = "pipeline.settings"
-CUT_SHORT = {
-    "deadline": "the search's time budget is spent",
-    "trial_share": "another epoch would pass its share of the time budget "
-                   "(search.trial_time_share)",
-}
-
-
-def _cut_short(now: float, started: float, epochs: int, share_end: float,
-               deadline: float | None) -> str | None:
-    """Why a trial with a time budget stops before another epoch, or None to go on."""
-    if deadline is not None and now >= deadline:
-        return "deadline"
-    if deadline is not None and share_end >= deadline:  # a share of 1: the deadline alone
-        return None
-    epoch_s = (now - started) / epochs
-    return "trial_share" if now + epoch_s > share_end else None
-
-
 def _same_configuration(trial: Any) -> Any:
     """An earlier complete or pruned trial with exactly this trial's params and settings (data,
     base params, space: ``pipeline.settings``), or None."""

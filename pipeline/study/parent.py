@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from pipeline.atomic import write_json_atomic
 from pipeline.study.report import StudyReport
+from pipeline.tracking.endings import end_parent_run
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def finish_parent(
         path = Path(tmp) / report_name
         write_json_atomic(path, report.to_json())
         client.log_artifact(run_id, str(path))
-    client.set_terminated(run_id, status="KILLED" if interrupted else "FINISHED")
+    end_parent_run(client, run_id, status="KILLED" if interrupted else "FINISHED")
 
 
 def _log_optuna_plots(client: Any, run_id: str, optuna_study: Any) -> None:

@@ -3,10 +3,12 @@
 Optuna's own pattern for one machine: N processes on one storage (the journal file by default),
 each an ordinary search worker with its lease (:mod:`pipeline.study.workers`), so a killed one is
 cleaned up like any other. Each gets an equal share of the cores (``OMP_NUM_THREADS``), which is
-what torch sizes its thread pool from. ``--n-trials N`` is shared out among them; without it
-every worker runs until the study's total is met. When they have all ended, one last search with
-no new trials cleans up after any that died and writes the report. Ctrl-C reaches every worker
-(they share the terminal's process group); each records its running trial and exits.
+what torch sizes its thread pool from, and its options as data: the same
+:class:`~pipeline.study.setup.SearchOptions` as JSON on its standard input (one process, its
+share of ``--n-trials``). Without ``--n-trials`` every worker runs until the study's total is
+met. When they have all ended, one last search with no new trials cleans up after any that
+died and writes the report. Ctrl-C reaches every worker (they share the terminal's process
+group); each records its running trial and exits.
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.study.runner import SearchOptions, SearchResult, run_search
+from pipeline.study.setup import SearchOptions
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["OPTIONS_ON_STDIN", "run_workers", "shares", "worker_options"]
+
+# The search command's (hidden) flag that reads its SearchOptions as JSON from stdin.
+OPTIONS_ON_STDIN = "--options-json"
 
 
 def shares(total: int | None, n: int) -> list[int | None]:
@@ -31,37 +40,36 @@ def shares(total: int | None, n: int) -> list[int | None]:
     return [total // n + (1 if i < total % n else 0) for i in range(n)]
 
 
-def worker_command(options: SearchOptions, n_trials: int | None) -> list[str]:
-    """The command line of one worker: the same search, one process, its share of trials."""
-    cmd = [sys.executable, "-m", "pipeline.search", "--study", options.study,
-           "--params", str(options.params_path)]
-    for flag, value in (("--dataset", options.dataset), ("--n-trials", n_trials),
-                        ("--timeout", options.timeout_s), ("--storage", options.storage),
-                        ("--device", options.device)):
-        if value is not None:
-            cmd += [flag, str(value)]
-    return cmd
+def worker_options(options: SearchOptions) -> list[SearchOptions]:
+    """Each worker's options: one process, its share of the trials (none with no share)."""
+    return [dataclasses.replace(options, workers=1, n_trials=share)
+            for share in shares(options.n_trials, options.workers) if share != 0]
 
 
-def run_workers(options: SearchOptions, n: int) -> SearchResult:
-    """Run ``n`` worker processes to the end, then clean up and report (see the module doc).
+def _start(options: SearchOptions, env: dict[str, str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.search", OPTIONS_ON_STDIN], env=env, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(options.to_json())
+    proc.stdin.close()
+    return proc
+
+
+def run_workers(options: SearchOptions, *, finish: Callable[[SearchOptions], Any]) -> Any:
+    """Run ``options.workers`` worker processes to the end, then ``finish`` with a search of no
+    new trials in this process (it cleans up and reports; see the module doc).
 
     Raises:
-        UserError: a bad option, or a worker that failed (its exit code and what it said).
+        UserError: a worker that failed (its exit code; its messages are on stderr).
         KeyboardInterrupt: Ctrl-C, after every worker has stopped.
     """
-    if n < 2:
-        raise UserError(f"--workers: expected 2 or more worker processes, got {n}")
-    if options.dry_run or options.n_jobs != 1:
-        raise UserError("--workers: runs whole processes; leave out --dry-run and --n-jobs")
+    n = options.workers
     threads = max(1, (os.cpu_count() or 1) // n)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    counts = shares(options.n_trials, n)
     logger.info("starting %d search workers (%d thread(s) each)", n, threads)
-    procs = [
-        subprocess.Popen(worker_command(options, c), env=env, stdout=subprocess.DEVNULL)
-        for c in counts if c != 0
-    ]
+    procs = [_start(child, env) for child in worker_options(options)]
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
@@ -72,7 +80,7 @@ def run_workers(options: SearchOptions, n: int) -> SearchResult:
                 p.wait()
         raise
     failed = [c for c in codes if c != 0]
-    final = run_search(dataclasses.replace(options, n_trials=0))
+    final = finish(dataclasses.replace(options, workers=1, n_trials=0))
     if failed:
         raise UserError(
             f"--workers: {len(failed)} of {len(procs)} worker(s) failed (exit code "

@@ -195,14 +195,15 @@ class CvSpec:
         default=None, metadata=bounds(0.0, 0.9, lo_open=True, what="a validation fraction")
     )
 
-    def resolve(self, n_train: int, params: Params) -> tuple[int, float]:
-        """``(K, holdout_fraction)`` for a training part of ``n_train`` samples; K=0: holdout."""
-        fraction = self.holdout if self.holdout is not None else params.train.val_fraction
-        if self.folds == "auto":
-            k = params.search.cv_folds if n_train < params.search.cv_threshold else 0
-        else:
-            k = int(self.folds)
-        return k, fraction
+    def resolve(self, n_train: int, params: Params) -> tuple[int, float | None]:
+        """``(folds, holdout)`` for a training part of ``n_train`` samples: ``(K, None)`` for
+        K-fold cross-validation, ``(1, fraction)`` for one holdout split."""
+        folds = self.folds
+        if folds == "auto":
+            folds = params.search.cv_folds if n_train < params.search.cv_threshold else 0
+        if folds:
+            return int(folds), None
+        return 1, self.holdout if self.holdout is not None else params.train.val_fraction
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,14 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from pipeline.study.report import lost_records
+from pipeline.tracking.endings import (
+    ERROR_TAG,
+    RUN_STATUS,
+    STATE_TAG,
+    end_parent_run,
+    end_trial_run,
+    retag_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +227,7 @@ def _fail(optuna_study: Any, trial: Any, reason: str, max_retry: int) -> bool:
 
     storage = optuna_study._storage
     try:  # the reason first: a finished trial takes no more attributes
-        storage.set_trial_user_attr(trial._trial_id, "pipeline.error", reason)
+        storage.set_trial_user_attr(trial._trial_id, ERROR_TAG, reason)
         if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
             return False
     except (UpdateFinishedTrialError, RuntimeError):
@@ -254,9 +262,9 @@ def _end_parents_left_open(optuna_study: Any, client: Any, *, me: str) -> list[s
         except Exception:  # noqa: BLE001 - a deleted run: nothing to close
             continue
         if status == "RUNNING":
-            client.set_tag(lease.parent_run_id, "pipeline.error",
-                           f"ended by --reconcile: its search (worker {lease.id}) had ended")
-            client.set_terminated(lease.parent_run_id, status="FAILED")
+            end_parent_run(client, lease.parent_run_id, status="FAILED",
+                           reason=f"ended by --reconcile: its search (worker {lease.id}) had "
+                                  "ended")
             lines.append(f"parent run {lease.parent_run_id} of worker {lease.id} was RUNNING: "
                          "ended")
     return lines
@@ -264,33 +272,21 @@ def _end_parents_left_open(optuna_study: Any, client: Any, *, me: str) -> list[s
 
 def _end_run(client: Any, run_id: str | None, *, state: str | None, reason: str,
              record_lost: bool = False) -> None:
-    """End a RUNNING MLflow run: a trial's FAILED (with its Optuna state), a parent's KILLED."""
+    """End a RUNNING MLflow run: a trial's with its Optuna state, a parent's KILLED."""
     if not run_id or state == "RUNNING":
         return
     try:
-        _end_running_run(client, run_id, state=state, reason=reason, record_lost=record_lost)
+        run = client.get_run(run_id)
+        if run.info.status != "RUNNING":
+            return
+        number = run.data.tags.get("optuna.trial_number")
+        if state is None:  # the parent run
+            end_parent_run(client, run_id, status="KILLED", reason=reason)
+        else:
+            end_trial_run(client, run_id, number=None if number is None else int(number),
+                          state=state, reason=reason, record_lost=record_lost)
     except Exception as exc:  # noqa: BLE001 - a deleted run, an unreachable server
         logger.warning("could not end MLflow run %s (reconcile later): %s", run_id, exc)
-
-
-def _end_running_run(client: Any, run_id: str, *, state: str | None, reason: str,
-                     record_lost: bool) -> None:
-    run = client.get_run(run_id)
-    if run.info.status != "RUNNING":
-        return
-    from pipeline.study.trial_runs import RUN_STATUS, trial_run_name
-
-    client.set_tag(run_id, "pipeline.error", reason)
-    if state is None:  # the parent run
-        client.set_terminated(run_id, status="KILLED")
-        return
-    client.set_tag(run_id, "optuna.state", state)
-    number = run.data.tags.get("optuna.trial_number")
-    if number is not None:
-        client.set_tag(run_id, "mlflow.runName", trial_run_name(int(number), state))
-    # A run whose record was lost ends FAILED whatever its trial's state: it has no model.
-    client.set_terminated(run_id, status="FAILED" if record_lost else RUN_STATUS.get(
-        state, "FAILED"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,8 +301,6 @@ def reconcile(optuna_study: Any, client: Any, experiment_id: str, *, me: str) ->
     that ended (or was reaped) but could not close it is ended too. Trial runs of this study
     that no trial points to are reported, not changed (they hold what they hold).
     """
-    from pipeline.study.trial_runs import RUN_STATUS
-
     lines: list[str] = []
     trials = optuna_study.get_trials(deepcopy=False)
     records_lost = lost_records(optuna_study)
@@ -332,10 +326,10 @@ def reconcile(optuna_study: Any, client: Any, experiment_id: str, *, me: str) ->
                             + (f"; its record was not completed: {lost}" if lost else ""))
             lines.append(f"trial {trial.number}: {state}, its run was RUNNING: ended"
                          + (" (its record was lost: no model)" if lost else ""))
-        elif state in RUN_STATUS and run.data.tags.get("optuna.state") != state:
-            client.set_tag(run.info.run_id, "optuna.state", state)
-            lines.append(f"trial {trial.number}: tag optuna.state was "
-                         f"{run.data.tags.get('optuna.state')!r}, set to {state}")
+        elif state in RUN_STATUS and run.data.tags.get(STATE_TAG) != state:
+            retag_state(client, run.info.run_id, state)
+            lines.append(f"trial {trial.number}: tag {STATE_TAG} was "
+                         f"{run.data.tags.get(STATE_TAG)!r}, set to {state}")
     lines += _end_parents_left_open(optuna_study, client, me=me)
     found = {r.info.run_id for r in runs}
     for run_id, trial in owned.items():

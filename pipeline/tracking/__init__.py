@@ -2,134 +2,47 @@
 tracking API for the training and study layers (``registry/`` talks to the Model Registry).
 
 Modules by job: ``store`` (the store, experiments, quieting MLflow), ``runs`` (tags and
-metrics; history→metrics once), ``models`` (logging a servable model), ``plots`` (curves),
+metrics; history→metrics once), ``endings`` (how every run ends: status, end tags, trial run
+names), ``models`` (logging a servable model), ``plots`` (curves),
 ``train_run`` (one tracked training run, the library side of ``pipeline.train``), ``records``
 and ``recorder`` (a finished run's record, and the process that writes records).
 
 The face is lazy: a name is imported from its module on first use, so a command that only
 needs the store (``evaluate --summary``) does not load torch, MLflow's PyTorch flavor and
-matplotlib on the way (BENCHMARKS.md, "Fixed costs").
+matplotlib on the way (BENCHMARKS.md, "Fixed costs"). Type checkers see the names as ``Any``
+through the face; code that wants their types imports them from the module.
 """
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from pipeline.tracking.models import (
-        example_input,
-        log_model,
-        pip_requirements,
-        skip_dependency_check_for_own_pins,
-        warm_up_export,
-    )
-    from pipeline.tracking.plots import plot_history
-    from pipeline.tracking.records import ModelPart, RunRecord, write_record
-    from pipeline.tracking.runs import (
-        BATCH_LIMIT,
-        curve_name,
-        fold_table,
-        git_commit,
-        history_metrics,
-        log_curves,
-        log_history,
-        log_metrics,
-        run_tags,
-        summary_name,
-    )
-    from pipeline.tracking.store import (
-        ENV_URI,
-        active_run_id,
-        artifact_root,
-        configure,
-        experiment,
-        is_local_store,
-        is_unreachable,
-        quiet_mlflow,
-        ui_url,
-        unreachable_reason,
-    )
-    from pipeline.tracking.train_run import (
-        TrainOptions,
-        TrainProgress,
-        TrainResult,
-        run_name,
-        run_train,
-    )
-
-# name -> the module of this package that defines it
-_HOME = {
-    "active_run_id": "store",
-    "artifact_root": "store",
-    "BATCH_LIMIT": "runs",
-    "configure": "store",
-    "curve_name": "runs",
-    "ENV_URI": "store",
-    "example_input": "models",
-    "experiment": "store",
-    "fold_table": "runs",
-    "git_commit": "runs",
-    "history_metrics": "runs",
-    "is_local_store": "store",
-    "is_unreachable": "store",
-    "log_curves": "runs",
-    "log_history": "runs",
-    "log_metrics": "runs",
-    "log_model": "models",
-    "ModelPart": "records",
-    "pip_requirements": "models",
-    "plot_history": "plots",
-    "quiet_mlflow": "store",
-    "run_name": "train_run",
-    "run_tags": "runs",
-    "run_train": "train_run",
-    "RunRecord": "records",
-    "skip_dependency_check_for_own_pins": "models",
-    "summary_name": "runs",
-    "TrainOptions": "train_run",
-    "TrainProgress": "train_run",
-    "TrainResult": "train_run",
-    "ui_url": "store",
-    "unreachable_reason": "store",
-    "warm_up_export": "models",
-    "write_record": "records",
+# Each public name, listed once, under the module of this package that defines it.
+_FACE = {
+    "endings": (
+        "ERROR_TAG", "NAME_TAG", "RUN_STATUS", "STATE_TAG", "STOP_TAG", "end_parent_run",
+        "end_run", "end_trial_run", "ended_run", "record_cut_short", "retag_state",
+        "trial_end_tags",
+        "trial_run_name",
+    ),
+    "models": (
+        "example_input", "log_model", "pip_requirements", "skip_dependency_check_for_own_pins",
+        "warm_up_export",
+    ),
+    "plots": ("plot_history",),
+    "records": ("ModelPart", "RunRecord", "write_record"),
+    "runs": (
+        "BATCH_LIMIT", "curve_name", "fold_table", "git_commit", "history_metrics",
+        "log_curves", "log_history", "log_metrics", "run_tags", "summary_name",
+    ),
+    "store": (
+        "ENV_URI", "active_run_id", "artifact_root", "configure", "experiment",
+        "is_local_store", "is_unreachable", "quiet_mlflow", "ui_url", "unreachable_reason",
+    ),
+    "train_run": ("TrainOptions", "TrainProgress", "TrainResult", "run_name", "run_train"),
 }
-__all__ = [
-    "BATCH_LIMIT",
-    "ENV_URI",
-    "ModelPart",
-    "RunRecord",
-    "TrainOptions",
-    "TrainProgress",
-    "TrainResult",
-    "active_run_id",
-    "artifact_root",
-    "configure",
-    "curve_name",
-    "example_input",
-    "experiment",
-    "fold_table",
-    "git_commit",
-    "history_metrics",
-    "is_local_store",
-    "is_unreachable",
-    "log_curves",
-    "log_history",
-    "log_metrics",
-    "log_model",
-    "pip_requirements",
-    "plot_history",
-    "quiet_mlflow",
-    "run_name",
-    "run_tags",
-    "run_train",
-    "skip_dependency_check_for_own_pins",
-    "summary_name",
-    "ui_url",
-    "unreachable_reason",
-    "warm_up_export",
-    "write_record",
-]
+_HOME = {name: module for module, names in _FACE.items() for name in names}
+__all__ = sorted(_HOME)
 
 
 def __getattr__(name: str) -> Any:

@@ -28,6 +28,7 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.data.cache import CacheMeta
+from pipeline.tracking.endings import end_run, record_cut_short
 from pipeline.tracking.models import log_model
 from pipeline.tracking.runs import BATCH_LIMIT, history_metrics, log_curves
 from pipeline.tracking.store import is_unreachable
@@ -116,22 +117,15 @@ def write_record(
             raise model_error
     except BaseException as exc:
         if not is_unreachable(exc):
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            why = "interrupted (Ctrl-C)" if interrupted else (
+                " ".join(str(exc).split()) or type(exc).__name__)
             with contextlib.suppress(Exception):
-                _end_failed(client, record, exc)
+                record_cut_short(client, run_id, why=why, tags=record.interrupt_tags
+                                 if interrupted else record.failure_tags)
         raise
-    client.set_terminated(run_id, status=record.status)
+    end_run(client, run_id, status=record.status)
     return model_id
-
-
-def _end_failed(client: MlflowClient, record: RunRecord, exc: BaseException) -> None:
-    interrupted = isinstance(exc, KeyboardInterrupt)
-    why = "interrupted (Ctrl-C)" if interrupted else (
-        " ".join(str(exc).split()) or type(exc).__name__)
-    tags = {**(record.interrupt_tags if interrupted else record.failure_tags),
-            "pipeline.error": f"its record was not completed: {why}"}
-    client.log_batch(record.run_id, tags=[RunTag(k, v[:4000]) for k, v in tags.items()],
-                     synchronous=True)
-    client.set_terminated(record.run_id, status="FAILED")
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from pipeline.config import Params, parse_set_option
 from pipeline.data.cache import Cache, CacheMeta, load_cache
 from pipeline.data.splits import holdout_split
 from pipeline.errors import UserError
+from pipeline.tracking.endings import ended_run
 from pipeline.tracking.models import log_model
 from pipeline.tracking.runs import log_curves, log_history, run_tags, summary_name
 from pipeline.tracking.store import configure, experiment
@@ -297,8 +298,8 @@ def run_train(options: TrainOptions) -> TrainResult:
     if options.from_run:
         tags["retrained_from"] = options.from_run
     name = None if run_id else run_name(meta.name, params.model.arch)
-    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
-                          run_name=name, tags=tags) as run:
+    with ended_run(run_id=run_id, experiment_id=None if run_id else exp_id,
+                   run_name=name, tags=tags) as run:
         prep.ckpt_dir.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(prep.ckpt_dir / RUN_ID_FILE, (run.info.run_id + "\n").encode())
         if run_id is None:

@@ -66,17 +66,17 @@ _DEVICE_TYPES = ("cpu", "cuda")
 # --------------------------------------------------------------------------------------------
 # When to batch
 # --------------------------------------------------------------------------------------------
-def can_batch_folds(model_cfg: ModelConfig, n_folds: int, device: torch.device) -> bool:
+def can_batch_folds(model_cfg: ModelConfig, folds: int, device: torch.device) -> bool:
     """Whether :class:`BatchedFolds` can train these folds: an MLP, two folds or more, on the
     CPU or a CUDA device."""
-    return model_cfg.arch == "mlp" and n_folds >= 2 and device.type in _DEVICE_TYPES
+    return model_cfg.arch == "mlp" and folds >= 2 and device.type in _DEVICE_TYPES
 
 
 def fold_batching_wins(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     meta: CacheMeta,
-    n_folds: int,
+    folds: int,
     device: torch.device,
 ) -> bool:
     """Whether batching the folds is expected to be faster than one Trainer per fold.
@@ -89,9 +89,9 @@ def fold_batching_wins(
     nothing and ``torch.bmm`` can lose to the sequential path's oneDNN GEMMs (``_onednn.py``).
     On CUDA the sequential path's K sets of small kernels are launch-bound, so batching is on
     for every MLP up to layers a single fold's products would already fill the device with;
-    that bound is set by reasoning, not measured (no GPU here).
+    that bound is set by reasoning, not measured on a GPU.
     """
-    if not can_batch_folds(model_cfg, n_folds, device):
+    if not can_batch_folds(model_cfg, folds, device):
         return False
     n_in = math.prod(int(d) for d in meta.input_shape)
     largest = 0

@@ -24,7 +24,7 @@ def test_holdout_is_seeded_disjoint_and_stratified() -> None:
 
 def test_kfold_covers_every_sample_once() -> None:
     y = np.repeat(np.arange(3), 20)
-    folds = kfold_splits(y, k=5, seed=0, classification=True)
+    folds = kfold_splits(y, folds=5, seed=0, classification=True)
     assert len(folds) == 5
     val = np.concatenate([va for _, va in folds])
     assert sorted(val.tolist()) == list(range(len(y)))
@@ -35,7 +35,7 @@ def test_kfold_covers_every_sample_once() -> None:
 
 def test_kfold_for_regression_is_plain() -> None:
     y = np.linspace(0, 1, 23).astype(np.float32)
-    folds = kfold_splits(y, k=4, seed=1, classification=False)
+    folds = kfold_splits(y, folds=4, seed=1, classification=False)
     assert sum(len(va) for _, va in folds) == 23
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from pipeline.study.budget import BudgetReached, admitting, counted, plan, stop_at_total
+from pipeline.study.budget import BudgetReached, admitting, counted, run_budget, stop_at_total
 from pipeline.study.storage import StorageChoice, open_storage, study_lock
 from tests.conftest import race_for_trials
 
@@ -33,7 +33,8 @@ def test_what_counts() -> None:
 )
 def test_plan(extra: int | None, total: int | None, done: int, n_trials: int | None,
               stop_total: int | None) -> None:
-    budget = plan(extra=extra, total=total, done=done)
+    budget = run_budget(extra=extra, total=total, done=done, timeout_s=None,
+                        trial_time_share=1.0)
     assert (budget.n_trials, budget.total) == (n_trials, stop_total)
     assert budget.describe(done)
 
@@ -51,7 +52,8 @@ def test_workers_stop_at_the_study_total() -> None:
 
 def test_a_queued_retry_of_a_dead_workers_trial_still_runs() -> None:
     states = ["COMPLETE"] * 19 + ["FAIL", "WAITING"]  # trial 19 died and was queued again
-    assert plan(extra=None, total=20, done=counted(states)).n_trials == 1
+    assert run_budget(extra=None, total=20, done=counted(states), timeout_s=None,
+                      trial_time_share=1.0).n_trials == 1
 
 
 def _journal_study(tmp_path: Path) -> tuple[optuna.Study, StorageChoice]:

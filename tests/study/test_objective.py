@@ -72,7 +72,7 @@ def fixed(**values: Any) -> optuna.trial.FixedTrial:
 def test_fixed_trial_holdout(params: Params, images) -> None:
     rec = Recorder()
     objective = Objective(params=params, study=study_spec(), cache=images, tracker=rec)
-    assert objective.plan.k == 0 and objective.plan.n_models == 1
+    assert objective.plan.holdout is not None and objective.plan.folds == 1
     seen: list[tuple[int, int, float]] = []
     objective.on_epoch = lambda number, epoch, value: seen.append((number, epoch, value))
     trial = fixed()
@@ -109,7 +109,7 @@ def test_cv_reports_the_fold_mean_each_epoch(params: Params, images, batched: bo
     spec = study_spec(cv={"folds": 3}, space={"train.lr": {"type": "float", "low": 0.05,
                                                             "high": 0.5, "log": True}})
     objective = Objective(params=p, study=spec, cache=images, tracker=rec)
-    assert objective.plan.k == 3 and objective.plan.n_models == 3
+    assert objective.plan.holdout is None and objective.plan.folds == 3
     study = optuna.create_study()
     trial = study.ask()
     value = objective(trial)
@@ -133,7 +133,7 @@ def test_cv_reports_the_fold_mean_each_epoch(params: Params, images, batched: bo
     assert study.trials[0].user_attrs["fold_epochs"] == sum(t.epoch for t in progress.trainers)
     assert study.trials[0].user_attrs["fold_batching"] is batched
     # Folds partition the training part; the validation parts are disjoint.
-    val = np.concatenate([va for _, va in objective.plan.folds])
+    val = np.concatenate([va for _, va in objective.plan.splits])
     assert sorted(val.tolist()) == list(range(len(images.train_y)))
 
 
@@ -192,9 +192,9 @@ def test_auto_batches_small_mlp_folds_only(params: Params, images) -> None:
 def test_auto_cv_uses_k_folds_below_the_threshold(params: Params, images) -> None:
     spec = study_spec(cv={"folds": "auto"})
     small = plan_folds(images, spec, params)
-    assert small.k == params.search.cv_folds
+    assert small.folds == params.search.cv_folds and small.holdout is None
     big = plan_folds(images, spec, params.with_overrides({"search.cv_threshold": 100}))
-    assert big.k == 0 and len(big.folds) == 1
+    assert big.holdout is not None and big.folds == 1 and len(big.splits) == 1
 
 
 @pytest.mark.parametrize("hopeless_lr", [5.0, 1e-7])  # explodes / learns nothing

@@ -115,11 +115,13 @@ def test_defaults_and_cv_resolution(tmp_path: Path, params: Params) -> None:
     assert isinstance(make_pruner(spec), optuna.pruners.NopPruner)
     sampler = make_sampler(spec, default_seed=7)
     assert isinstance(sampler, TrialSeededSampler) and sampler._seed == 7
-    threshold, k = params.search.cv_threshold, params.search.cv_folds
-    assert CvSpec("auto").resolve(threshold - 1, params) == (k, params.train.val_fraction)
-    assert CvSpec("auto").resolve(threshold, params) == (0, params.train.val_fraction)
-    assert CvSpec(3, holdout=0.3).resolve(10, params) == (3, 0.3)
-    assert CvSpec(0).resolve(10, params)[0] == 0
+    # (folds, holdout): K-fold below the threshold, else one holdout split
+    threshold, folds = params.search.cv_threshold, params.search.cv_folds
+    assert CvSpec("auto").resolve(threshold - 1, params) == (folds, None)
+    assert CvSpec("auto").resolve(threshold, params) == (1, params.train.val_fraction)
+    assert CvSpec(3, holdout=0.3).resolve(10, params) == (3, None)
+    assert CvSpec(0, holdout=0.3).resolve(10, params) == (1, 0.3)
+    assert CvSpec(0).resolve(10, params) == (1, params.train.val_fraction)
     accuracy = load(tmp_path, {**raw, "metric": "val/accuracy"}, params)
     assert accuracy.direction == "maximize"
     check_metric_for_task(accuracy, "classification")

@@ -35,7 +35,7 @@ Folds = tuple[list[Split], CacheMeta]
 def kfold(folder: Path, k: int) -> Folds:
     cache = load_cache(folder)
     classification = cache.meta.task == "classification"
-    folds = kfold_splits(np.asarray(cache.train_y), k=k, seed=0, classification=classification)
+    folds = kfold_splits(np.asarray(cache.train_y), folds=k, seed=0, classification=classification)
     return [make_split(cache, tr, va) for tr, va in folds], cache.meta
 
 
