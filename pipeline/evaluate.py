@@ -21,21 +21,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 
 from pipeline import cli
-from pipeline.config import load_params
+from pipeline.config import PARAMS_FILE, load_params
 from pipeline.registry.evaluation import EvaluateOptions, champion_summary, run_evaluate, summary
 
 logger = logging.getLogger(__name__)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.evaluate",
         description="Test metrics and plots of the champion (or --model) for dvc metrics/plots.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--params", default="params.yaml", help="params file (project root)")
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (project root)")
     parser.add_argument("--dataset", default=None, help="dataset (default: params 'dataset')")
     parser.add_argument(
         "--model", default=None,
@@ -47,11 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "reports/metrics.json, and how to serve it and open the MLflow UI",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
 
     def body() -> int:

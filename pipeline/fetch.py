@@ -15,7 +15,6 @@ Command: ``python -m pipeline.fetch [--params params.yaml]`` (DVC stage ``fetch`
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from pipeline import cli
@@ -45,4 +44,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

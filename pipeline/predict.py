@@ -25,10 +25,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import cli, tracking
-from pipeline.config import load_params
+from pipeline.config import PARAMS_FILE, load_params
 from pipeline.errors import UserError
 from pipeline.registry.gate import PREDICT_BATCH
 from pipeline.registry.inference import PredictOptions, run_predict
@@ -36,7 +37,7 @@ from pipeline.registry.inference import PredictOptions, run_predict
 logger = logging.getLogger(__name__)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.predict",
         description="Predict with a logged model on raw images (files or folders) or CSV files.",
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only check that the model is one this project loads (pt2, no pickle); exit 0 if so",
     )
     parser.add_argument(
-        "--params", default="params.yaml",
+        "--params", default=PARAMS_FILE,
         help="params file: where the MLflow store is (MLFLOW_TRACKING_URI overrides it)",
     )
     parser.add_argument("--batch-size", type=int, default=PREDICT_BATCH, help="items per batch")
@@ -60,14 +61,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "inputs", nargs="*", metavar="INPUT", help="image file (JPEG, PNG), folder, or CSV"
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.model and not args.inputs:
         parser.error("the following arguments are required: INPUT")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     cli.setup_logging(args.verbose)
 
     def body() -> int:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         params_path = Path(args.params)
         if params_path.is_file():
             tracking.configure(load_params(params_path))
-        elif args.params != "params.yaml":
+        elif args.params != PARAMS_FILE:
             raise UserError(f"{params_path}: params file not found")
         if args.check_model:
             from pipeline.tracking.models import check_format

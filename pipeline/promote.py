@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import cli
-from pipeline.config import load_params
+from pipeline.config import PARAMS_FILE, load_params
 from pipeline.registry.promotion import PromoteOptions, run_promote, summary
 
 logger = logging.getLogger(__name__)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.promote",
         description="Register a study's best trial and move the 'champion' alias to it if it "
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--study", required=True, help="study name (reports/studies/NAME.json)")
-    parser.add_argument("--params", default="params.yaml", help="params file (project root)")
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (project root)")
     parser.add_argument(
         "--dataset", default=None,
         help="for a search run with --dataset on another dataset than the study's own "
@@ -59,11 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "report's file name)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
 
     def body() -> int:

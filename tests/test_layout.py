@@ -345,6 +345,30 @@ def test_functions_are_short_and_take_few_parameters() -> None:
     assert not fixed, f"fixed, drop from the list: {fixed}"
 
 
+def test_every_command_has_one_shape() -> None:
+    """``build_parser()``, ``main(argv)`` calling the stage's library side ``run_<stage>()``,
+    ``raise SystemExit(main())``, and the params file's name from ``PARAMS_FILE``."""
+    wrong = []
+    for module, path in MODULES.items():
+        if not _is_command(module):
+            continue
+        tree = _tree(path)
+        top = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        where = str(path.relative_to(REPO))
+        wrong += [f"{where}: no {f}()" for f in ("build_parser", "main") if f not in top]
+        ending = tree.body[-1]
+        if "raise SystemExit(main())" not in ast.unparse(ending):
+            wrong.append(f"{where}: does not end with `raise SystemExit(main())`")
+        calls = {getattr(n.func, "attr", getattr(n.func, "id", "")) for n in ast.walk(tree)
+                 if isinstance(n, ast.Call)}
+        if f"run_{module.split('.')[-1]}" not in calls:
+            wrong.append(f"{where}: does not call its library side run_{module.split('.')[-1]}()")
+        literal = [n.lineno for n in ast.walk(tree)
+                   if isinstance(n, ast.Constant) and n.value == "params.yaml"]
+        wrong += [f"{where}:{line}: 'params.yaml' (use PARAMS_FILE)" for line in literal]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_study_classes_are_short() -> None:
     wrong, known = [], set()
     for module, path in MODULES.items():
