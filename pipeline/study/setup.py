@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.config import PARAMS_FILE, Params, load_params
 from pipeline.data.cache import Cache, load_cache
 from pipeline.errors import UserError
-from pipeline.study.spec import STUDIES_DIR, StudySpec, load_study
+from pipeline.study.spec import STUDIES_DIR, StudySpec, fit_to_data, load_study
 from pipeline.study.storage import StorageChoice, resolve_storage
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def load_setup(options: SearchOptions) -> Setup:
     Raises:
         UserError: a bad option, params or study file, dataset, cache or storage setting.
     """
-    from pipeline.training import runtime
+    from pipeline.training import arch_fits, runtime
 
     options.check()
     params = load_params(options.params_path)
@@ -133,9 +133,11 @@ def load_setup(options: SearchOptions) -> Setup:
             studies_dir=STUDIES_DIR, study_name=study.study_name(dataset),
             params_source=base.source,
         )
+    cache = load_cache(base.cache_dir(dataset))
     return Setup(
-        options=options, params=base, study=study, dataset=dataset,
-        default_dataset=default_dataset, cache=load_cache(base.cache_dir(dataset)),
+        options=options, params=base, dataset=dataset,
+        study=fit_to_data(study, lambda arch: arch_fits(arch, cache.meta)),
+        default_dataset=default_dataset, cache=cache,
         device=runtime.resolve_device(options.device or base.device), choice=choice,
     )
 

@@ -37,7 +37,7 @@ import re
 import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -81,6 +81,7 @@ __all__ = [
     "SamplerSpec",
     "StudySpec",
     "check_metric_for_task",
+    "fit_to_data",
     "list_studies",
     "load_study",
     "make_pruner",
@@ -122,6 +123,13 @@ class ParamSpace:
     log: bool = False
     step: float | None = None  # int: default 1; float: None = continuous
     choices: tuple[Scalar, ...] = ()  # categorical
+    # Searched only when every earlier key named here has one of the listed values
+    # (``when: {model.arch: cnn}``); empty: always.
+    when: tuple[tuple[str, tuple[Scalar, ...]], ...] = ()
+
+    def active(self, values: Mapping[str, Any]) -> bool:
+        """Whether this value is drawn, given the values drawn before it."""
+        return all(key in values and _one_of(values[key], allowed) for key, allowed in self.when)
 
     def suggest(self, trial: Any) -> Any:
         """Draw this value from an Optuna trial (a ``Trial`` or a ``FixedTrial``)."""
@@ -150,14 +158,26 @@ class ParamSpace:
         return [round(self.low + i * self.step, 12) for i in range(n + 1)]
 
     def describe(self) -> str:
-        """A short human form: ``int [16, 1024] log``, ``categorical [true, false]``."""
+        """A short human form: ``int [16, 1024] log``, ``categorical [true, false]``, with
+        `` when model.arch=cnn`` for a conditional value."""
+        condition = "".join(
+            f" when {key}={'|'.join(_plain(v) for v in allowed)}" for key, allowed in self.when)
         if self.type == "categorical":
             choices = yaml.safe_dump(list(self.choices), default_flow_style=True).strip()
-            return f"categorical {choices}"
+            return f"categorical {choices}{condition}"
         extra = " log" if self.log else ""
         if self.step is not None and not (self.type == "int" and self.step == 1):
             extra += f" step {self.step:g}"
-        return f"{self.type} [{self.low:g}, {self.high:g}]{extra}"
+        return f"{self.type} [{self.low:g}, {self.high:g}]{extra}{condition}"
+
+
+def _one_of(value: Any, allowed: Sequence[Any]) -> bool:
+    """``value in allowed`` without ``True == 1``: YAML's true and 1 are different choices."""
+    return any(type(value) is type(a) and value == a for a in allowed)
+
+
+def _plain(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
 
 
 
@@ -362,9 +382,9 @@ _TOP_KEYS = (
     "description", "dataset", "metric", "direction", "budget", "sampler", "pruner", "cv", "space",
 )
 _SPACE_KEYS: dict[str, tuple[str, ...]] = {
-    "int": ("type", "low", "high", "step", "log"),
-    "float": ("type", "low", "high", "step", "log"),
-    "categorical": ("type", "choices"),
+    "int": ("type", "low", "high", "step", "log", "when"),
+    "float": ("type", "low", "high", "step", "log", "when"),
+    "categorical": ("type", "choices", "when"),
 }
 # What a trial trains with. Other params.yaml keys (paths, storage, tracking) would be
 # accepted by the params but change nothing a trial learns, or worse, where it is recorded.
@@ -413,6 +433,9 @@ def _parse_sampler(
 def _check_grid(space: Sequence[ParamSpace], where: Where) -> None:
     points = 1
     for p in space:
+        if p.when:
+            raise UserError(f"{where.child(p.name, 'when')}: a grid sampler cannot search a "
+                            "conditional space; use the tpe or random sampler")
         size = _grid_size(p)
         if size is None:
             raise UserError(
@@ -473,7 +496,9 @@ def _parse_cv(raw: Any, where: Where) -> CvSpec:
     return cv
 
 
-def _parse_param(name: str, raw: Any, where: Where) -> ParamSpace:
+def _parse_param(
+    name: str, raw: Any, where: Where, earlier: Mapping[str, ParamSpace]
+) -> ParamSpace:
     if not has_dotted_field(name):
         searchable = [k for k in dotted_fields() if k.startswith(_SEARCHABLE)]
         raise UserError(f"{where}: not a key of params.yaml" + did_you_mean(name, searchable))
@@ -489,8 +514,40 @@ def _parse_param(name: str, raw: Any, where: Where) -> ParamSpace:
         )
     _check_keys(data, _SPACE_KEYS[kind], where)
     if kind == "categorical":
-        return _parse_choices(name, data.get("choices"), where.child("choices"))
-    return _parse_range(name, kind, data, where)
+        param = _parse_choices(name, data.get("choices"), where.child("choices"))
+    else:
+        param = _parse_range(name, kind, data, where)
+    if "when" not in data:
+        return param
+    return replace(param, when=_parse_when(data["when"], where.child("when"), earlier))
+
+
+def _parse_when(
+    raw: Any, where: Where, earlier: Mapping[str, ParamSpace]
+) -> tuple[tuple[str, tuple[Scalar, ...]], ...]:
+    """``when: {model.arch: cnn}`` (or a list of values): categorical keys searched before."""
+    data = _mapping(raw, where)
+    if not data:
+        raise UserError(f"{where}: expected a mapping of a categorical key searched above to "
+                        "its value or values, e.g. {model.arch: cnn}")
+    out = []
+    for key, value in data.items():
+        at = where.child(key)
+        condition = earlier.get(key)
+        if condition is None:
+            raise UserError(f"{at}: not a key searched above this one (a condition names a "
+                            "categorical key listed earlier in space:)"
+                            + did_you_mean(key, list(earlier)))
+        if condition.type != "categorical":
+            raise UserError(f"{at}: a condition needs a categorical key; {key} is "
+                            f"{condition.type}")
+        allowed = value if isinstance(value, list) else [value]
+        for v in allowed:
+            if not _one_of(v, condition.choices):
+                raise UserError(f"{at}: {v!r} is not one of {key}'s choices "
+                                f"{list(condition.choices)}")
+        out.append((key, tuple(allowed)))
+    return tuple(out)
 
 
 def _parse_choices(name: str, choices: Any, where: Where) -> ParamSpace:
@@ -556,7 +613,10 @@ def _parse_space(raw: Any, where: Where) -> tuple[ParamSpace, ...]:
             f"{where}: expected a non-empty mapping of dotted params.yaml keys to ranges, "
             f"got {raw!r}"
         )
-    return tuple(_parse_param(str(k), v, where.child(str(k))) for k, v in raw.items())
+    space: dict[str, ParamSpace] = {}
+    for key, value in raw.items():
+        space[str(key)] = _parse_param(str(key), value, where.child(str(key)), space)
+    return tuple(space.values())
 
 
 def _parse_header(
@@ -708,8 +768,44 @@ def load_study(name: str, folder: Path, params: Params | None = None) -> StudySp
 # Optuna objects
 # --------------------------------------------------------------------------------------------
 def suggest(trial: Any, space: Sequence[ParamSpace]) -> dict[str, Any]:
-    """Draw every value of ``space`` from ``trial``: ``{dotted key: value}``."""
-    return {p.name: p.suggest(trial) for p in space}
+    """Draw the values of ``space`` from ``trial`` in order, each only when its conditions
+    hold for the values drawn before it: ``{dotted key: value}``."""
+    values: dict[str, Any] = {}
+    for p in space:
+        if p.active(values):
+            values[p.name] = p.suggest(trial)
+    return values
+
+
+def fit_to_data(spec: StudySpec, arch_fits: Callable[[str], bool]) -> StudySpec:
+    """The study as it searches one dataset: ``model.arch`` choices the data cannot take
+    (``arch_fits`` False: a CNN on a table) are left out, and so is every value searched only
+    for them (its ``when`` can no longer hold). One study file serves images and tables.
+
+    Raises:
+        UserError: no ``model.arch`` choice fits the data.
+    """
+    space: dict[str, ParamSpace] = {}
+    dropped: list[str] = []
+    for p in spec.space:
+        if p.name == "model.arch" and p.type == "categorical":
+            kept = tuple(c for c in p.choices if arch_fits(str(c)))
+            if not kept:
+                raise UserError(f"{spec.source}: space: model.arch: none of "
+                                f"{list(p.choices)} can take this dataset's input")
+            dropped += [f"model.arch={c}" for c in p.choices if c not in kept]
+            p = replace(p, choices=kept)
+        when = tuple((key, tuple(v for v in allowed if key not in space
+                                 or _one_of(v, space[key].choices)))
+                     for key, allowed in p.when)
+        if any(key not in space or not allowed for key, allowed in when):
+            dropped.append(p.name)
+            continue
+        space[p.name] = replace(p, when=when)
+    if not dropped:
+        return spec
+    logger.info("%s: not searched on this dataset: %s", spec.source, ", ".join(dropped))
+    return replace(spec, space=tuple(space.values()))
 
 
 def make_sampler(spec: StudySpec, *, default_seed: int) -> Any:

@@ -17,10 +17,19 @@ from pipeline.training.engine import (
     make_optimizer,
     make_split,
 )
-from pipeline.training.models import build_model, input_affine, model_metadata, package_model
+from pipeline.training.models import (
+    IMAGE_ARCHS,
+    arch_fits,
+    build_model,
+    input_affine,
+    model_metadata,
+    package_model,
+)
 from pipeline.training.runtime import derive_seed, resolve_device, set_seed
 
 __all__ = [
+    "IMAGE_ARCHS",
+    "arch_fits",
     "BatchedFold",
     "BatchedFolds",
     "ModelRun",

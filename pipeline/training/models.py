@@ -164,6 +164,15 @@ def build_resnet(cfg: ModelConfig, meta: CacheMeta, *, root: Path | None = None)
     return net
 
 
+# Architectures that take images [C, H, W] only; an MLP takes any input.
+IMAGE_ARCHS = ("cnn", "resnet18", "resnet50")
+
+
+def arch_fits(arch: str, meta: CacheMeta) -> bool:
+    """Whether ``arch`` can take the dataset's input (images, or a table's features)."""
+    return arch not in IMAGE_ARCHS or len(meta.input_shape) == 3
+
+
 def build_model(cfg: ModelConfig, meta: CacheMeta, *, root: Path | None = None) -> nn.Module:
     """The network ``cfg`` describes for the dataset ``meta`` describes.
 

@@ -320,3 +320,96 @@ def test_summary_is_flat_strings(tmp_path: Path) -> None:
     assert summary["space.model.width"] == "int [4, 64] log"
     assert summary["study.pruner.n_warmup_steps"] == "1"
     assert all(isinstance(v, str) for v in summary.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Conditional spaces: a value searched only when an earlier categorical has given values
+# --------------------------------------------------------------------------------------------
+ARCH_SPACE = {
+    "model.arch": {"type": "categorical", "choices": ["mlp", "cnn"]},
+    "model.width": {"type": "int", "low": 16, "high": 64, "when": {"model.arch": "mlp"}},
+    "model.conv_channels": {"type": "int", "low": 8, "high": 32,
+                            "when": {"model.arch": ["cnn"]}},
+    "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+}
+
+
+def test_a_conditional_value_is_drawn_only_when_its_condition_holds(
+    tmp_path: Path, params: Params
+) -> None:
+    spec = load(tmp_path, {**base(), "space": ARCH_SPACE}, params)
+    width = next(p for p in spec.space if p.name == "model.width")
+    assert width.when == (("model.arch", ("mlp",)),)
+    assert width.describe() == "int [16, 64] when model.arch=mlp"
+    mlp = suggest(optuna.trial.FixedTrial({"model.arch": "mlp", "model.width": 32,
+                                           "train.lr": 1e-3}), spec.space)
+    assert mlp == {"model.arch": "mlp", "model.width": 32, "train.lr": 1e-3}
+    cnn = suggest(optuna.trial.FixedTrial({"model.arch": "cnn", "model.conv_channels": 16,
+                                           "train.lr": 1e-3}), spec.space)
+    assert cnn == {"model.arch": "cnn", "model.conv_channels": 16, "train.lr": 1e-3}
+    # TPE over the conditional space: every trial holds exactly the values its arch uses.
+    study = optuna.create_study(sampler=make_sampler(spec, default_seed=0))
+    for _ in range(12):
+        trial = study.ask()
+        values = suggest(trial, spec.space)
+        study.tell(trial, 1.0 if values["model.arch"] == "mlp" else 0.5)
+    for t in study.trials:
+        extra = {"mlp": "model.width", "cnn": "model.conv_channels"}[t.params["model.arch"]]
+        assert set(t.params) == {"model.arch", "train.lr", extra}
+    assert {t.params["model.arch"] for t in study.trials} == {"mlp", "cnn"}
+
+
+@pytest.mark.parametrize(
+    ("width", "message"),
+    [
+        ({"when": {"model.arch": "rnn"}},
+         r"s\.yaml:\d+: space\.model\.width\.when\.model\.arch: 'rnn' is not one of "
+         r"model\.arch's choices \['mlp', 'cnn'\]"),
+        ({"when": {"train.lr": 0.1}},
+         r"s\.yaml:\d+: space\.model\.width\.when\.train\.lr: a condition needs a "
+         r"categorical key"),
+        ({"when": {"model.depth": "mlp"}},
+         r"space\.model\.width\.when\.model\.depth: not a key searched above"),
+        ({"when": {}}, r"space\.model\.width\.when: expected a mapping of a categorical key"),
+        ({"when": "mlp"}, r"space\.model\.width\.when: expected a mapping, got 'mlp'"),
+    ],
+)
+def test_bad_conditions_name_the_file_line_and_key(
+    tmp_path: Path, params: Params, width: dict[str, Any], message: str
+) -> None:
+    space = {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+             "model.arch": {"type": "categorical", "choices": ["mlp", "cnn"]},
+             "model.width": {"type": "int", "low": 16, "high": 64, **width}}
+    with pytest.raises(UserError, match=message):
+        load(tmp_path, {**base(), "space": space}, params)
+
+
+def test_a_condition_on_a_later_or_numeric_key_is_refused(tmp_path: Path) -> None:
+    later = {"model.width": {"type": "int", "low": 16, "high": 64,
+                             "when": {"model.arch": "mlp"}},
+             "model.arch": {"type": "categorical", "choices": ["mlp", "cnn"]}}
+    with pytest.raises(UserError, match=r"when\.model\.arch: not a key searched above"):
+        load(tmp_path, {**base(), "space": later})
+    numeric = {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2},
+               "model.width": {"type": "int", "low": 16, "high": 64, "when": {"train.lr": 1}}}
+    with pytest.raises(UserError, match=r"a condition needs a categorical key; train\.lr is "
+                                        r"float"):
+        load(tmp_path, {**base(), "space": numeric})
+    grid = {**base(), "sampler": {"type": "grid"},
+            "space": {"model.arch": {"type": "categorical", "choices": ["mlp", "cnn"]},
+                      "model.width": {"type": "categorical", "choices": [16, 32],
+                                      "when": {"model.arch": "mlp"}}}}
+    with pytest.raises(UserError, match=r"when: a grid sampler cannot search a conditional"):
+        load(tmp_path, grid)
+
+
+def test_one_study_file_fits_images_and_tables(tmp_path: Path, params: Params) -> None:
+    from pipeline.study.spec import fit_to_data
+
+    spec = load(tmp_path, {**base(), "space": ARCH_SPACE}, params)
+    assert fit_to_data(spec, lambda arch: True) is spec  # images: everything is searched
+    table = fit_to_data(spec, lambda arch: arch == "mlp")
+    assert [p.name for p in table.space] == ["model.arch", "model.width", "train.lr"]
+    assert table.space[0].choices == ("mlp",)
+    with pytest.raises(UserError, match=r"model\.arch: none of \['mlp', 'cnn'\] can take"):
+        fit_to_data(spec, lambda arch: False)
