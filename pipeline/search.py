@@ -34,7 +34,7 @@ from pipeline.config import PARAMS_FILE, load_params
 from pipeline.errors import UserError
 from pipeline.secrets import redact
 from pipeline.study.pool import OPTIONS_ON_STDIN
-from pipeline.study.report import leaderboard, short_params
+from pipeline.study.report import baseline_margin, leaderboard, short_params
 from pipeline.study.runner import SearchInterrupted, SearchResult, run_search
 from pipeline.study.setup import DRY_RUN_EPOCHS, SearchOptions
 from pipeline.study.spec import STUDIES_DIR, list_studies
@@ -77,6 +77,9 @@ def print_summary(result: SearchResult, out: TextIO) -> None:
         print(f"best: trial {best['number']} {report.metric}={best['value']:.4f} "
               f"{short_params(best['params'])}", file=out)
         print(f"      model {best['model_uri']}", file=out)
+        margin = baseline_margin(report)
+        if margin is not None:
+            print(f"      {margin}", file=out)
     else:
         print("best: no trial completed yet", file=out)
     if result.dry_run:
@@ -130,6 +133,9 @@ def build_parser(studies_dir: Path | None = None) -> argparse.ArgumentParser:
                         help="run N worker processes on this machine, each with a share of "
                              "the cores (default: %(default)s)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: params.yaml)")
+    parser.add_argument("--warm-start", metavar="STUDY[:DATASET]",
+                        help="first queue the best configurations of an earlier study (e.g. "
+                             "full:digits; default dataset: this search's)")
     parser.add_argument("--reconcile", action="store_true",
                         help="train nothing: clean up after dead workers, make every trial's "
                              "MLflow run agree with Optuna and print what differed")
@@ -152,7 +158,7 @@ def _options(args: argparse.Namespace) -> SearchOptions:
         study=args.study, params_path=args.params, dataset=args.dataset,
         n_trials=args.n_trials, timeout_s=args.timeout, storage=args.storage,
         n_jobs=args.n_jobs, workers=args.workers, dry_run=args.dry_run, device=args.device,
-        reconcile=args.reconcile,
+        reconcile=args.reconcile, warm_start=args.warm_start,
     )
 
 

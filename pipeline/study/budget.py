@@ -126,6 +126,7 @@ CUT_SHORT = {
     "deadline": "the search's time budget is spent",
     "trial_share": "another epoch would pass its share of the time budget "
                    "(search.trial_time_share)",
+    "budget": "its next rung would end past the time budget",
 }
 
 

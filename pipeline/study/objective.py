@@ -21,18 +21,32 @@ The trial's value is the mean over folds of each fold's value at its best epoch;
 
 Every trial is also an MLflow run (:class:`MlflowTrialTracker`), created when the trial starts
 and finished — with its history, per-fold metrics, curves, model and state — however it ends.
+
+The study's first trial, the baseline (:mod:`pipeline.study.starts`), trains as
+``pipeline.train`` would: params.yaml's seed, all the data from its first epoch. Other trials
+draw their seed from the study seed and their number, and under a rung schedule
+(``pruner: {type: rungs}``, :mod:`pipeline.study.rungs`) train on a growing share of the data.
+
+Time: with a time limit, a trial still training at the budget's deadline stops after its
+current epoch and completes with what it reached (``pipeline.cut_short=deadline``). Before
+that, a trial may use at most ``search.trial_time_share`` of the whole budget: once its
+measured epoch time says the next epoch would end past that share, it completes with what it
+reached (``trial_share``), so one slow configuration cannot spend the budget that the cheaper
+ones after it need (:meth:`RunBudget.trial_cut`); and it does not start a rung that would end
+past the deadline (``budget``, :meth:`RungPlan.fits`).
+
+A trial whose sampled configuration equals an earlier complete or pruned trial's is not
+trained again: it takes that trial's result (Optuna's FAQ recipe) and records which trial it
+repeats (``pipeline.duplicate_of``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
-import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -42,13 +56,19 @@ from optuna.trial import TrialState
 
 from pipeline.config import Params
 from pipeline.data.cache import Cache, CacheMeta
-from pipeline.study.budget import CUT_SHORT, RunBudget
-from pipeline.study.folds import combine, combine_rows, plan_folds
+from pipeline.study.budget import RunBudget
+from pipeline.study.folds import combine, plan_folds
+from pipeline.study.rungs import RungPlan, plan_rungs
 from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
-from pipeline.training.batched import BatchedFolds, can_batch_folds, fold_batching_wins
-from pipeline.training.engine import ModelRun, Split, Trainer, make_split
-from pipeline.training.models import build_model
-from pipeline.training.runtime import derive_seed, set_seed
+from pipeline.study.trial_attrs import BASELINE_ATTR, RUNG_ATTR
+from pipeline.study.trial_training import (
+    TrialInterrupted,
+    TrialProgress,
+    TrialTrainer,
+    best_row,
+)
+from pipeline.training.engine import Split, make_split
+from pipeline.training.runtime import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -58,75 +78,6 @@ __all__ = [
     "TrialProgress",
     "TrialTracker",
 ]
-
-AVERAGED_SKIP = ("epoch", "time_s")  # history keys that are not averaged over folds
-
-
-class TrialInterrupted(KeyboardInterrupt):
-    """The search was asked to stop (Ctrl-C) while this trial ran; it is recorded as failed."""
-
-
-# --------------------------------------------------------------------------------------------
-# A trial in progress
-# --------------------------------------------------------------------------------------------
-@dataclass
-class TrialProgress:
-    """What a trial has done so far; the tracker reads it however the trial ends."""
-
-    number: int
-    seed: int
-    values: dict[str, Any]  # the sampled values (dotted keys)
-    folds: int = 1  # validation folds (1: a holdout), from the objective's FoldPlan
-    params: Params | None = None  # the resolved params (None if the values were rejected)
-    trainers: list[ModelRun] = field(default_factory=list)  # one per fold (Trainer or batched)
-    history: list[dict[str, float]] = field(default_factory=list)  # fold-averaged rows
-    state: str = "RUNNING"  # COMPLETE | PRUNED | FAIL once finished
-    value: float | None = None  # trial value (mean over folds at each fold's best epoch)
-    value_std: float | None = None
-    error: str | None = None
-    interrupted: bool = False
-    cut_short: str | None = None  # "deadline" or "trial_share" (RunBudget.trial_cut)
-    train_s: float = 0.0
-    run_id: str | None = None
-    fold_batching: bool = False  # the folds trained as one batched model
-
-    @property
-    def epochs(self) -> int:
-        """Lockstep epochs run (the steps reported to the pruner)."""
-        return len(self.history)
-
-    @property
-    def fold_epochs(self) -> int:
-        """Epochs run summed over folds (the compute actually spent)."""
-        return sum(t.epoch for t in self.trainers)
-
-    def best_fold(self, direction: str, metric: str) -> int | None:
-        """The fold whose best-epoch value is best (its model is the one logged)."""
-        scored: list[tuple[float, int]] = []
-        for i, t in enumerate(self.trainers):
-            value = best_row(t).get(metric)
-            if value is not None and math.isfinite(value):
-                scored.append((value if direction == "minimize" else -value, i))
-        return min(scored)[1] if scored else None
-
-
-def best_row(trainer: ModelRun) -> dict[str, float]:
-    """The history row of the trainer's best epoch (the weights it keeps), or {}."""
-    if trainer.best_epoch <= 0:
-        return {}
-    for row in trainer.history:
-        if int(row["epoch"]) == trainer.best_epoch:
-            return row
-    return {}
-
-
-def _averaged_row(rows: Sequence[dict[str, float]], epoch: int, metric: str) -> dict[str, float]:
-    """One lockstep epoch over the folds: each value combined (``<metric>_std`` beside it),
-    the epoch number, and the time summed (the compute spent)."""
-    out: dict[str, float] = {"epoch": epoch}
-    out.update(combine_rows(rows, skip=AVERAGED_SKIP, spread=metric))
-    out["time_s"] = sum(float(r.get("time_s", 0.0)) for r in rows)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,9 +96,6 @@ class TrialTracker(Protocol):
 # --------------------------------------------------------------------------------------------
 # The objective
 # --------------------------------------------------------------------------------------------
-_MODEL_INIT_LOCK = threading.Lock()
-
-
 class Objective:
     """``study.optimize(Objective(...))``: trains one sampled configuration per call.
 
@@ -164,16 +112,7 @@ class Objective:
         budget: this run's budget, its clock running (None: no limit); its ``epoch_cap``
             stops every trial after that many epochs (``--dry-run``).
 
-    With a time limit, a trial still training at the budget's deadline stops after its current
-    epoch and completes with what it reached (``pipeline.cut_short=deadline``). Before that, a
-    trial may use at most ``search.trial_time_share`` of the whole budget: once its measured
-    epoch time says the next epoch would end past that share, it completes with what it
-    reached (``pipeline.cut_short=trial_share``), so one slow configuration cannot spend the
-    budget that the cheaper ones after it need (:meth:`RunBudget.trial_cut`).
-
-    A trial whose sampled configuration equals an earlier complete or pruned trial's is not
-    trained again: it takes that trial's result (Optuna's FAQ recipe) and records which trial
-    it repeats (``pipeline.duplicate_of``).
+    How a trial is seeded, validated, stopped and reused: see the module docstring.
     """
 
     def __init__(
@@ -191,10 +130,6 @@ class Objective:
         check_metric_for_task(study, cache.meta.task)
         self.trial_attrs = dict(trial_attrs or {})
         self.budget = budget if budget is not None else RunBudget()
-        # Called after every lockstep epoch with (trial number, epoch, value): the search's
-        # progress bar shows where a long trial is, not only how many trials are done.
-        self.on_epoch: Callable[[int, int, float], None] | None = None
-        self._cost_said = False
         self.params = params
         self.study = study
         self.meta: CacheMeta = cache.meta
@@ -204,9 +139,24 @@ class Objective:
         self.plan = plan_folds(cache, study, params)
         # Built once; trainers copy them to the device and never write into them.
         self.splits: list[Split] = [make_split(cache, tr, va) for tr, va in self.plan.splits]
+        self.rungs: RungPlan | None = None
+        if study.pruner.rungs is not None:
+            self.rungs = plan_rungs(study.pruner.rungs, min(len(s.y_train) for s in self.splits))
         # Two real validation samples (raw values) as the logged model's input example.
         first_val = self.plan.splits[0][1][:2]
         self.example = np.asarray(cache.train_x[first_val], dtype=np.float32)
+        self.trainer = TrialTrainer(plan=self.plan, splits=self.splits, meta=self.meta,
+                                    device=self.device, metric=study.metric, budget=self.budget,
+                                    stop=stop)
+
+    @property
+    def on_epoch(self) -> Callable[[int, int, float], None] | None:
+        """Called after every lockstep epoch with (trial number, epoch, value)."""
+        return self.trainer.on_epoch
+
+    @on_epoch.setter
+    def on_epoch(self, hook: Callable[[int, int, float], None] | None) -> None:
+        self.trainer.on_epoch = hook
 
     # ----------------------------------------------------------------------------------------
     def __call__(self, trial: optuna.trial.BaseTrial) -> float:
@@ -217,22 +167,15 @@ class Objective:
         earlier = _same_configuration(trial)
         if earlier is not None:
             return _reuse(trial, earlier)
+        # The baseline trains as pipeline.train would: params.yaml's seed, all data at once.
+        baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
         progress = TrialProgress(
-            number=number, seed=derive_seed(self.params.seed, number), values=values,
-            folds=self.plan.folds,
+            number=number, values=values, folds=self.plan.folds,
+            seed=self.params.seed if baseline else derive_seed(self.params.seed, number),
         )
-        tracker = self.tracker
         try:  # from the run's creation on, however the trial ends, its run is completed
-            if tracker is not None:
-                progress.run_id = tracker.start(trial, progress)
-                if progress.run_id is not None:
-                    trial.set_user_attr("mlflow_run_id", progress.run_id)
-            progress.params = self.params.with_overrides(
-                values, origin=f"{self.study.source} trial {number}"
-            )
-            if tracker is not None:
-                tracker.log_params(progress)
-            self._train(trial, progress)
+            self._start_run(trial, progress)
+            self.trainer.train(trial, progress, rungs=None if baseline else self.rungs)
         except optuna.TrialPruned:
             progress.state = "PRUNED"
             self._finish(trial, progress)
@@ -252,131 +195,50 @@ class Objective:
         assert progress.value is not None
         return progress.value
 
-    # ----------------------------------------------------------------------------------------
-    def _train(self, trial: optuna.trial.BaseTrial, progress: TrialProgress) -> None:
-        cfg = progress.params
-        assert cfg is not None
-        metric = self.study.metric
-        t0 = time.perf_counter()
-        started = time.monotonic()
-        try:
-            set_seed(progress.seed)
-            lockstep_epoch = self._start_folds(cfg, progress)
-            epoch = 0
-            while not all(t.done for t in progress.trainers):
-                if self.budget.epoch_cap is not None and epoch >= self.budget.epoch_cap:
-                    break
-                if self.stop is not None and self.stop.is_set():
-                    raise TrialInterrupted(f"trial {progress.number} interrupted")
-                reason = self.budget.trial_cut(now=time.monotonic(), trial_started=started,
-                                               epochs=epoch)
-                if reason is not None:
-                    progress.cut_short = reason
-                    logger.info("trial %d ends at epoch %d with what it reached: %s",
-                                progress.number, epoch, CUT_SHORT[reason])
-                    break
-                epoch += 1
-                row = _averaged_row(lockstep_epoch(), epoch, metric)
-                progress.history.append(row)
-                if not self._cost_said:
-                    self._say_cost(float(row["time_s"]), cfg.train.max_epochs)
-                value = float(row[metric])
-                if self.on_epoch is not None:
-                    self.on_epoch(progress.number, epoch, value)
-                trial.report(value, step=epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(
-                        f"pruned after epoch {epoch}: {metric} {value:.4g}"
-                    )
-            progress.value, progress.value_std = combine(
-                float(best_row(t)[metric]) for t in progress.trainers
-            )
-        finally:
-            progress.train_s = time.perf_counter() - t0
-
-    def _start_folds(
-        self, cfg: Params, progress: TrialProgress
-    ) -> Callable[[], list[dict[str, float]]]:
-        """Build the folds' models (each under its fold's seed) and their trainers, K Trainers
-        or one BatchedFolds, into ``progress.trainers``; returns the lockstep epoch: each fold's
-        new history row, or its best row once it is done."""
-        n = self.plan.folds
-        seeds = [progress.seed if n == 1 else derive_seed(progress.seed, i) for i in range(n)]
-        models = []
-        for seed in seeds:
-            with _MODEL_INIT_LOCK:
-                torch.manual_seed(seed)
-                models.append(build_model(cfg.model, self.meta, root=cfg.root))
-        progress.fold_batching = self._batch_folds(cfg)
-        logger.debug("trial %d: %d fold(s) trained %s", progress.number, n,
-                     "as one batched model" if progress.fold_batching else "one by one")
-        if progress.fold_batching:
-            group = BatchedFolds(models=models, cfg=cfg.train, meta=self.meta,
-                                 splits=self.splits, device=self.device, seeds=seeds)
-            progress.trainers.extend(group.folds)
-
-            def batched_epoch() -> list[dict[str, float]]:
-                rows = group.run_epoch()
-                return [r if r is not None else best_row(f) for r, f in zip(rows, group.folds,
-                                                                             strict=True)]
-
-            return batched_epoch
-        trainers = [Trainer(model=m, cfg=cfg.train, meta=self.meta, split=split,
-                            device=self.device, seed=seed)
-                    for m, split, seed in zip(models, self.splits, seeds, strict=True)]
-        progress.trainers.extend(trainers)
-        return lambda: [t.run_epoch() if not t.done else best_row(t) for t in trainers]
-
-    def _batch_folds(self, cfg: Params) -> bool:
-        """``search.fold_batching``: true batches wherever BatchedFolds can (an MLP, K ≥ 2, CPU
-        or CUDA), auto where :func:`fold_batching_wins` says it is faster, false never."""
-        setting, folds = cfg.search.fold_batching, self.plan.folds
-        if not can_batch_folds(cfg.model, folds, self.device):
-            return False
-        if setting == "auto":
-            return fold_batching_wins(cfg.model, cfg.train, self.meta, folds, self.device)
-        return bool(setting)
-
-    def _say_cost(self, epoch_s: float, max_epochs: int) -> None:
-        """Once per search: what one epoch cost and what that means for the time budget."""
-        self._cost_said = True
-        trial_s = epoch_s * max_epochs
-        line = (f"first epoch: {epoch_s:.1f} s over {self.plan.folds} model(s) "
-                f"({self.plan.describe()}, {len(self.plan.splits[0][1])} validation "
-                f"and {len(self.splits[0].y_train)} training samples per model); a trial of "
-                f"{max_epochs} epochs would take about {trial_s:.0f} s")
-        left = self.budget.seconds_left()
-        if left is not None:
-            line += (f"; {left:.0f} s of the time budget are left: about "
-                     f"{left / max(trial_s, 1e-9):.1f} such trial(s), fewer epochs when pruned "
-                     "or stopped early")
-        logger.info(line)
+    def _start_run(self, trial: optuna.trial.BaseTrial, progress: TrialProgress) -> None:
+        """The trial's MLflow run and its resolved params (rejected values raise here)."""
+        if self.tracker is not None:
+            progress.run_id = self.tracker.start(trial, progress)
+            if progress.run_id is not None:
+                trial.set_user_attr("mlflow_run_id", progress.run_id)
+        progress.params = self.params.with_overrides(
+            progress.values, origin=f"{self.study.source} trial {progress.number}"
+        )
+        if self.tracker is not None:
+            self.tracker.log_params(progress)
 
     def _finish(self, trial: optuna.trial.BaseTrial, progress: TrialProgress) -> None:
-        # An interrupted trial keeps what it learned too: its best weights become its model
-        # and the value it reached is kept (it stays FAIL in Optuna: it did not finish).
-        best = progress.best_fold(self.study.direction, self.study.metric)
-        attrs: dict[str, Any] = {
-            "epochs": progress.epochs,
-            "fold_epochs": progress.fold_epochs,
-            "folds": progress.folds,
-            "fold_batching": progress.fold_batching,
-            "train_s": round(progress.train_s, 3),
-        }
-        if progress.value_std is not None:
-            attrs["value_std"] = progress.value_std
-        if best is not None:
-            attrs["model_fold"] = best
-        if progress.cut_short:
-            attrs["pipeline.cut_short"] = progress.cut_short
-        reached = [row for row in map(best_row, progress.trainers) if row]
-        if progress.interrupted and reached:
-            value, _ = combine(float(row[self.study.metric]) for row in reached)
-            attrs["pipeline.interrupted_value"] = value
-        for key, value in attrs.items():
+        for key, value in finished_attrs(progress, self.study).items():
             trial.set_user_attr(key, value)
         if self.tracker is not None:
             self.tracker.finish(progress)
+
+
+def finished_attrs(progress: TrialProgress, study: StudySpec) -> dict[str, Any]:
+    """The user attributes a trial ends with: what it ran, its spread, how it stopped."""
+    # An interrupted trial keeps what it learned too: its best weights become its model
+    # and the value it reached is kept (it stays FAIL in Optuna: it did not finish).
+    best = progress.best_fold(study.direction, study.metric)
+    attrs: dict[str, Any] = {
+        "epochs": progress.epochs,
+        "fold_epochs": progress.fold_epochs,
+        "folds": progress.folds,
+        "fold_batching": progress.fold_batching,
+        "train_s": round(progress.train_s, 3),
+    }
+    if progress.value_std is not None:
+        attrs["value_std"] = progress.value_std
+    if best is not None:
+        attrs["model_fold"] = best
+    if progress.cut_short:
+        attrs["pipeline.cut_short"] = progress.cut_short
+    if progress.rung is not None:
+        attrs[RUNG_ATTR] = progress.rung
+    reached = [row for row in map(best_row, progress.trainers) if row]
+    if progress.interrupted and reached:
+        value, _ = combine(float(row[study.metric]) for row in reached)
+        attrs["pipeline.interrupted_value"] = value
+    return attrs
 
 
 # Trial user attribute: a digest of the settings the trial ran with (data, base params, space),

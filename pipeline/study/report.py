@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from pipeline.atomic import write_json_atomic
 from pipeline.config import Params
 from pipeline.errors import UserError
+from pipeline.study.trial_attrs import BASELINE_ATTR
 
 TOP_TRIALS = 10  # rows of the leaderboard printed at the end of a search
 # Study user attributes ``pipeline.record_lost.<trial number>``: why that trial's MLflow record
@@ -55,6 +56,8 @@ class StudyReport:
     # The best of the complete trials and of those Ctrl-C interrupted (which keep the model
     # of their best epoch): what `promote --allow-interrupted` takes.
     best_with_interrupted: dict[str, Any] | None = None
+    # The study's first trial, the params.yaml configuration: number, state, value.
+    baseline: dict[str, Any] | None = None
 
     @property
     def n_trials(self) -> int:
@@ -120,6 +123,7 @@ def from_study(
         return _best_entry(trial, value)
 
     best, best_any = best_of(complete), best_of(complete + interrupted)
+    first = next((t for t in trials if t.user_attrs.get(BASELINE_ATTR)), None)
     return StudyReport(
         study=study.name, description=study.description, optuna_study=optuna_study.study_name,
         dataset=dataset, fingerprint=fingerprint, direction=study.direction,
@@ -128,6 +132,10 @@ def from_study(
         trials=[_trial_row(t, lost.get(t.number)) for t in trials],
         parent_run_id=parent_run_id, experiment_id=experiment_id,
         best_with_interrupted=best_any,
+        baseline=None if first is None else {
+            "number": first.number, "state": first.state.name,
+            "value": first.value if first.value is not None and math.isfinite(first.value)
+            else None},
     )
 
 
@@ -156,7 +164,8 @@ def _trial_row(t: Any, record_lost: str | None) -> dict[str, Any]:
         "epochs": t.user_attrs.get("epochs"),
         "params": dict(t.params),
     }
-    for name in ("retry_of", "duplicate_of", "cut_short", "interrupted_value"):
+    for name in ("retry_of", "duplicate_of", "cut_short", "interrupted_value", "baseline",
+                 "warm_start", "adjusted"):
         if f"pipeline.{name}" in t.user_attrs:
             row[name] = t.user_attrs[f"pipeline.{name}"]
     if record_lost is not None:
@@ -194,6 +203,22 @@ def find_report(params: Params, study: str, dataset: str | None) -> Path:
 # --------------------------------------------------------------------------------------------
 # For humans
 # --------------------------------------------------------------------------------------------
+def baseline_margin(report: StudyReport) -> str | None:
+    """How the best trial compares with the first (the params.yaml configuration), in words;
+    None without both."""
+    first, best = report.baseline, report.best
+    if first is None or best is None or first.get("value") is None:
+        return None
+    if first["number"] == best["number"]:
+        return (f"the first trial (the params.yaml configuration, {report.metric}="
+                f"{first['value']:.4f}) is still the best")
+    change = (best["value"] - first["value"]) / abs(first["value"]) if first["value"] else 0.0
+    better = change < 0 if report.direction == "minimize" else change > 0
+    return (f"{abs(change):.1%} {'better' if better else 'worse'} than the first trial (the "
+            f"params.yaml configuration, trial {first['number']}: {report.metric}="
+            f"{first['value']:.4f})")
+
+
 def fmt_value(value: Any) -> str:
     """A sampled value as people read it: floats to 3 significant digits."""
     if isinstance(value, float):

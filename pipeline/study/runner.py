@@ -31,7 +31,7 @@ from pipeline.config import Params
 from pipeline.errors import TrackingUnreachable, UserError, caused_by, first_line
 from pipeline.secrets import redact, redact_text
 from pipeline.study import budget as budgets
-from pipeline.study import parent, workers
+from pipeline.study import parent, starts, workers
 from pipeline.study.instruments import Instruments, RecordWriter
 from pipeline.study.interrupts import Interrupts, quiet_interrupted_trials
 from pipeline.study.pool import run_workers
@@ -45,8 +45,8 @@ from pipeline.study.setup import (
     load_setup,
     settings_digest,
 )
-from pipeline.study.spec import StudySpec, make_pruner, make_sampler
-from pipeline.study.storage import open_storage, study_lock
+from pipeline.study.spec import STUDIES_DIR, StudySpec, make_pruner, make_sampler
+from pipeline.study.storage import open_storage, resolve_storage, study_lock
 from pipeline.study.workers import WORKER_ATTR, Heartbeat, Lease, reconcile
 from pipeline.tracking.endings import end_parent_run, end_trial_run
 
@@ -272,6 +272,8 @@ def _run_trials(session: _Session, instruments: Instruments) -> _Outcome:
     """Reap dead workers, then run trials until the budget, a Ctrl-C or a lost storage."""
     setup = session.setup
     reaped = _reap(session)
+    if setup.extra_trials != 0:
+        _start_study(session)
     done = budgets.counted(t.state.name for t in session.optuna_study.get_trials(deepcopy=False))
     budget = budgets.run_budget(
         extra=setup.extra_trials, total=setup.study_total, done=done,
@@ -301,6 +303,36 @@ def _run_trials(session: _Session, instruments: Instruments) -> _Outcome:
     return _Outcome(ending=ending, budget=budget, progress=progress, reaped=reaped,
                     failed_records=failed_records, storage_error=storage_error,
                     wall_s=time.perf_counter() - t0)
+
+
+def _start_study(session: _Session) -> None:
+    """A new study's first trial is the params.yaml configuration; ``--warm-start`` queues an
+    earlier study's best configurations (:mod:`pipeline.study.starts`)."""
+    setup, study = session.setup, session.optuna_study
+    lock = functools.partial(study_lock, setup.choice, study._storage, study.study_name)
+    starts.queue_baseline(study, setup.study.space, setup.params, lock)
+    earlier = setup.options.warm_start_from()
+    if earlier is not None:
+        name, dataset = earlier
+        starts.warm_start(study, _earlier_study(setup, name, dataset or setup.dataset),
+                          setup.study.space, setup.params, lock)
+
+
+def _earlier_study(setup: Setup, name: str, dataset: str) -> Any:
+    """The Optuna study ``<name>-<dataset>`` where this search would find it."""
+    study_name = f"{name}-{dataset}"
+    choice = setup.choice if setup.choice.kind != "journal" else resolve_storage(
+        setup.options.storage, params_value=setup.params.search.storage,
+        root=setup.params.root, studies_dir=STUDIES_DIR, study_name=study_name,
+        params_source=setup.params.source)
+    if choice.kind == "journal" and not Path(choice.target).is_file():
+        raise UserError(f"--warm-start: no study {study_name!r} ({choice.display()} does "
+                        "not exist); run it first or name another")
+    try:
+        return optuna.load_study(study_name=study_name, storage=open_storage(choice))
+    except KeyError:
+        raise UserError(f"--warm-start: no study {study_name!r} in {choice.display()}; run "
+                        "it first or name another") from None
 
 
 def record_writer(chosen: RecordWriter | None, *, device: Any, n_jobs: int) -> RecordWriter:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PARAMS_FILE, Params, load_params
+from pipeline.config import PARAMS_FILE, PLAIN_NAME, PLAIN_NAME_RULE, Params, load_params
 from pipeline.data.cache import Cache, load_cache
 from pipeline.errors import UserError
 from pipeline.study.spec import STUDIES_DIR, StudySpec, fit_to_data, load_study
@@ -46,6 +46,7 @@ class SearchOptions:
     device: str | None = None
     dry_run: bool = False
     reconcile: bool = False  # train nothing; make Optuna and MLflow agree, say what differed
+    warm_start: str | None = None  # "STUDY[:DATASET]": queue that study's best configurations
 
     def to_json(self) -> str:
         """These options as one JSON object (how ``--workers`` hands them to its processes)."""
@@ -71,6 +72,19 @@ class SearchOptions:
             raise UserError("--workers: runs whole processes; leave out --dry-run and --n-jobs")
         if self.reconcile and (self.n_trials or self.dry_run):
             raise UserError("--reconcile trains nothing: leave out --n-trials and --dry-run")
+        if self.warm_start is not None:
+            self.warm_start_from()
+
+    def warm_start_from(self) -> tuple[str, str | None] | None:
+        """``--warm-start STUDY[:DATASET]`` as ``(study, dataset or None)``."""
+        if self.warm_start is None:
+            return None
+        study, _, dataset = self.warm_start.partition(":")
+        for name in (study, dataset) if dataset else (study,):
+            if not PLAIN_NAME.match(name):
+                raise UserError(f"--warm-start: expected STUDY or STUDY:DATASET with plain "
+                                f"names ({PLAIN_NAME_RULE}), got {self.warm_start!r}")
+        return study, dataset or None
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ from pipeline.config import (
     read_yaml,
 )
 from pipeline.errors import UserError
+from pipeline.study.rungs import RungPruner, RungsSpec, describe_rungs, rung_ends
 
 logger = logging.getLogger(__name__)
 
@@ -201,8 +202,10 @@ class SamplerSpec:
 
 @dataclass(frozen=True)
 class PrunerSpec:
-    type: Literal["none", "median", "percentile", "successive_halving", "hyperband"] = "none"
-    options: dict[str, Any] = field(default_factory=dict)
+    type: Literal[
+        "none", "median", "percentile", "successive_halving", "hyperband", "rungs"] = "none"
+    options: dict[str, Any] = field(default_factory=dict)  # an Optuna pruner's settings
+    rungs: RungsSpec | None = None  # type rungs: the schedule (pipeline.study.rungs)
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,10 @@ class StudySpec:
             out[f"study.sampler.{key}"] = str(value)
         for key, value in sorted(self.pruner.options.items()):
             out[f"study.pruner.{key}"] = str(value)
+        if self.pruner.rungs is not None:
+            out["study.pruner.rungs"] = describe_rungs(self.pruner.rungs.rungs)
+            out["study.pruner.reduction_factor"] = str(self.pruner.rungs.reduction_factor)
+            out["study.pruner.min_samples"] = str(self.pruner.rungs.min_samples)
         for p in self.space:
             out[f"space.{p.name}"] = p.describe()
         return out
@@ -283,6 +290,7 @@ _PRUNERS: dict[str, type[BasePruner]] = {
     "percentile": PercentilePruner,
     "successive_halving": SuccessiveHalvingPruner,
     "hyperband": HyperbandPruner,
+    "rungs": RungPruner,  # ours: successive halving over data and epochs (study/rungs.py)
 }
 # Constructor arguments that are not settings: the seed has its own key, a grid's values come
 # from the space.
@@ -471,12 +479,28 @@ def _parse_pruner(raw: Any, where: Where) -> PrunerSpec:
         raise UserError(
             f"{where.child('type')}: unknown pruner {kind!r}" + did_you_mean(str(kind), _PRUNERS)
         )
+    if kind == "rungs":
+        return PrunerSpec(type="rungs", rungs=_parse_rungs(data, where))
     cls = _PRUNERS[kind]
     options = _read_settings(cls, data, where, label=f"{kind} pruner", keys=("type",))
     _optuna_checks(lambda: cls(**options), cls, list(options), where)
     if kind == "hyperband":
         _optuna_checks(lambda: _hyperband_brackets(options), cls, list(options), where)
     return PrunerSpec(type=kind, options=options)  # type: ignore[arg-type]
+
+
+def _parse_rungs(data: Mapping[str, Any], where: Where) -> RungsSpec:
+    spec = build(RungsSpec, data, where)
+    if not spec.rungs:
+        raise UserError(f"{where.child('rungs')}: expected at least one rung, e.g. "
+                        "[{data: 0.111, epochs: 3}, {data: 1.0, epochs: 3}]")
+    for i in range(1, len(spec.rungs)):
+        if spec.rungs[i].data < spec.rungs[i - 1].data:
+            raise UserError(
+                f"{where.child('rungs', i, 'data')}: {spec.rungs[i].data:g} is less than the "
+                f"rung before ({spec.rungs[i - 1].data:g}); each rung trains on the data of "
+                "the one before and more")
+    return spec
 
 
 def _parse_budget(raw: Any, where: Where) -> Budget:
@@ -832,6 +856,9 @@ def make_sampler(spec: StudySpec, *, default_seed: int) -> Any:
 
 def make_pruner(spec: StudySpec) -> Any:
     """The Optuna pruner the study file names, with its settings."""
+    if spec.pruner.rungs is not None:
+        rungs = spec.pruner.rungs
+        return RungPruner(rung_ends(rungs.rungs), reduction_factor=rungs.reduction_factor)
     return _PRUNERS[spec.pruner.type](**spec.pruner.options)
 
 

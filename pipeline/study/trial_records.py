@@ -15,7 +15,7 @@ from typing import Any
 from pipeline import tracking
 from pipeline.config import Params
 from pipeline.study.folds import combine_rows
-from pipeline.study.objective import AVERAGED_SKIP, TrialProgress, best_row
+from pipeline.study.trial_training import AVERAGED_SKIP, TrialProgress, best_row
 from pipeline.tracking import ModelPart, RunRecord, fold_table
 from pipeline.tracking.endings import RUN_STATUS, trial_end_tags
 

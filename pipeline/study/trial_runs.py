@@ -19,9 +19,9 @@ import numpy as np
 
 from pipeline.data.cache import CacheMeta
 from pipeline.study.instruments import RecordWriter, TrackingTimes
-from pipeline.study.objective import TrialProgress
 from pipeline.study.record_writers import RecordWriters
 from pipeline.study.trial_records import run_params, trial_record
+from pipeline.study.trial_training import TrialProgress
 from pipeline.tracking.endings import STATE_TAG
 
 logger = logging.getLogger(__name__)

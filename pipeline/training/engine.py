@@ -252,6 +252,13 @@ class ModelRun:
         elif self.epoch >= self.cfg.max_epochs:
             self.done, self.stop_reason = True, "max_epochs"
 
+    def fresh_patience(self) -> None:
+        """Count bad epochs afresh for early stopping and the LR schedule (the data grew: a
+        rung of a search over fractions of the data); the best epoch so far stays."""
+        self._bad_epochs = 0
+        if self.scheduler is not None:
+            self.scheduler.num_bad_epochs = 0
+
     def final_model(self) -> nn.Module:
         """The trained network in eval mode, with the best epoch's weights when configured.
 
@@ -296,6 +303,8 @@ class Trainer(ModelRun):
         scale, shift = input_affine(meta)
         self._scale = scale.to(self.device)
         self._shift = shift.to(self.device)
+        self._rows: torch.Tensor | None = None  # the training rows in use (None: all)
+        self.last_val_s = 0.0  # the seconds the last epoch's validation took
         self._flip = bool(cfg.hflip)
         if self._flip and not (meta.kind == "image" and int(meta.input_shape[0]) == 3):
             logger.warning("train.hflip is for colour images only; ignored for %s", meta.name)
@@ -343,6 +352,13 @@ class Trainer(ModelRun):
     # ----------------------------------------------------------------------------------------
     # Data
     # ----------------------------------------------------------------------------------------
+    def use_rows(self, rows: np.ndarray | None) -> None:
+        """Train on these rows of the training part from the next epoch on (None: all of it),
+        counting bad epochs afresh (:meth:`fresh_patience`)."""
+        self._rows = None if rows is None else torch.as_tensor(
+            np.asarray(rows, dtype=np.int64)).to(self.device)
+        self.fresh_patience()
+
     def _targets(self, y: torch.Tensor) -> torch.Tensor:
         return training_targets(y, self.meta, self.device)
 
@@ -365,9 +381,12 @@ class Trainer(ModelRun):
         """
         model, opt, device = self.model, self.optimizer, self.device
         model.train()
-        n = len(self._x_train)
+        rows = self._rows
+        n = len(self._x_train) if rows is None else len(rows)
         bounds = _batch_bounds(n, self.cfg.batch_size)
         perm = torch.randperm(n, generator=self._gen).to(device)
+        if rows is not None:
+            perm = rows.index_select(0, perm)
         flips = (torch.rand(n, generator=self._gen) < 0.5).to(device) if self._flip else None
         gather, y_all = self._gather_x, self._y_train
         losses: list[torch.Tensor] = []
@@ -443,7 +462,9 @@ class Trainer(ModelRun):
         with self._own_rng(), routed_linears(self.model, self.fast_linear):
             train = self._train_epoch()
             self.check_finite(train["train/loss"])
+            t_val = time.perf_counter()
             val = self.evaluate()
+            self.last_val_s = time.perf_counter() - t_val
         row = self.end_epoch(train, val, lr)
         row["time_s"] = time.perf_counter() - t0
         self.history.append(row)

@@ -15,8 +15,9 @@ import pytest
 from pipeline.config import Params
 from pipeline.data.cache import load_cache
 from pipeline.study.folds import plan_folds
-from pipeline.study.objective import Objective, TrialProgress
+from pipeline.study.objective import Objective
 from pipeline.study.spec import parse_study
+from pipeline.study.trial_training import TrialProgress
 from pipeline.training import engine
 from tests.conftest import make_image_cache, make_tabular_cache
 

@@ -1,0 +1,11 @@
+"""Names of the Optuna trial user attributes that say how a trial came to be and how far it
+went; the study's modules, the report and the tests read them from here."""
+
+from __future__ import annotations
+
+__all__ = ["ADJUSTED_ATTR", "BASELINE_ATTR", "RUNG_ATTR", "WARM_ATTR"]
+
+BASELINE_ATTR = "pipeline.baseline"  # the params.yaml configuration (a new study's first trial)
+WARM_ATTR = "pipeline.warm_start"  # queued from another study's trial ("<study>#<number>")
+ADJUSTED_ATTR = "pipeline.adjusted"  # values moved into the space ("key: a -> b; ...")
+RUNG_ATTR = "rung"  # the highest rung of a successive-halving schedule the trial reached
