@@ -456,3 +456,72 @@ def test_who_writes_the_records() -> None:
     assert record_writer(None, device=cpu, n_jobs=2) == "thread"
     assert record_writer(None, device=cuda, n_jobs=1) == "process"  # the CPU is idle there
     assert record_writer("process", device=cpu, n_jobs=1) == "process"
+
+
+def test_the_first_trial_is_the_configuration_trained_by_hand(
+    proj: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new study's first trial is params.yaml's configuration, trained exactly as
+    `pipeline.train` trains it: searching is never worse than not searching."""
+    from pipeline.train import main as train_main
+
+    space = {"model.width": {"type": "int", "low": 4, "high": 64},  # holds params.yaml's 32
+             "train.lr": {"type": "float", "low": 1.0e-4, "high": 5.0, "log": True}}
+    study = {**TINY, "space": space}
+    (proj / "studies" / "tiny.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    assert search(proj, "--n-trials", "3") == 0
+    out = capsys.readouterr().out
+    first, *others = load_study(proj).trials
+    assert first.params == {"model.width": 32, "train.lr": 0.001}
+    assert first.user_attrs["pipeline.baseline"] is True
+    assert not any(t.user_attrs.get("pipeline.baseline") for t in others)
+    assert report(proj)["baseline"] == {"number": 0, "state": "COMPLETE", "value": first.value}
+    assert "the params.yaml configuration" in out and "first trial" in out
+    # The same value as training params.yaml by hand.
+    assert train_main(["--params", str(proj / "params.yaml")]) == 0
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("train-digits")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.data.metrics["best_val_loss"] == pytest.approx(first.value, rel=1e-6)
+    # A second search on the study does not queue it again.
+    assert search(proj, "--n-trials", "1") == 0
+    assert sum(bool(t.user_attrs.get("pipeline.baseline")) for t in load_study(proj).trials) == 1
+
+
+def test_warm_start_queues_an_earlier_studys_best_once(
+    proj: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert search(proj, "--n-trials", "3") == 0
+    earlier = load_study(proj)
+    done = [t for t in earlier.trials if t.state.name == "COMPLETE"]
+    top = sorted(done, key=lambda t: (t.value, t.number))[:3]
+    other = {**TINY, "description": "Another study.", "sampler": {"type": "random", "seed": 5}}
+    (proj / "studies" / "other.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+
+    def other_search(*args: str) -> int:
+        return main(["--params", str(proj / "params.yaml"), "--study", "other", *args])
+
+    assert other_search("--n-trials", "4", "--warm-start", "tiny") == 0
+    trials = optuna.load_study(
+        study_name="other-digits", storage=open_storage(StorageChoice(
+            "journal", str(proj / "studies" / "other-digits.journal"), "test"))).trials
+    warm = [t for t in trials if t.user_attrs.get("pipeline.warm_start")]
+    assert trials[0].user_attrs.get("pipeline.baseline")
+    # The earlier study's best configurations, except one this study already holds (both
+    # studies start from the same params.yaml configuration).
+    assert {t.user_attrs["pipeline.warm_start"] for t in warm} == {
+        f"tiny-digits#{t.number}" for t in top if t.params != trials[0].params}
+    by_number = {t.number: t for t in earlier.trials}
+    for t in warm:
+        source = by_number[int(t.user_attrs["pipeline.warm_start"].rpartition("#")[2])]
+        assert t.params == source.params
+    assert other_search("--n-trials", "1", "--warm-start", "tiny:digits") == 0
+    again = optuna.load_study(
+        study_name="other-digits", storage=open_storage(StorageChoice(
+            "journal", str(proj / "studies" / "other-digits.journal"), "test"))).trials
+    assert sum(bool(t.user_attrs.get("pipeline.warm_start")) for t in again) == len(warm)
+    capsys.readouterr()
+    assert other_search("--n-trials", "1", "--warm-start", "nothing") == 2
+    assert "--warm-start: no study 'nothing-digits'" in capsys.readouterr().err
+    assert other_search("--n-trials", "1", "--warm-start", "../x") == 2
+    assert "--warm-start: expected STUDY or STUDY:DATASET" in capsys.readouterr().err
