@@ -70,7 +70,8 @@ def test_a_rung_that_would_end_past_the_deadline_does_not_fit() -> None:
         ({**RUNGS, "rungs": [{"data": 1.5, "epochs": 2}]},
          r"pruner\.rungs\[0\]\.data: expected a fraction of the training data"),
         ({**RUNGS, "reduction_factor": 1}, r"pruner\.reduction_factor: expected an integer ≥ 2"),
-        ({**RUNGS, "rungs": [{"data": 0.5, "epoch": 2}]}, r"r\.yaml: pruner\.rungs\[0\]\.epoch: unknown key \(did you mean 'epochs'\?\)"),
+        ({**RUNGS, "rungs": [{"data": 0.5, "epoch": 2}]},
+         r"r\.yaml: pruner\.rungs\[0\]\.epoch: unknown key \(did you mean 'epochs'\?\)"),
     ],
 )
 def test_bad_rung_settings_name_the_key(pruner: dict[str, Any], message: str) -> None:
