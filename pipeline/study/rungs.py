@@ -19,7 +19,9 @@ The budget's part (:meth:`RungPlan.fits`): before a trial starts its next rung, 
 time is estimated from the trial's own measured epochs (training time scales with the data,
 validation does not). A rung that would end past the deadline is not started: the trial stops
 with what it reached (``pipeline.cut_short=budget``) and completes, a real model evaluated on
-the whole validation set.
+the whole validation set. A trial that the budget stops before the end of its first rung (at
+the deadline, or past its ``search.trial_time_share``) is recorded as pruned instead: it has
+not shown anything that the others can be compared with.
 """
 
 from __future__ import annotations

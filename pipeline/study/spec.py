@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
+from optuna.exceptions import ExperimentalWarning
 from optuna.pruners import (
     BasePruner,
     HyperbandPruner,
@@ -849,7 +850,11 @@ def make_sampler(spec: StudySpec, *, default_seed: int) -> Any:
         return _sampler(sampler.type, sampler.options, seed, spec.space)
 
     def factory(trial_seed: int) -> Any:
-        return _sampler(sampler.type, sampler.options, trial_seed, spec.space)
+        # Built anew for every trial: Optuna's notes on experimental settings (multivariate,
+        # group) were said once, when the study file was checked.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return _sampler(sampler.type, sampler.options, trial_seed, spec.space)
 
     return TrialSeededSampler(factory, seed)
 

@@ -231,8 +231,13 @@ class TrialTrainer:
                     raise TrialInterrupted(f"trial {progress.number} interrupted")
                 progress.cut_short = _cut_short(self.budget, progress, training, started, epoch)
                 if progress.cut_short is not None:
+                    why = CUT_SHORT[progress.cut_short]
+                    if rungs is not None and epoch < rungs.ends[0]:
+                        # Not even its cheapest rung: it showed nothing to compare.
+                        raise optuna.TrialPruned(f"stopped at epoch {epoch}, before its first "
+                                                 f"rung's end: {why}")
                     logger.info("trial %d ends at epoch %d with what it reached: %s",
-                                progress.number, epoch, CUT_SHORT[progress.cut_short])
+                                progress.number, epoch, why)
                     break
                 epoch += 1
                 row = averaged_row(training.epoch(epoch), epoch, self.metric)

@@ -70,11 +70,22 @@ def build_mlp(cfg: ModelConfig, meta: CacheMeta) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class _ChannelsLast(nn.Module):
+    """Lays the batch out channels-last (NHWC), the layout oneDNN's convolutions, pooling and
+    batch norm run fastest in on the CPU (BENCHMARKS.md, "CNN"); the values are unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+
 def build_cnn(cfg: ModelConfig, meta: CacheMeta) -> nn.Sequential:
-    """[Conv3x3 → BatchNorm? → activation → MaxPool2 → Dropout?] × conv_blocks → Linear head.
+    """[Conv3x3 → MaxPool2 → BatchNorm? → activation → Dropout?] × conv_blocks → Linear head.
 
     Channels start at ``conv_channels`` and double each block; pooling stops once the feature
-    map is 1 pixel wide, so small inputs still work.
+    map is 1 pixel wide, so small inputs still work. Pooling comes right after the
+    convolution: batch norm and the activation then run on a quarter of the values (without
+    batch norm the network computes exactly what conv → activation → pool would, since max
+    pooling commutes with a monotone activation). Weights and activations are channels-last.
     """
     if len(meta.input_shape) != 3:
         raise UserError(
@@ -82,21 +93,21 @@ def build_cnn(cfg: ModelConfig, meta: CacheMeta) -> nn.Sequential:
             f"input shape {meta.input_shape}; use arch: mlp"
         )
     c_in, h, w = (int(d) for d in meta.input_shape)
-    layers: list[nn.Module] = []
+    layers: list[nn.Module] = [_ChannelsLast()]
     for block in range(cfg.conv_blocks):
         c_out = cfg.conv_channels * 2**block
         layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=not cfg.batch_norm))
-        if cfg.batch_norm:
-            layers.append(nn.BatchNorm2d(c_out))
-        layers.append(_activation(cfg.activation))
         if h >= 2 and w >= 2:
             layers.append(nn.MaxPool2d(2))
             h, w = h // 2, w // 2
+        if cfg.batch_norm:
+            layers.append(nn.BatchNorm2d(c_out))
+        layers.append(_activation(cfg.activation))
         if cfg.dropout > 0:
             layers.append(nn.Dropout(cfg.dropout))
         c_in = c_out
     layers += [nn.Flatten(), nn.Linear(c_in * h * w, output_size(meta))]
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers).to(memory_format=torch.channels_last)
 
 
 class _RepeatChannels(nn.Module):

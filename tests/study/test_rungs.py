@@ -167,20 +167,25 @@ def test_trials_train_on_a_growing_share_and_the_baseline_on_all(
     assert [t.user_attrs[RUNG_ATTR] for t in others[:2]] == [1, 1]
 
 
-def test_a_rung_that_cannot_fit_the_budget_is_not_started(
-    params: Params, images: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def slow_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every epoch takes 0.3 s more, on any share of the data."""
     from pipeline.training import engine
 
     original = engine.Trainer.run_epoch
 
-    def slow_epoch(self: engine.Trainer) -> dict[str, float]:  # 0.3 s an epoch on any data
+    def slow_epoch(self: engine.Trainer) -> dict[str, float]:
         time.sleep(0.3)
         row = original(self)
         row["time_s"] += 0.3
         return row
 
     monkeypatch.setattr(engine.Trainer, "run_epoch", slow_epoch)
+
+
+def test_a_rung_that_cannot_fit_the_budget_is_not_started(
+    params: Params, images: Any, slow_epochs: None
+) -> None:
     cfg = params.with_overrides({"train.max_epochs": 8, "train.early_stopping.patience": 50},
                                 origin="test")
     # 1.2 s in all: the first rung (2 epochs, 0.6 s) fits; the second would train on twice
@@ -192,3 +197,18 @@ def test_a_rung_that_cannot_fit_the_budget_is_not_started(
     assert np.isfinite(value)
     assert trial.user_attrs["pipeline.cut_short"] == "budget"
     assert trial.user_attrs["epochs"] == 2 and trial.user_attrs[RUNG_ATTR] == 1
+
+
+def test_a_trial_stopped_before_its_first_rung_ends_is_pruned(
+    params: Params, images: Any, slow_epochs: None
+) -> None:
+    cfg = params.with_overrides({"train.max_epochs": 8}, origin="test")
+    # A share of 0.1 s: after its first epoch (0.3 s) the trial may not go on, and it has
+    # not reached the end of its first rung (2 epochs).
+    budget = RunBudget(timeout_s=1.0, trial_time_share=0.1).start_clock()
+    objective = Objective(params=cfg, study=spec(), cache=images, budget=budget)
+    trial = optuna.trial.FixedTrial({"model.width": 8, "train.lr": 0.005}, number=1)
+    with pytest.raises(optuna.TrialPruned, match="before its first rung's end"):
+        objective(trial)
+    assert trial.user_attrs["pipeline.cut_short"] == "trial_share"
+    assert trial.user_attrs["epochs"] == 1

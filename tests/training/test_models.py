@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ModelConfig
@@ -93,9 +94,25 @@ def test_cnn_shapes_and_block_order(channels: int) -> None:
     cfg = ModelConfig(arch="cnn", conv_blocks=2, conv_channels=4, batch_norm=True, dropout=0.1)
     net = build_model(cfg, image_meta(channels=channels, size=12, classes=3))
     assert net(torch.randn(2, channels, 12, 12)).shape == (2, 3)
-    types = [type(m) for m in net]
-    block = [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Dropout]
+    types = [type(m) for m in net][1:]  # after the channels-last layout
+    # Pooling first: batch norm and the activation work on a quarter of the values.
+    block = [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU, nn.Dropout]
     assert types == [*block, *block, nn.Flatten, nn.Linear]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last)
+               for c in net if isinstance(c, nn.Conv2d))
+
+
+def test_cnn_without_batch_norm_pools_before_the_activation_to_the_same_values() -> None:
+    cfg = ModelConfig(arch="cnn", conv_blocks=2, conv_channels=4, batch_norm=False)
+    net = build_model(cfg, image_meta(channels=1, size=12, classes=3)).eval()
+    x = torch.randn(5, 1, 12, 12)
+    h = x
+    for m in net:  # the textbook order: conv, activation, pool
+        if isinstance(m, nn.Conv2d):
+            h = F.max_pool2d(F.relu(m(h)), 2)
+        elif isinstance(m, nn.Flatten | nn.Linear):
+            h = m(h)
+    torch.testing.assert_close(net(x), h)
     convs = [m for m in net if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == [4, 8]  # channels double per block
 
