@@ -26,7 +26,8 @@ and 30 minutes and one PNG; the test accuracy of the model it ends with (the pro
 for the project's searches, the best trial's model for the glue, the trained model for the
 default); and how long it took to reach the default train's validation loss.
 
-    python benchmarks/bench_anytime.py --data DIR/fashion --budget 600 [--contenders default,study,glue,random]
+    python benchmarks/bench_anytime.py --data DIR/fashion --budget 600 \
+        [--contenders default,study,glue,random]
     python benchmarks/bench_anytime.py --digits --budget 300
 """
 
@@ -163,7 +164,8 @@ def glue_main(argv: list[str]) -> int:  # noqa: C901 - one script, as users writ
                     break
             model.load_state_dict(state)
             model.eval()
-            mlflow.pytorch.log_model(model, name="model", input_example=x_all[val_idx[:2]].numpy(),
+            mlflow.pytorch.log_model(model, name="model",
+                                     input_example=x_all[val_idx[:2]].numpy(),
                                      pip_requirements=[f"torch=={torch.__version__}"])
         if best_val < best["value"]:
             best.update(value=best_val, state=state, params=dict(trial.params))
@@ -323,7 +325,7 @@ def run_search_contender(project: Path, dataset: str, budget: float) -> dict[str
 
 
 SCORE = """
-import json, sys, mlflow
+import json
 from mlflow import MlflowClient
 from pipeline.config import load_params
 from pipeline.data.cache import load_cache
@@ -333,8 +335,10 @@ params = load_params("params.yaml")
 tracking.configure(params)
 exp = MlflowClient().get_experiment_by_name(f"train-{params.dataset}")
 (run,) = MlflowClient().search_runs([exp.experiment_id])
-scored = score(load_model(f"runs:/{run.info.run_id}/model"), load_cache(params.cache_dir(params.dataset)))
-print(json.dumps({"value": run.data.metrics["best_val_loss"], "accuracy": scored.metrics["accuracy"]}))
+cache = load_cache(params.cache_dir(params.dataset))
+scored = score(load_model(f"runs:/{run.info.run_id}/model"), cache)
+print(json.dumps({"value": run.data.metrics["best_val_loss"],
+                  "accuracy": scored.metrics["accuracy"]}))
 """
 
 
