@@ -4,9 +4,11 @@ A study with ``pruner: {type: rungs, ...}`` trains every trial through the same 
 3 epochs on 1/9 of its training part, 3 on 1/3 (a superset), 3 on all of it, 9 more on all of
 it, and then on to its end (early stopping or ``train.max_epochs``). At the end of each rung
 the trial continues only while it is among the best ``1/reduction_factor`` of the trials that
-reached that rung, and only once ``reduction_factor`` trials have: the first trials stop at the
-cheapest rung, so random start-up trials cannot spend the budget before they have beaten
-cheaper ones (:class:`RungPruner`). It is asynchronous, like ASHA (Li et al., 2020): a trial
+reached that rung. The first trials stop at the cheapest rung until ``reduction_factor`` of
+them have reached it, so random start-up trials cannot spend the budget before they have
+beaten cheaper ones; above the cheapest rung, while fewer than ``reduction_factor`` trials
+have reached a rung, the best of them goes on (it was promoted once already, and stopping it
+there would waste what it cost) (:class:`RungPruner`). It is asynchronous, like ASHA (Li et al., 2020): a trial
 compares itself with every trial that reached the rung before it, on any worker, and never
 waits for others, so ``--workers`` and many machines stay busy.
 
@@ -160,7 +162,9 @@ class RungPruner(BasePruner):
             and math.isfinite(t.intermediate_values[step])
         ]
         reached = len(others) + 1
-        if reached < self.reduction_factor:
-            return True  # too few to judge: the first trials stay at the cheap rung
         better = sum(v < sign * value for v in others)
+        if reached < self.reduction_factor:
+            # Too few to judge: the first trials stay at the cheapest rung; above it (they
+            # were promoted once already) the best so far goes on.
+            return step == self.ends[0] or better > 0
         return better >= reached // self.reduction_factor

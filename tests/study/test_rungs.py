@@ -108,6 +108,9 @@ def test_the_first_trials_stay_at_the_cheap_rung_then_the_best_third_goes_on() -
     trial = study.ask()
     trial.report(5.0, 3)  # not a rung's end: never stopped there
     assert not trial.should_prune()
+    # Above the cheapest rung, with fewer than 3 there, the best so far goes on.
+    assert not at_rung(study, 0.3, step=4)
+    assert at_rung(study, 0.31, step=4) and not at_rung(study, 0.29, step=4)
 
 
 def test_a_maximised_metric_keeps_the_highest() -> None:
