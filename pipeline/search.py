@@ -33,6 +33,7 @@ from pipeline import cli
 from pipeline.config import PARAMS_FILE, load_params
 from pipeline.errors import UserError
 from pipeline.secrets import redact
+from pipeline.study.audit import describe as describe_pruning
 from pipeline.study.pool import OPTIONS_ON_STDIN
 from pipeline.study.report import baseline_margin, leaderboard, short_params
 from pipeline.study.runner import SearchInterrupted, SearchResult, run_search
@@ -64,6 +65,9 @@ def print_summary(result: SearchResult, out: TextIO) -> None:
         print(f"{report.counts['RUNNING']} trial(s) still running: on other workers, or on one "
               "that died too recently to be sure (the next search cleans up after it)",
               file=out)
+    pruning = describe_pruning(report.pruning or {})
+    if pruning:
+        print(f"pruning: {pruning}", file=out)
     if result.reconciled is not None:
         print("reconcile: Optuna and MLflow agree" if not result.reconciled else
               "reconcile:\n  " + "\n  ".join(result.reconciled), file=out)

@@ -204,6 +204,9 @@ class SearchConfig:
     # A k-fold MLP trial trains its folds as one batched model (same results, one stack of
     # weights): true, false, or auto (where benchmarks/bench_folds.py measured it faster).
     fold_batching: Literal["auto"] | bool = "auto"
+    # The pruning audit: this share of the trials the pruner would stop (drawn per trial,
+    # seeded) is let finish, to estimate how often pruning throws a winner away; 0: off.
+    prune_audit: float = field(default=0.1, metadata=bounds(0.0, 1.0))
 
 
 @dataclass(frozen=True)

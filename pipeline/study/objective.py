@@ -60,7 +60,7 @@ from pipeline.study.budget import RunBudget
 from pipeline.study.folds import combine, plan_folds
 from pipeline.study.rungs import RungPlan, plan_rungs
 from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
-from pipeline.study.trial_attrs import BASELINE_ATTR, RUNG_ATTR
+from pipeline.study.trial_attrs import BASELINE_ATTR, EPOCH_SECONDS_ATTR, RUNG_ATTR
 from pipeline.study.trial_training import (
     TrialInterrupted,
     TrialProgress,
@@ -225,6 +225,7 @@ def finished_attrs(progress: TrialProgress, study: StudySpec) -> dict[str, Any]:
         "folds": progress.folds,
         "fold_batching": progress.fold_batching,
         "train_s": round(progress.train_s, 3),
+        EPOCH_SECONDS_ATTR: [round(float(r["time_s"]), 3) for r in progress.history],
     }
     if progress.value_std is not None:
         attrs["value_std"] = progress.value_std

@@ -55,6 +55,10 @@ def finish_parent(
 
     now = int(time.time() * 1000)
     metrics = {**{f"trials/{k.lower()}": float(v) for k, v in report.counts.items()}, **metrics}
+    for key in ("false_prune_rate", "saved_share_estimate", "audited"):
+        value = (report.pruning or {}).get(key)
+        if value is not None:
+            metrics[f"pruning/{key}"] = float(value)
     best = report.best
     params: list[Any] = []
     if best is not None:

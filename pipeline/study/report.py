@@ -19,7 +19,8 @@ from optuna.trial import TrialState
 from pipeline.atomic import write_json_atomic
 from pipeline.config import Params
 from pipeline.errors import UserError
-from pipeline.study.trial_attrs import BASELINE_ATTR
+from pipeline.study.audit import pruning_summary
+from pipeline.study.trial_attrs import BASELINE_ATTR, RUNG_ATTR
 
 TOP_TRIALS = 10  # rows of the leaderboard printed at the end of a search
 # Study user attributes ``pipeline.record_lost.<trial number>``: why that trial's MLflow record
@@ -58,6 +59,8 @@ class StudyReport:
     best_with_interrupted: dict[str, Any] | None = None
     # The study's first trial, the params.yaml configuration: number, state, value.
     baseline: dict[str, Any] | None = None
+    # What pruning did and what the audit says it cost (pipeline.study.audit).
+    pruning: dict[str, Any] | None = None
 
     @property
     def n_trials(self) -> int:
@@ -132,6 +135,7 @@ def from_study(
         trials=[_trial_row(t, lost.get(t.number)) for t in trials],
         parent_run_id=parent_run_id, experiment_id=experiment_id,
         best_with_interrupted=best_any,
+        pruning=pruning_summary(trials, study.direction),
         baseline=None if first is None else {
             "number": first.number, "state": first.state.name,
             "value": first.value if first.value is not None and math.isfinite(first.value)
@@ -164,8 +168,10 @@ def _trial_row(t: Any, record_lost: str | None) -> dict[str, Any]:
         "epochs": t.user_attrs.get("epochs"),
         "params": dict(t.params),
     }
+    if RUNG_ATTR in t.user_attrs:
+        row["rung"] = t.user_attrs[RUNG_ATTR]
     for name in ("retry_of", "duplicate_of", "cut_short", "interrupted_value", "baseline",
-                 "warm_start", "adjusted"):
+                 "warm_start", "adjusted", "audit"):
         if f"pipeline.{name}" in t.user_attrs:
             row[name] = t.user_attrs[f"pipeline.{name}"]
     if record_lost is not None:

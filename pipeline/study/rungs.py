@@ -8,9 +8,9 @@ reached that rung. The first trials stop at the cheapest rung until ``reduction_
 them have reached it, so random start-up trials cannot spend the budget before they have
 beaten cheaper ones; above the cheapest rung, while fewer than ``reduction_factor`` trials
 have reached a rung, the best of them goes on (it was promoted once already, and stopping it
-there would waste what it cost) (:class:`RungPruner`). It is asynchronous, like ASHA (Li et al., 2020): a trial
-compares itself with every trial that reached the rung before it, on any worker, and never
-waits for others, so ``--workers`` and many machines stay busy.
+there would waste what it cost) (:class:`RungPruner`). It is asynchronous, like ASHA (Li et
+al., 2020): a trial compares itself with every trial that reached the rung before it, on any
+worker, and never waits for others, so ``--workers`` and many machines stay busy.
 
 A fraction that would leave fewer than ``min_samples`` training items is raised to the whole
 training part (small data: rungs over epochs only). The baseline (the params.yaml

@@ -32,6 +32,7 @@ from pipeline.errors import TrackingUnreachable, UserError, caused_by, first_lin
 from pipeline.secrets import redact, redact_text
 from pipeline.study import budget as budgets
 from pipeline.study import parent, starts, workers
+from pipeline.study.audit import AuditedPruner
 from pipeline.study.instruments import Instruments, RecordWriter
 from pipeline.study.interrupts import Interrupts, quiet_interrupted_trials
 from pipeline.study.pool import run_workers
@@ -186,8 +187,10 @@ def _open_study(setup: Setup) -> Any:
         grace_period_s=search_params.grace_period_s, max_retry=search_params.max_retry,
     )
     name = spec.study_name(setup.dataset)
+    seed = spec.sampler.seed if spec.sampler.seed is not None else setup.params.seed
+    pruner = AuditedPruner(make_pruner(spec), share=search_params.prune_audit, seed=seed)
     study = optuna.create_study(
-        study_name=name, storage=storage, pruner=make_pruner(spec), direction=spec.direction,
+        study_name=name, storage=storage, pruner=pruner, direction=spec.direction,
         sampler=make_sampler(spec, default_seed=setup.params.seed), load_if_exists=True,
     )
     if study.direction.name.lower() != spec.direction:
