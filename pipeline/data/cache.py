@@ -16,7 +16,8 @@ Staging folders are named ``.<folder>.tmp-<host>-<pid>-<random>`` (and the old f
 aside ``.<folder>.old-<host>-<pid>``). A process killed with ``kill -9`` cannot remove its own,
 so every :func:`staged_dir` first sweeps the stale ones of the same folder: those made on this
 host by a process that is no longer alive, and those in the unowned format of earlier versions
-(``.<folder>.tmp-<random>``) not modified for :data:`UNOWNED_STALE_S`. An ``.old`` folder whose
+(``.<folder>.tmp-<random>``) not modified for an hour (the rule of :func:`pipeline.atomic.is_stale`,
+which sweeps temporary files too). An ``.old`` folder whose
 owner died is put back when ``<folder>`` itself is missing (it was killed between the two
 renames), else removed.
 """
@@ -29,7 +30,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pipeline.atomic import is_stale, owner
 from pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -47,9 +48,6 @@ logger = logging.getLogger(__name__)
 META_FILE = "meta.json"
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 CACHE_VERSION = 1
-# An unowned staging folder (made before folders carried their owner) untouched this long is
-# taken as stale: no write of a cache takes anywhere near as long between two file writes.
-UNOWNED_STALE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -149,14 +147,14 @@ def staged_dir(folder: Path) -> Iterator[Path]:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(folder)
-    owner = _owner()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{owner}-", dir=folder.parent))
+    made_by = owner()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{made_by}-", dir=folder.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it normal rights
         yield tmp
         old = None
         if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{owner}"
+            old = folder.parent / f".{folder.name}.old-{made_by}"
             if old.exists():
                 shutil.rmtree(old)
             os.replace(folder, old)
@@ -171,34 +169,6 @@ def staged_dir(folder: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _owner() -> str:
-    """``<host>-<pid>``, with the host name reduced to characters safe in a file name."""
-    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
-    return f"{host}-{os.getpid()}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
-def _is_stale(entry: Path, owner: str | None, now: float) -> bool:
-    """Whether a staging folder's maker is gone (see the module docstring for the rule)."""
-    if owner is None:
-        try:
-            return now - entry.stat().st_mtime > UNOWNED_STALE_S
-        except FileNotFoundError:
-            return False
-    host, _, pid = owner.rpartition("-")
-    here, _, _ = _owner().rpartition("-")
-    return host == here and int(pid) != os.getpid() and not _alive(int(pid))
 
 
 def remove_stale_staging(folder: Path) -> list[Path]:
@@ -217,7 +187,7 @@ def remove_stale_staging(folder: Path) -> list[Path]:
         found = pattern.match(entry.name)
         if found is None or not entry.is_dir() or entry.is_symlink():
             continue
-        if not _is_stale(entry, found.group("owner"), now):
+        if not is_stale(entry, found.group("owner"), now):
             continue
         if found.group(1) == "old" and not folder.exists():
             os.replace(entry, folder)  # killed between the two renames: the old one is whole

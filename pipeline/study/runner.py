@@ -45,7 +45,13 @@ from pipeline.study.report import (
     short_params,
 )
 from pipeline.study.spec import STUDIES_DIR, StudySpec, load_study, make_pruner, make_sampler
-from pipeline.study.storage import StorageChoice, open_storage, resolve_storage, study_lock
+from pipeline.study.storage import (
+    StorageChoice,
+    check_search_folders,
+    open_storage,
+    resolve_storage,
+    study_lock,
+)
 from pipeline.study.timing import TrackingTimes
 from pipeline.study.workers import WORKER_ATTR, reconcile
 
@@ -169,6 +175,7 @@ def run_search(options: SearchOptions) -> SearchResult:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     _quiet_interrupted_trials()
     setup = _load(options)
+    check_search_folders(setup.choice, setup.params)  # before anything is trained or written
     with _tracking_params(setup.params, dry_run=options.dry_run) as tracked, \
             _tracking_server_errors():
         uri = tracking.configure(tracked, ignore_env=options.dry_run)
