@@ -205,6 +205,13 @@ def _umask() -> int:
     return mask
 
 
+def _damaged(path: Path, what: str) -> UserError:
+    return UserError(
+        f"{path}: damaged tensor cache ({what}); rebuild it with `dvc repro prepare` or "
+        "`python -m pipeline.prepare`"
+    )
+
+
 def read_meta(folder: Path) -> CacheMeta:
     path = Path(folder) / META_FILE
     if not path.is_file():
@@ -214,12 +221,17 @@ def read_meta(folder: Path) -> CacheMeta:
         )
     try:
         return CacheMeta.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise UserError(f"{path}: unreadable cache metadata ({exc}); rerun prepare") from None
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not a mapping, a key
+        raise _damaged(path, f"unreadable metadata: {exc}") from None
 
 
 def load_cache(folder: Path, *, mmap: bool = True) -> Cache:
-    """Load a cache written by :func:`write_cache` (no pickle, memory-mapped by default)."""
+    """Load a cache written by :func:`write_cache` (no pickle, memory-mapped by default).
+
+    Raises:
+        UserError: the cache is missing, or a file of it is damaged (cut short, overwritten,
+            or not the size ``meta.json`` says), naming the file and what to do.
+    """
     folder = Path(folder)
     meta = read_meta(folder)
     mode: Literal["r"] | None = "r" if mmap else None
@@ -228,5 +240,13 @@ def load_cache(folder: Path, *, mmap: bool = True) -> Cache:
         path = folder / f"{name}.npy"
         if not path.is_file():
             raise UserError(f"{path}: missing from the cache; rerun prepare")
-        arrays[name] = np.load(path, mmap_mode=mode, allow_pickle=False)
+        try:
+            arrays[name] = np.load(path, mmap_mode=mode, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise _damaged(path, str(exc).split("\n")[0]) from None
+        rows = meta.n_train if name.startswith("train") else meta.n_test
+        shape = (rows, *meta.input_shape) if name.endswith("_x") else (rows,)
+        if tuple(arrays[name].shape) != shape:
+            raise _damaged(path, f"shape {list(arrays[name].shape)}, but {META_FILE} says "
+                                 f"{list(shape)}")
     return Cache(meta=meta, **arrays)

@@ -107,6 +107,7 @@ class ImageListing:
     labels: list[int] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)  # jpeg_labels part; "" for image_folder
     class_names: list[str] = field(default_factory=list)
+    reals: list[str] = field(default_factory=list)  # each file's path with links resolved
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -124,6 +125,30 @@ def _files_in(folder: Path) -> dict[str, os.DirEntry[str]]:
 
 def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
+
+
+def _real(entry: os.DirEntry[str] | None, path: str, real_folder: str) -> str:
+    """``path`` with links resolved; a plain file of a resolved folder costs no system call."""
+    if entry is not None and not entry.is_symlink():
+        return os.path.join(real_folder, entry.name)
+    return os.path.realpath(path)
+
+
+def _check_each_file_once(listing: ImageListing) -> None:
+    """Refuse one file reached twice, by path (a link to it, or a linked folder)."""
+    first: dict[str, int] = {}
+    for i, real in enumerate(listing.reals):
+        j = first.setdefault(real, i)
+        if j == i:
+            continue
+        where = listing.origins[i]
+        listed = "" if listing.origins[j] == listing.paths[j] else f", listed at {listing.origins[j]}"
+        names = listing.class_names
+        raise UserError(
+            f"{where}: {listing.paths[i]} is the same file as {listing.paths[j]}{listed} (by "
+            f"path: a link to it), with labels {names[listing.labels[j]]!r} and "
+            f"{names[listing.labels[i]]!r}; expected each image once"
+        )
 
 
 def _check_name(name: str, folder: Path, where: str) -> None:
@@ -172,6 +197,7 @@ class _Part:
     paths: list[str]
     origins: list[str]  # "labels file:line"
     sources: list[str]  # relative to the dataset root
+    reals: list[str]  # with links resolved
 
 
 def list_jpeg_labels(
@@ -208,6 +234,7 @@ def list_jpeg_labels(
         listing.origins += got.origins
         listing.labels += got.labels
         listing.parts += [part] * len(got.paths)
+        listing.reals += got.reals
     max_label = max(listing.labels)
     if cfg.classes is None and max_label >= MAX_CLASSES:
         i = listing.labels.index(max_label)
@@ -219,6 +246,7 @@ def list_jpeg_labels(
         listing.class_names = list(cfg.classes)
     else:
         listing.class_names = [str(k) for k in range(max_label + 1)]
+    _check_each_file_once(listing)
     absent = sorted(set(range(len(listing.class_names))) - set(listing.labels))
     if absent:
         shown = ", ".join(map(str, absent[:10])) + (
@@ -275,12 +303,14 @@ def _read_part(spec: LabelledFolder, root: Path, *, key: str, on_bad_file: str) 
         logger.info("%s: %d file(s) not in %s are ignored", folder, unlisted, labels_path.name)
     order = sorted(range(len(names)), key=names.__getitem__)
     names = [names[i] for i in order]
+    real_folder = os.path.realpath(folder)
     return _Part(
         names=names,
         labels=[labels[i] for i in order],
         paths=[folder_str + name for name in names],
         origins=[f"{labels_str}:{numbers[i]}" for i in order],
         sources=[prefix + name for name in names],
+        reals=[_real(files.get(name), folder_str + name, real_folder) for name in names],
     )
 
 
@@ -365,11 +395,19 @@ def list_image_folder(cfg: ImageFolderDataset, root: Path, *, key: str) -> Image
             loose[0],
         )
     listing = ImageListing(class_names=[e.name for e in classes])
+    real_classes: dict[str, str] = {}
     for label, entry in enumerate(classes):
         folder = Path(entry.path)
         if entry.is_symlink() and not _inside(folder, root):
             raise UserError(
                 f"{folder}: class folder resolves outside {root}; expected a folder inside it"
+            )
+        real_folder = os.path.realpath(folder)
+        twin = real_classes.setdefault(real_folder, entry.name)
+        if twin != entry.name:
+            raise UserError(
+                f"{folder}: class folder {entry.name!r} is a link to class folder {twin!r} "
+                f"({real_folder}); expected one folder per class"
             )
         files = _files_in(folder)
         images = sorted(n for n in files if n.lower().endswith(IMAGE_SUFFIXES))
@@ -391,4 +429,6 @@ def list_image_folder(cfg: ImageFolderDataset, root: Path, *, key: str) -> Image
             listing.origins.append(path)
             listing.labels.append(label)
             listing.parts.append("")
+            listing.reals.append(_real(files[name], path, real_folder))
+    _check_each_file_once(listing)
     return listing

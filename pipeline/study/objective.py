@@ -46,6 +46,7 @@ from pipeline.study.folds import combine, combine_rows, plan_folds
 from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
 from pipeline.training.batched import BatchedFolds, can_batch_folds, fold_batching_wins
 from pipeline.training.engine import ModelRun, Split, Trainer, make_split
+from pipeline.training.memory import check_fits
 from pipeline.training.models import build_model
 from pipeline.training.runtime import derive_seed, set_seed
 
@@ -316,6 +317,7 @@ class Objective:
         n = self.plan.n_models
         seeds = [progress.seed if n == 1 else derive_seed(progress.seed, i) for i in range(n)]
         models = []
+        check_fits(cfg.model, cfg.train, self.meta, device=self.device, models=n)
         for seed in seeds:
             with _MODEL_INIT_LOCK:
                 torch.manual_seed(seed)

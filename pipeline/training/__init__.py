@@ -17,19 +17,23 @@ from pipeline.training.engine import (
     make_optimizer,
     make_split,
 )
+from pipeline.training.memory import MemoryEstimate, check_fits, estimate
 from pipeline.training.models import build_model, input_affine, model_metadata, package_model
 from pipeline.training.runtime import derive_seed, resolve_device, set_seed
 
 __all__ = [
     "BatchedFold",
     "BatchedFolds",
+    "MemoryEstimate",
     "ModelRun",
     "Split",
     "Trainer",
     "TrainingDiverged",
     "build_model",
     "can_batch_folds",
+    "check_fits",
     "derive_seed",
+    "estimate",
     "fit",
     "fold_batching_wins",
     "input_affine",
