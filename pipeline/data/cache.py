@@ -16,8 +16,8 @@ Staging folders are named ``.<folder>.tmp-<host>-<pid>-<random>`` (and the old f
 aside ``.<folder>.old-<host>-<pid>``). A process killed with ``kill -9`` cannot remove its own,
 so every :func:`staged_dir` first sweeps the stale ones of the same folder: those made on this
 host by a process that is no longer alive, and those in the unowned format of earlier versions
-(``.<folder>.tmp-<random>``) not modified for an hour (the rule of :func:`pipeline.atomic.is_stale`,
-which sweeps temporary files too). An ``.old`` folder whose
+(``.<folder>.tmp-<random>``) not modified for an hour: the rule of
+:func:`pipeline.atomic.is_stale`, which sweeps temporary files too. An ``.old`` folder whose
 owner died is put back when ``<folder>`` itself is missing (it was killed between the two
 renames), else removed.
 """

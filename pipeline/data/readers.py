@@ -141,13 +141,14 @@ def _check_each_file_once(listing: ImageListing) -> None:
         j = first.setdefault(real, i)
         if j == i:
             continue
-        where = listing.origins[i]
-        listed = "" if listing.origins[j] == listing.paths[j] else f", listed at {listing.origins[j]}"
+        first_at = listing.origins[j]
+        listed = "" if first_at == listing.paths[j] else f", listed at {first_at}"
         names = listing.class_names
         raise UserError(
-            f"{where}: {listing.paths[i]} is the same file as {listing.paths[j]}{listed} (by "
-            f"path: a link to it), with labels {names[listing.labels[j]]!r} and "
-            f"{names[listing.labels[i]]!r}; expected each image once"
+            f"{listing.origins[i]}: {listing.paths[i]} is the same file as "
+            f"{listing.paths[j]}{listed} (by path: a link to it), with labels "
+            f"{names[listing.labels[j]]!r} and {names[listing.labels[i]]!r}; expected each "
+            "image once"
         )
 
 

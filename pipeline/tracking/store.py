@@ -117,9 +117,18 @@ def store_folders(params: Params, uri: str, *, from_env: bool = False) -> dict[P
     return folders
 
 
-@functools.cache  # once per store and process: later calls find it checked
 def _open_sqlite_store(uri: str, *, artifacts: Path | None, anchor: Path) -> None:
-    """Check, create (or migrate) and relocate a SQLite store, under a lock beside it.
+    """Check a SQLite store (on every call: a command may run long), then create (or
+    migrate) and relocate it once per process."""
+    db = Path(uri[len("sqlite:///") :])
+    if db.exists():
+        check_database(db)
+    _prepare_sqlite_store(uri, artifacts=artifacts, anchor=anchor)
+
+
+@functools.cache  # once per store and process: later calls find it made
+def _prepare_sqlite_store(uri: str, *, artifacts: Path | None, anchor: Path) -> None:
+    """Create (or migrate) and relocate a SQLite store, under a lock beside it.
 
     Two processes that open a new store at once both run MLflow's migrations, and the second
     dies in alembic; the lock makes the second wait and find the schema made.
@@ -127,8 +136,6 @@ def _open_sqlite_store(uri: str, *, artifacts: Path | None, anchor: Path) -> Non
     db = Path(uri[len("sqlite:///") :])
     with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if db.exists():
-            check_database(db)
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         # Only a store that moved together with its artifacts: a database outside the
         # project, shared by several copies of it, keeps its locations.
@@ -152,7 +159,10 @@ def check_database(db: Path) -> None:
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
             found = [str(row[0]) for row in con.execute("PRAGMA quick_check").fetchall()]
-    except sqlite3.DatabaseError as exc:
+    except sqlite3.OperationalError as exc:  # locked by a writer, cannot be opened: not damage
+        logger.debug("%s: not checked (%s)", db, exc)
+        return
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "... malformed"
         found = [str(exc)]
     if found == ["ok"]:
         return
