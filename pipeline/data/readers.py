@@ -107,7 +107,7 @@ class ImageListing:
     labels: list[int] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)  # jpeg_labels part; "" for image_folder
     class_names: list[str] = field(default_factory=list)
-    reals: list[str] = field(default_factory=list)  # each file's path with links resolved
+    links: bool = False  # a listed file or class folder is a symbolic link
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -127,18 +127,17 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
-def _real(entry: os.DirEntry[str] | None, path: str, real_folder: str) -> str:
-    """``path`` with links resolved; a plain file of a resolved folder costs no system call."""
-    if entry is not None and not entry.is_symlink():
-        return os.path.join(real_folder, entry.name)
-    return os.path.realpath(path)
-
-
 def _check_each_file_once(listing: ImageListing) -> None:
-    """Refuse one file reached twice, by path (a link to it, or a linked folder)."""
+    """Refuse one file reached twice, by path (a link to it, or a linked folder).
+
+    Without links, distinct names in distinct folders are distinct files, so only a listing
+    with links pays for resolving every path.
+    """
+    if not listing.links:
+        return
     first: dict[str, int] = {}
-    for i, real in enumerate(listing.reals):
-        j = first.setdefault(real, i)
+    for i, path in enumerate(listing.paths):
+        j = first.setdefault(os.path.realpath(path), i)
         if j == i:
             continue
         first_at = listing.origins[j]
@@ -198,7 +197,7 @@ class _Part:
     paths: list[str]
     origins: list[str]  # "labels file:line"
     sources: list[str]  # relative to the dataset root
-    reals: list[str]  # with links resolved
+    links: bool  # a listed name is a symbolic link
 
 
 def list_jpeg_labels(
@@ -235,7 +234,7 @@ def list_jpeg_labels(
         listing.origins += got.origins
         listing.labels += got.labels
         listing.parts += [part] * len(got.paths)
-        listing.reals += got.reals
+        listing.links = listing.links or got.links
     max_label = max(listing.labels)
     if cfg.classes is None and max_label >= MAX_CLASSES:
         i = listing.labels.index(max_label)
@@ -304,14 +303,13 @@ def _read_part(spec: LabelledFolder, root: Path, *, key: str, on_bad_file: str) 
         logger.info("%s: %d file(s) not in %s are ignored", folder, unlisted, labels_path.name)
     order = sorted(range(len(names)), key=names.__getitem__)
     names = [names[i] for i in order]
-    real_folder = os.path.realpath(folder)
     return _Part(
         names=names,
         labels=[labels[i] for i in order],
         paths=[folder_str + name for name in names],
         origins=[f"{labels_str}:{numbers[i]}" for i in order],
         sources=[prefix + name for name in names],
-        reals=[_real(files.get(name), folder_str + name, real_folder) for name in names],
+        links=not regular.issuperset(names),  # listed names that are links (or missing)
     )
 
 
@@ -404,6 +402,7 @@ def list_image_folder(cfg: ImageFolderDataset, root: Path, *, key: str) -> Image
                 f"{folder}: class folder resolves outside {root}; expected a folder inside it"
             )
         real_folder = os.path.realpath(folder)
+        listing.links = listing.links or entry.is_symlink()
         twin = real_classes.setdefault(real_folder, entry.name)
         if twin != entry.name:
             raise UserError(
@@ -430,6 +429,6 @@ def list_image_folder(cfg: ImageFolderDataset, root: Path, *, key: str) -> Image
             listing.origins.append(path)
             listing.labels.append(label)
             listing.parts.append("")
-            listing.reals.append(_real(files[name], path, real_folder))
+            listing.links = listing.links or files[name].is_symlink()
     _check_each_file_once(listing)
     return listing
