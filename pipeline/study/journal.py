@@ -21,6 +21,7 @@ that is not JSON.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -113,11 +114,12 @@ def _split_glued(line: bytes) -> int | None:
     return None
 
 
-def _check_lines(path: Path) -> None:
+def _check_lines(path: Path, *, repair: bool = True) -> None:
     """Every complete line must be a record: split the glued ones, refuse anything else.
 
     The last line is left to :func:`repair_tail` when it is incomplete, or when it is the
-    file's last and holds no glued record.
+    file's last and holds no glued record. Without ``repair`` (a folder this process cannot
+    write: a reader such as the report page) a glued line is refused too.
     """
     data = path.read_bytes()
     lines = data.split(b"\n")[:-1]  # complete lines; the remainder is the tail's business
@@ -130,6 +132,11 @@ def _check_lines(path: Path) -> None:
         if at is None and number == len(lines) and data.endswith(b"\n"):
             kept.append(line)  # a damaged last line: set aside by repair_tail
             continue
+        if at is not None and not repair:
+            raise UserError(
+                f"{path}:{number}: a record cut short by a crash has another glued to it; run "
+                "a search on the study from an account that can write its folder to repair it"
+            )
         if at is None:
             raise UserError(
                 f"{path}:{number}: damaged study record ({len(line) + 1} bytes that are not "
@@ -180,7 +187,13 @@ def check_journal(path: Path) -> None:
     if not path.exists():
         return
     lock = JournalFileSymlinkLock(str(path))  # the one every append takes
-    lock.acquire()
+    try:
+        lock.acquire()
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        _check_lines(path, repair=False)  # a reader that cannot write: Optuna reads past a
+        return  # torn last line, and nothing appends
     try:
         _check_lines(path)
         repair_tail(path)

@@ -21,6 +21,7 @@ from optuna.storages.journal import JournalFileBackend
 from pipeline.errors import UserError
 from pipeline.study.journal import TORN_SUFFIX, check_journal, checked_lock
 from pipeline.study.storage import StorageChoice, open_storage
+from tests.conftest import read_only
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -175,3 +176,17 @@ def test_a_clean_journal_is_left_alone(full_journal: bytes, tmp_path: Path) -> N
     check_journal(path)
     assert path.read_bytes() == full_journal and path.stat().st_mtime_ns == mtime
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.journal"]
+
+
+def test_a_reader_that_cannot_write_the_folder_still_opens_the_study(
+    full_journal: bytes, tmp_path: Path
+) -> None:
+    """The report page on a study folder it may only read: checked, not repaired."""
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    path = folder / "s.journal"
+    path.write_bytes(full_journal[:-9])  # torn: Optuna reads past it
+    with read_only(folder):
+        storage = open_storage(StorageChoice("journal", str(path), "test"))
+        assert len(optuna.load_study(study_name="s", storage=storage).trials) == 3
+    assert path.read_bytes() == full_journal[:-9]
