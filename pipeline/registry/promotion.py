@@ -142,7 +142,7 @@ def run_promote(options: PromoteOptions) -> PromoteResult:
     params, study = options.params, options.study
     path = find_report(params, study, options.dataset)
     out = options.report or records_dir(params) / path.name
-    check_writable({out.parent: "the promote decisions (registry.reports_dir)"})
+    check_writable({out.parent: "the promote decision (registry.reports_dir, or --report)"})
     candidate = candidate_from_report(
         StudyReport.read(path, study), study, path, allow_interrupted=options.allow_interrupted
     )
