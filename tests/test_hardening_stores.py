@@ -256,3 +256,24 @@ def test_a_copied_or_moved_project_keeps_its_models_and_writes_only_into_itself(
     # The original still loads its own model, from its own folder.
     np.testing.assert_allclose(_model_output(project / "params.yaml", first.info.run_id),
                                expected)
+
+
+def test_a_model_whose_files_are_gone_is_one_line_naming_where(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline import predict
+
+    make_image_cache(project / "data" / "cache" / "digits", name="digits", n_train=120)
+    shutil.copyfile(empty_store_template(), project / "mlruns" / "mlflow.db")
+    run = _train_run(project / "params.yaml")
+    (model_id,) = [o.model_id for o in run.outputs.model_outputs]
+    shutil.rmtree(project / "mlruns" / "artifacts" / "train-digits")  # the experiment's files
+    where = project / "mlruns" / "artifacts" / "train-digits" / "models" / model_id / "artifacts"
+    capsys.readouterr()
+    uri = f"runs:/{run.info.run_id}/model"
+    assert predict.main(["--params", str(project / "params.yaml"), "--check-model", uri]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: cannot load model {uri!r}: its files are missing from the "
+                           f"artifact store at {where.resolve().as_uri()} (")
+    assert line.endswith("restore that folder from a backup (or from the project it was copied "
+                         "from), or train and promote a new model")

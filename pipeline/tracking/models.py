@@ -251,13 +251,27 @@ def _load_error(uri: str, exc: BaseException) -> UserError:
         return UserError(f"cannot load model {uri!r}: {said}")
     where = ""
     with contextlib.suppress(Exception):  # only to say where; the error is the missing files
-        repo = ModelsArtifactRepository if uri.startswith("models:") else RunsArtifactRepository
-        where = f" at {repo.get_underlying_uri(uri)}"
+        where = f" at {_artifact_location(uri)}"
     return UserError(
         f"cannot load model {uri!r}: its files are missing from the artifact store{where} "
         f"({said}); restore that folder from a backup (or from the project it was copied "
         "from), or train and promote a new model"
     )
+
+
+def _artifact_location(uri: str) -> str:
+    """Where the files of the model behind ``uri`` are (or were) kept: a run's model is a
+    logged model of its own (MLflow 3), not a folder of the run's artifacts."""
+    if uri.startswith("models:"):
+        return str(ModelsArtifactRepository.get_underlying_uri(uri))
+    run_id, _, name = uri[len("runs:/"):].partition("/")
+    client = MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    for model in client.search_logged_models(experiment_ids=[experiment_id],
+                                             filter_string=f"name = '{name}'"):
+        if model.source_run_id == run_id:
+            return str(model.artifact_location)
+    return str(RunsArtifactRepository.get_underlying_uri(uri))
 
 
 def _refusal(uri: str, problem: str) -> UserError:
