@@ -11,7 +11,7 @@ DASHBOARD_PORT ?= 8080
 STUDY ?= capacity
 DATASET ?= digits
 
-.PHONY: install run test test-slow test-all bench ui serve lint dashboard
+.PHONY: install run test test-slow test-all bench ui serve lint dashboard check-lock
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest
+
+# The committed dvc.lock must match the committed code and params (`dvc status`, data left out).
+check-lock: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/test_dvc_lock.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_prepare.py

@@ -76,18 +76,22 @@ def _cpu_seconds() -> tuple[float, float]:
 
 
 def write_params(project: Path, workers: int) -> Path:
-    params = {
-        "datasets": {
-            "bench": {
-                "format": "jpeg_labels",
-                "root": "raw",
-                "parts": {"train": {"images": "train", "labels": "train_labels.txt"}},
-                "image": {"channels": 1, "size": [28, 28], "size_policy": "reject"},
-                "test_fraction": 0.2,
-            }
-        },
-        "prepare": {"cache_dir": "cache", "workers": workers, "datasets": ["bench"]},
+    """The project's params.yaml (which lists every key) with the one benchmark dataset."""
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["datasets"] = {
+        "bench": {
+            "format": "jpeg_labels",
+            "root": "raw",
+            "parts": {"train": {"images": "train", "labels": "train_labels.txt"}},
+            "classes": None,
+            "image": {"channels": 1, "size": [28, 28], "size_policy": "reject",
+                      "on_bad_file": "error"},
+            "test_part": None,
+            "test_fraction": 0.2,
+        }
     }
+    params["dataset"], params["overrides"] = "bench", {}
+    params["prepare"].update({"cache_dir": "cache", "workers": workers, "datasets": ["bench"]})
     path = project / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path

@@ -1,7 +1,8 @@
 """Stage ``evaluate``: the champion's metrics and plots on the held-out test split.
 
 Reads ``models:/<registry.model_name>@champion`` (or ``--model URI``) from the MLflow registry
-and the dataset's cache (``data/cache/<dataset>/``, test split). Writes, atomically:
+and the dataset's cache (``data/cache/<dataset>/``, test split). Writes, as one set (all of
+them or, if killed, none; the next run removes what a killed one left):
 
 - ``reports/metrics.json``: flat JSON for ``dvc metrics show`` — classification: ``accuracy``,
   ``loss`` (cross-entropy), ``per_class_accuracy/<class>``; regression: ``mae``, ``rmse``,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,3 +189,50 @@ def test_wrong_dataset_for_model(world: World, capsys: pytest.CaptureFixture[str
     ])
     assert code == 2
     assert "takes inputs of shape" in error_line(capsys)
+
+
+# A real evaluate process, killed with SIGKILL at its third os.fsync: in the middle of writing
+# its files (issue 27: the old writer left metrics.json new, the plots old and .tmp files that
+# no rerun removed).
+_KILLED_MID_WRITE = """
+import os, signal, sys
+calls = [0]
+real = os.fsync
+def fsync(fd):
+    real(fd)
+    calls[0] += 1
+    if calls[0] == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+os.fsync = fsync
+from pipeline import evaluate
+evaluate.main(["--params", sys.argv[1]])
+"""
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_killed_evaluate_leaves_the_whole_old_set_and_the_rerun_cleans_up(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    w = world
+    params = str(w.root / "params.yaml")
+    assert evaluate.main(["--params", params, "--model", f"runs:/{w.image_run}/model"]) == 0
+    reports = w.root / "reports"
+    before = _files(reports)
+    version = _register_champion(w)  # a new champion: evaluate has everything to rewrite
+    killed = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, params], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = _files(reports)
+    assert any(".tmp" in k for k in left)  # killed mid-write: it left its temporary files
+    assert {k: v for k, v in left.items() if ".tmp" not in k} == before  # all old, none new
+
+    assert evaluate.main(["--params", params]) == 0
+    after = _files(reports)
+    assert [k for k in after if ".tmp" in k] == []  # what the killed run left is gone
+    assert json.loads(after["metrics.json"])["model_version"] == int(version)
+    assert json.loads(after["evaluation.json"])["model"] == f"models:/pipeline-digits/{version}"
+    assert after["plots/confusion.png"] != before["plots/confusion.png"]  # the new title

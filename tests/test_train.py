@@ -86,7 +86,9 @@ def test_regression_summary_reports_mean_baseline(project: Path, empty_store: Pa
 
 
 @pytest.mark.parametrize(("setting", "expected"), [
-    ("model.dropout=-1", r"model\.dropout: expected a value in \[0, 1\], got -1"),
+    ("model.dropout=-1", r"model\.dropout: expected a value in \[0, 1\), got -1"),
+    # Issue 27: 1.0 zeroes every hidden activation; it was accepted.
+    ("model.dropout=1.0", r"model\.dropout: expected a value in \[0, 1\), got 1\.0"),
     ("train.optimizer=nadam", r"train\.optimizer: expected one of 'sgd', 'adam', 'adamw'"),
     ("model.width=0", r"model\.width: expected a value in \[1, 65536\], got 0"),
     ("train.lerning_rate=1", r"'train.lerning_rate' is not a key"),
@@ -101,7 +103,8 @@ def test_bad_set_values_exit_2_naming_key_and_allowed(
 
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
-    ("model.dropout", -0.5, r"model\.dropout.*\[0, 1\]"),
+    ("model.dropout", -0.5, r"model\.dropout.*\[0, 1\)"),
+    ("model.dropout", 1.0, r"model\.dropout.*\[0, 1\), got 1\.0"),
     ("train.optimizer", "nadam", r"train\.optimizer.*'sgd', 'adam', 'adamw', 'rmsprop'"),
     ("model.width", 0, r"model\.width.*\[1, 65536\]"),
 ])

@@ -27,13 +27,15 @@ def bounds(
     hi: float | None = None,
     *,
     lo_open: bool = False,
+    hi_open: bool = False,
     what: str | None = None,
 ) -> dict[str, Any]:
-    """Field metadata: the value must lie in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``).
+    """Field metadata: the value must lie in ``[lo, hi]`` (``(lo, ...`` with ``lo_open``,
+    ``..., hi)`` with ``hi_open``).
 
     ``what`` describes the value in messages ("a validation fraction"); by default the type.
     """
-    return {"lo": lo, "hi": hi, "lo_open": lo_open, "what": what}
+    return {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "what": what}
 
 
 def type_name(hint: Any) -> str:
@@ -152,18 +154,20 @@ def check_bounds(value: Any, meta: Mapping[str, Any], hint: Any, where: Where) -
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         return
-    lo, hi, lo_open = meta["lo"], meta["hi"], meta["lo_open"]
-    if (lo is None or (value > lo if lo_open else value >= lo)) and (hi is None or value <= hi):
+    lo, hi, lo_open, hi_open = meta["lo"], meta["hi"], meta["lo_open"], meta.get("hi_open")
+    if (lo is None or (value > lo if lo_open else value >= lo)) and (
+        hi is None or (value < hi if hi_open else value <= hi)
+    ):
         return
     numbers = [a for a in get_args(hint) if a is not type(None)] or [hint]
     what = meta.get("what") or type_name(numbers[0])
     if lo is not None and hi is not None:
         expected = f"{meta.get('what') or 'a value'} in {'(' if lo_open else '['}"
-        expected += f"{_number(lo)}, {_number(hi)}]"
+        expected += f"{_number(lo)}, {_number(hi)}{')' if hi_open else ']'}"
     elif lo is not None:
         expected = f"{what} {'>' if lo_open else '≥'} {_number(lo)}"
     else:
-        expected = f"{what} ≤ {_number(hi)}"
+        expected = f"{what} {'<' if hi_open else '≤'} {_number(hi)}"
     raise UserError(f"{where}: expected {expected}, got {value!r}")
 
 

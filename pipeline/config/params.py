@@ -148,7 +148,8 @@ class ModelConfig:
     width_schedule: Literal["constant", "shrinking"] = "constant"
     activation: Literal["relu", "gelu", "silu", "tanh", "leaky_relu"] = "relu"
     batch_norm: bool = False  # Linear/Conv -> BatchNorm -> activation
-    dropout: float = field(default=0.0, metadata=bounds(0.0, 1.0))
+    # 1.0 would zero every hidden activation (a network that learns nothing).
+    dropout: float = field(default=0.0, metadata=bounds(0.0, 1.0, hi_open=True))
     conv_blocks: int = field(default=2, metadata=bounds(1, 8))  # cnn only
     conv_channels: int = field(default=32, metadata=bounds(1, 4096))  # first block; doubles
     weights: str | None = None  # resnet only: local weights file; None = random init

@@ -19,7 +19,15 @@ import numpy as np
 from pipeline.config import CsvDataset, DatasetEntry, ImageFolderDataset, JpegLabelsDataset
 from pipeline.data.cache import CacheMeta
 from pipeline.data.fingerprint import Fingerprint
-from pipeline.data.images import MAX_IMAGE_PIXELS, SKIPPABLE, channel_stats, decode_files
+from pipeline.data.images import (
+    CORRUPT,
+    MAX_IMAGE_PIXELS,
+    SKIPPABLE,
+    DecodeResult,
+    Failure,
+    channel_stats,
+    decode_files,
+)
 from pipeline.data.readers import ImageListing, list_image_folder, list_jpeg_labels
 from pipeline.data.splits import holdout_split
 from pipeline.data.tabular import (
@@ -27,6 +35,7 @@ from pipeline.data.tabular import (
     CsvTable,
     cell_number,
     numeric_columns,
+    python_only,
     read_table,
     rows_to_keep,
 )
@@ -43,6 +52,11 @@ _MAX_LISTED = 5  # skipped or suspicious files named one by one in the log
 # search.cv_folds, default 5, on small data) needs at least one item per fold, and a holdout
 # needs at least one on each side.
 MIN_TRAIN_ITEMS = 5
+
+# A classifier needs several examples of a class to learn it and one more to test it: a target
+# with fewer items than this per class on average (a continuous value or an identifier read as
+# classes) is refused.
+MIN_ITEMS_PER_CLASS = 2
 
 Task = Literal["classification", "regression"]
 
@@ -109,6 +123,8 @@ def _check_built(meta: CacheMeta, *, key: str, min_train: int) -> None:
             f"{key}: {meta.num_classes} class ({found}); expected at least two classes "
             "for classification"
         )
+    if meta.task == "classification":
+        _check_classes(meta, key=key)
     if meta.n_train < min_train:
         raise UserError(
             f"{key}: {meta.n_train} training item(s) after the test split ({meta.n_test} "
@@ -118,6 +134,33 @@ def _check_built(meta: CacheMeta, *, key: str, min_train: int) -> None:
     stats = [*meta.mean, *meta.std, meta.target_mean, meta.target_std]
     if not all(np.isfinite(stats)):  # values are checked to fit float32, so never expected
         raise UserError(f"{key}: the normalisation statistics are not finite: {stats}")
+
+
+def _check_classes(meta: CacheMeta, *, key: str) -> None:
+    """Refuse classes that cannot be learnt: about one item per class, or a class whose items
+    all went to the test part."""
+    n = meta.n_train + meta.n_test
+    if meta.num_classes * MIN_ITEMS_PER_CLASS > n:
+        hint = (
+            f"is column {meta.target_name!r} a continuous value (task: regression) or an "
+            "identifier?" if meta.kind == "tabular" else "check the labels"
+        )
+        raise UserError(
+            f"{key}: {meta.num_classes} classes for {n} items; expected at least "
+            f"{MIN_ITEMS_PER_CLASS} items per class on average, so that each class can be "
+            f"learnt and tested: {hint}"
+        )
+    train, test = meta.counts.get("train", {}), meta.counts.get("test", {})
+    untrained = [c for c in meta.class_names if not train.get(c) and test.get(c)]
+    if untrained:
+        shown = ", ".join(repr(c) for c in untrained[:_MAX_LISTED])
+        more = f" (+{len(untrained) - _MAX_LISTED} more)" if untrained[_MAX_LISTED:] else ""
+        raise UserError(
+            f"{key}: class(es) {shown}{more} have no training item after the test split "
+            f"(all {sum(test[c] for c in untrained)} of their items are test items); expected "
+            "every class in the training part: add items of these classes, or lower "
+            "test_fraction (a test_part must not hold the only items of a class)"
+        )
 
 
 def _settings(source: Any, seed: int) -> dict[str, Any]:
@@ -187,41 +230,17 @@ def _build_images(
         desc=entry.name,
         max_pixels=decoding.max_pixels,
     )
-    for i, said in decoded.warnings[:_MAX_LISTED]:
-        logger.warning("%s: decoded, but libjpeg warned: %s", listing.paths[i], said)
-    if len(decoded.warnings) > _MAX_LISTED:
-        logger.warning(
-            "%s: %d images decoded with libjpeg warnings in all (kept; check the data)",
-            entry.name,
-            len(decoded.warnings),
-        )
-
-    fatal = [f for f in decoded.failures if opts.on_bad_file == "error" or f.kind not in SKIPPABLE]
-    if fatal:
-        first = fatal[0]
-        more = f" (and {len(fatal) - 1} more bad file(s))" if len(fatal) > 1 else ""
-        where = listing.paths[first.index]
-        if listing.origins[first.index] != where:
-            where = f"{where} (listed at {listing.origins[first.index]})"
-        raise UserError(f"{where}: {first.message}{more}")
+    failures = _bad_files(decoded, listing, on_bad_file=opts.on_bad_file, name=entry.name)
+    _warn_same_content(listing, decoded.digests, failures, name=entry.name)
     skipped = [
-        {"file": listing.sources[f.index], "kind": f.kind, "reason": f.message}
-        for f in decoded.failures
+        {"file": listing.sources[f.index], "kind": f.kind, "reason": f.message} for f in failures
     ]
-    for item in skipped[:_MAX_LISTED]:
-        logger.warning("%s: skipped %s (%s)", entry.name, item["file"], item["reason"])
-    if skipped:
-        logger.warning(
-            "%s: skipped %d bad file(s) (image.on_bad_file: skip); listed in meta.json",
-            entry.name,
-            len(skipped),
-        )
 
     fingerprint = Fingerprint(_settings(src, seed))
     fingerprint.add_many(listing.sources, [str(k) for k in listing.labels], decoded.digests)
 
     good = np.ones(len(listing), dtype=bool)
-    good[[f.index for f in decoded.failures]] = False
+    good[[f.index for f in failures]] = False
     index = np.flatnonzero(good)
     if len(index) == 0:
         raise UserError(f"{key}: every image was skipped as bad; nothing left to prepare")
@@ -269,6 +288,66 @@ def _build_images(
     )
     arrays = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
     return BuiltDataset(meta=meta, arrays=arrays)
+
+
+# libjpeg's warnings that mean damaged pixels (OpenCV decodes such a file anyway, with grey or
+# smeared blocks); others, such as "Invalid SOS parameters for sequential JPEG", come from
+# encoders whose files decode fine.
+_CORRUPT_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file")
+
+
+def _bad_files(
+    decoded: DecodeResult, listing: ImageListing, *, on_bad_file: str, name: str
+) -> list[Failure]:
+    """The files prepare cannot use: failures, and JPEGs that decoded with damaged scan data.
+
+    Raises:
+        UserError: under ``on_bad_file: error`` (or a failure no policy skips), for the first.
+    """
+    failures = list(decoded.failures)
+    for i, said in decoded.warnings:
+        if any(w in said for w in _CORRUPT_WARNINGS):
+            failures.append(Failure(i, CORRUPT, f"corrupt JPEG data [libjpeg: {said}]; expected "
+                                    "an intact JPEG (image.on_bad_file: skip leaves it out)"))
+        else:
+            logger.warning("%s: decoded, but libjpeg warned: %s", listing.paths[i], said)
+    failures.sort(key=lambda f: f.index)
+    fatal = [f for f in failures if on_bad_file == "error" or f.kind not in SKIPPABLE]
+    if fatal:
+        first = fatal[0]
+        more = f" (and {len(fatal) - 1} more bad file(s))" if len(fatal) > 1 else ""
+        where = listing.paths[first.index]
+        if listing.origins[first.index] != where:
+            where = f"{where} (listed at {listing.origins[first.index]})"
+        raise UserError(f"{where}: {first.message}{more}")
+    for f in failures[:_MAX_LISTED]:
+        logger.warning("%s: skipped %s (%s)", name, listing.sources[f.index], f.message)
+    if failures:
+        logger.warning("%s: skipped %d bad file(s) (image.on_bad_file: skip); listed in "
+                       "meta.json", name, len(failures))
+    return failures
+
+
+def _warn_same_content(
+    listing: ImageListing, digests: list[bytes], failures: list[Failure], *, name: str
+) -> None:
+    """Say when files with the same bytes carry different labels (one image, two classes)."""
+    bad = {f.index for f in failures}
+    first: dict[bytes, int] = {}
+    clashes = []
+    for i, digest in enumerate(digests):
+        j = first.setdefault(digest, i)
+        if i not in bad and j != i and listing.labels[j] != listing.labels[i]:
+            clashes.append((j, i))
+    if clashes:
+        j, i = clashes[0]
+        names = listing.class_names
+        logger.warning(
+            "%s: %d image(s) have the same content as an image of another class (by content "
+            "hash), e.g. %s (%r) and %s (%r): their labels contradict each other", name,
+            len(clashes), listing.sources[j], names[listing.labels[j]], listing.sources[i],
+            names[listing.labels[i]],
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,6 +439,10 @@ def _target(
         numeric = bool(np.isfinite(values).all())
     except ValueError:
         numeric = False
+    if numeric and python_only("".join(cells)):  # numbers to Python only: name the first
+        kept = np.flatnonzero(keep)
+        first = next(i for i, cell in enumerate(cells) if python_only(cell))
+        cell_number(table, int(kept[first]), column)  # raises, naming the file, line, column
     if numeric and not (np.abs(values) <= FLOAT32_MAX).all():
         kept = np.flatnonzero(keep)
         for r in kept[np.abs(values) > FLOAT32_MAX]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.atomic import write_bytes_atomic
+from pipeline.atomic import check_writable, write_bytes_atomic
 from pipeline.config import Params
 from pipeline.data.cache import staged_dir
 from pipeline.data.splits import holdout_split
@@ -58,6 +58,8 @@ class FetchResult:
 
 def run_fetch(options: FetchOptions) -> FetchResult:
     """Write both built-in datasets."""
+    check_writable({options.digits_dir.parent: "the built-in digits (fetch.digits_dir)",
+                    options.diabetes_csv.parent: "the built-in table (fetch.diabetes_csv)"})
     counts = write_digits(options.digits_dir, val_fraction=options.val_fraction, seed=options.seed)
     logger.info(
         "wrote %s: %d train + %d val JPEGs", options.digits_dir, counts["train"], counts["val"]

@@ -16,7 +16,8 @@ Staging folders are named ``.<folder>.tmp-<host>-<pid>-<random>`` (and the old f
 aside ``.<folder>.old-<host>-<pid>``). A process killed with ``kill -9`` cannot remove its own,
 so every :func:`staged_dir` first sweeps the stale ones of the same folder: those made on this
 host by a process that is no longer alive, and those in the unowned format of earlier versions
-(``.<folder>.tmp-<random>``) not modified for :data:`UNOWNED_STALE_S`. An ``.old`` folder whose
+(``.<folder>.tmp-<random>``) not modified for an hour: the rule of
+:func:`pipeline.atomic.is_stale`, which sweeps temporary files too. An ``.old`` folder whose
 owner died is put back when ``<folder>`` itself is missing (it was killed between the two
 renames), else removed.
 """
@@ -29,7 +30,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pipeline.atomic import is_stale, owner
 from pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -47,9 +48,6 @@ logger = logging.getLogger(__name__)
 META_FILE = "meta.json"
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 CACHE_VERSION = 1
-# An unowned staging folder (made before folders carried their owner) untouched this long is
-# taken as stale: no write of a cache takes anywhere near as long between two file writes.
-UNOWNED_STALE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -149,14 +147,14 @@ def staged_dir(folder: Path) -> Iterator[Path]:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(folder)
-    owner = _owner()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{owner}-", dir=folder.parent))
+    made_by = owner()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{made_by}-", dir=folder.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it normal rights
         yield tmp
         old = None
         if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{owner}"
+            old = folder.parent / f".{folder.name}.old-{made_by}"
             if old.exists():
                 shutil.rmtree(old)
             os.replace(folder, old)
@@ -171,34 +169,6 @@ def staged_dir(folder: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _owner() -> str:
-    """``<host>-<pid>``, with the host name reduced to characters safe in a file name."""
-    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
-    return f"{host}-{os.getpid()}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
-def _is_stale(entry: Path, owner: str | None, now: float) -> bool:
-    """Whether a staging folder's maker is gone (see the module docstring for the rule)."""
-    if owner is None:
-        try:
-            return now - entry.stat().st_mtime > UNOWNED_STALE_S
-        except FileNotFoundError:
-            return False
-    host, _, pid = owner.rpartition("-")
-    here, _, _ = _owner().rpartition("-")
-    return host == here and int(pid) != os.getpid() and not _alive(int(pid))
 
 
 def remove_stale_staging(folder: Path) -> list[Path]:
@@ -217,7 +187,7 @@ def remove_stale_staging(folder: Path) -> list[Path]:
         found = pattern.match(entry.name)
         if found is None or not entry.is_dir() or entry.is_symlink():
             continue
-        if not _is_stale(entry, found.group("owner"), now):
+        if not is_stale(entry, found.group("owner"), now):
             continue
         if found.group(1) == "old" and not folder.exists():
             os.replace(entry, folder)  # killed between the two renames: the old one is whole
@@ -235,6 +205,13 @@ def _umask() -> int:
     return mask
 
 
+def _damaged(path: Path, what: str) -> UserError:
+    return UserError(
+        f"{path}: damaged tensor cache ({what}); rebuild it with `dvc repro prepare` or "
+        "`python -m pipeline.prepare`"
+    )
+
+
 def read_meta(folder: Path) -> CacheMeta:
     path = Path(folder) / META_FILE
     if not path.is_file():
@@ -244,12 +221,17 @@ def read_meta(folder: Path) -> CacheMeta:
         )
     try:
         return CacheMeta.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise UserError(f"{path}: unreadable cache metadata ({exc}); rerun prepare") from None
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not a mapping, a key
+        raise _damaged(path, f"unreadable metadata: {exc}") from None
 
 
 def load_cache(folder: Path, *, mmap: bool = True) -> Cache:
-    """Load a cache written by :func:`write_cache` (no pickle, memory-mapped by default)."""
+    """Load a cache written by :func:`write_cache` (no pickle, memory-mapped by default).
+
+    Raises:
+        UserError: the cache is missing, or a file of it is damaged (cut short, overwritten,
+            or not the size ``meta.json`` says), naming the file and what to do.
+    """
     folder = Path(folder)
     meta = read_meta(folder)
     mode: Literal["r"] | None = "r" if mmap else None
@@ -258,5 +240,13 @@ def load_cache(folder: Path, *, mmap: bool = True) -> Cache:
         path = folder / f"{name}.npy"
         if not path.is_file():
             raise UserError(f"{path}: missing from the cache; rerun prepare")
-        arrays[name] = np.load(path, mmap_mode=mode, allow_pickle=False)
+        try:
+            arrays[name] = np.load(path, mmap_mode=mode, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise _damaged(path, str(exc).split("\n")[0]) from None
+        rows = meta.n_train if name.startswith("train") else meta.n_test
+        shape = (rows, *meta.input_shape) if name.endswith("_x") else (rows,)
+        if tuple(arrays[name].shape) != shape:
+            raise _damaged(path, f"shape {list(arrays[name].shape)}, but {META_FILE} says "
+                                 f"{list(shape)}")
     return Cache(meta=meta, **arrays)

@@ -107,6 +107,7 @@ class ImageListing:
     labels: list[int] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)  # jpeg_labels part; "" for image_folder
     class_names: list[str] = field(default_factory=list)
+    links: bool = False  # a listed file or class folder is a symbolic link
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -124,6 +125,30 @@ def _files_in(folder: Path) -> dict[str, os.DirEntry[str]]:
 
 def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
+
+
+def _check_each_file_once(listing: ImageListing) -> None:
+    """Refuse one file reached twice, by path (a link to it, or a linked folder).
+
+    Without links, distinct names in distinct folders are distinct files, so only a listing
+    with links pays for resolving every path.
+    """
+    if not listing.links:
+        return
+    first: dict[str, int] = {}
+    for i, path in enumerate(listing.paths):
+        j = first.setdefault(os.path.realpath(path), i)
+        if j == i:
+            continue
+        first_at = listing.origins[j]
+        listed = "" if first_at == listing.paths[j] else f", listed at {first_at}"
+        names = listing.class_names
+        raise UserError(
+            f"{listing.origins[i]}: {listing.paths[i]} is the same file as "
+            f"{listing.paths[j]}{listed} (by path: a link to it), with labels "
+            f"{names[listing.labels[j]]!r} and {names[listing.labels[i]]!r}; expected each "
+            "image once"
+        )
 
 
 def _check_name(name: str, folder: Path, where: str) -> None:
@@ -172,6 +197,7 @@ class _Part:
     paths: list[str]
     origins: list[str]  # "labels file:line"
     sources: list[str]  # relative to the dataset root
+    links: bool  # a listed name is a symbolic link
 
 
 def list_jpeg_labels(
@@ -208,6 +234,7 @@ def list_jpeg_labels(
         listing.origins += got.origins
         listing.labels += got.labels
         listing.parts += [part] * len(got.paths)
+        listing.links = listing.links or got.links
     max_label = max(listing.labels)
     if cfg.classes is None and max_label >= MAX_CLASSES:
         i = listing.labels.index(max_label)
@@ -219,6 +246,7 @@ def list_jpeg_labels(
         listing.class_names = list(cfg.classes)
     else:
         listing.class_names = [str(k) for k in range(max_label + 1)]
+    _check_each_file_once(listing)
     absent = sorted(set(range(len(listing.class_names))) - set(listing.labels))
     if absent:
         shown = ", ".join(map(str, absent[:10])) + (
@@ -281,6 +309,7 @@ def _read_part(spec: LabelledFolder, root: Path, *, key: str, on_bad_file: str) 
         paths=[folder_str + name for name in names],
         origins=[f"{labels_str}:{numbers[i]}" for i in order],
         sources=[prefix + name for name in names],
+        links=not regular.issuperset(names),  # listed names that are links (or missing)
     )
 
 
@@ -365,11 +394,20 @@ def list_image_folder(cfg: ImageFolderDataset, root: Path, *, key: str) -> Image
             loose[0],
         )
     listing = ImageListing(class_names=[e.name for e in classes])
+    real_classes: dict[str, str] = {}
     for label, entry in enumerate(classes):
         folder = Path(entry.path)
         if entry.is_symlink() and not _inside(folder, root):
             raise UserError(
                 f"{folder}: class folder resolves outside {root}; expected a folder inside it"
+            )
+        real_folder = os.path.realpath(folder)
+        listing.links = listing.links or entry.is_symlink()
+        twin = real_classes.setdefault(real_folder, entry.name)
+        if twin != entry.name:
+            raise UserError(
+                f"{folder}: class folder {entry.name!r} is a link to class folder {twin!r} "
+                f"({real_folder}); expected one folder per class"
             )
         files = _files_in(folder)
         images = sorted(n for n in files if n.lower().endswith(IMAGE_SUFFIXES))
@@ -391,4 +429,6 @@ def list_image_folder(cfg: ImageFolderDataset, root: Path, *, key: str) -> Image
             listing.origins.append(path)
             listing.labels.append(label)
             listing.parts.append("")
+            listing.links = listing.links or files[name].is_symlink()
+    _check_each_file_once(listing)
     return listing

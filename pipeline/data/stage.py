@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from pipeline.atomic import check_writable
 from pipeline.config import Params
 from pipeline.data.build import build_dataset
 from pipeline.data.cache import CacheMeta, write_cache
@@ -39,6 +40,8 @@ def run_prepare(options: PrepareOptions) -> PrepareResult:
     params = options.params
     names = list(options.datasets) if options.datasets else list(params.prepare.datasets)
     entries = [params.dataset_entry(name) for name in names]  # unknown names fail first
+    check_writable({params.cache_dir(e.name).parent: "the tensor caches (prepare.cache_dir)"
+                    for e in entries})
     metas = []
     for entry in entries:
         start = time.perf_counter()

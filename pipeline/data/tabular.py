@@ -49,6 +49,13 @@ def is_missing(cell: str) -> bool:
     return cell.strip().lower() in MISSING_MARKERS
 
 
+def python_only(cell: str) -> bool:
+    """Whether a cell is a number only to Python: ``float`` also reads digit separators
+    (``1_000``) and non-ASCII digits (``١٢``, ``１２``), which CSV readers (pandas, R,
+    spreadsheets) take as text. Such a cell is refused, not read as Python reads it."""
+    return "_" in cell or not cell.isascii()
+
+
 def read_table(path: Path) -> CsvTable:
     """Read a comma-separated file with a header row. Blank lines are ignored."""
     path = Path(path)
@@ -137,6 +144,8 @@ def numeric_columns(table: CsvTable, columns: list[int], keep: np.ndarray) -> np
     for j, c in enumerate(columns):
         cells = [row[c] for row in rows]
         try:
+            if python_only("".join(cells)):  # one pass over the column in C
+                raise ValueError("a cell only Python reads as a number")
             out[:, j] = np.asarray(cells, dtype=np.float64)
             if (np.abs(out[:, j]) <= FLOAT32_MAX).all():  # also False for NaN
                 continue
@@ -158,6 +167,12 @@ def cell_number(table: CsvTable, r: int, c: int) -> float:
         value = float(cell)
     except ValueError:
         raise UserError(f"{where}: expected a number, got {cell!r}") from None
+    if python_only(cell):
+        raise UserError(
+            f"{where}: expected a number as CSV files write it, got {cell!r} (Python reads "
+            "it, but pandas, R and spreadsheets take it for text: write it without '_' and "
+            "with ASCII digits)"
+        )
     if not math.isfinite(value):
         raise UserError(f"{where}: expected a finite number, got {cell!r}")
     if abs(value) > FLOAT32_MAX:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import tracking
-from pipeline.atomic import write_bytes_atomic
+from pipeline.atomic import check_writable, write_set
 from pipeline.config import Params
 from pipeline.data.cache import Cache, CacheMeta, load_cache
 from pipeline.errors import UserError
@@ -164,6 +164,10 @@ def run_evaluate(options: EvaluateOptions) -> Evaluation:
     """Score the model on the dataset's test split and write metrics and plots."""
     params, dataset, model_uri = options.params, options.dataset, options.model_uri
     entry = params.dataset_entry(dataset)
+    out_dir = params.path(params.evaluate.reports_dir)
+    plots = out_dir / PLOTS_DIR
+    check_writable({out_dir: "the evaluation reports (evaluate.reports_dir)",
+                    plots: "the evaluation plots (evaluate.reports_dir)"})
     cache: Cache = load_cache(params.cache_dir(entry.name))
     meta = cache.meta
     tracking.configure(params)
@@ -179,8 +183,6 @@ def run_evaluate(options: EvaluateOptions) -> Evaluation:
     check_compatible(registry.model_metadata(model), meta, uri)
     scored = registry.score(model, cache)
 
-    out_dir = params.path(params.evaluate.reports_dir)
-    plots = out_dir / PLOTS_DIR
     title = f"{meta.name}: {name} v{version}" if version else f"{meta.name}: {uri}"
     files: dict[Path, bytes] = {
         out_dir / METRICS_FILE: metrics_json(report_metrics(scored.metrics, meta, version)),
@@ -197,11 +199,10 @@ def run_evaluate(options: EvaluateOptions) -> Evaluation:
         files[plots / CURVES_FILE] = curves
     else:
         stale += (CURVES_FILE,)
-    for path, data in files.items():
-        write_bytes_atomic(path, data)
-        logger.info("wrote %s", path)
-    for leftover in stale:  # from an earlier evaluation of a dataset with the other task
-        (plots / leftover).unlink(missing_ok=True)
+    # One unit: metrics.json never describes another model than the plots beside it. The
+    # other task's plots (an earlier evaluation of another dataset) go in the same step.
+    write_set(out_dir, files, remove=[plots / leftover for leftover in stale])
+    logger.info("wrote %s", ", ".join(str(p) for p in files))
     return Evaluation(uri, version, scored.metrics, list(files))
 
 

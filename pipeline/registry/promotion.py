@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
-from pipeline.atomic import write_json_atomic
+from pipeline.atomic import check_writable, write_json_atomic
 from pipeline.config import Params
 from pipeline.data.cache import load_cache
 from pipeline.errors import UserError
@@ -141,6 +141,8 @@ def run_promote(options: PromoteOptions) -> PromoteResult:
 
     params, study = options.params, options.study
     path = find_report(params, study, options.dataset)
+    out = options.report or records_dir(params) / path.name
+    check_writable({out.parent: "the promote decision (registry.reports_dir, or --report)"})
     candidate = candidate_from_report(
         StudyReport.read(path, study), study, path, allow_interrupted=options.allow_interrupted
     )
@@ -160,7 +162,6 @@ def run_promote(options: PromoteOptions) -> PromoteResult:
         study=study, candidate=candidate, decision=decision,
         tracking_uri=display_uri(uri, params.root),
     )
-    out = options.report or records_dir(params) / path.name
     write_json_atomic(out, record, sort_keys=True)
     logger.info("wrote %s", out)
     return PromoteResult(record=record, path=out)

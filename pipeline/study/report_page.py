@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import tracking
-from pipeline.atomic import write_bytes_atomic
+from pipeline.atomic import check_writable, write_bytes_atomic
 from pipeline.config import Params, load_params
 from pipeline.errors import UserError
 from pipeline.study.spec import STUDIES_DIR, load_study
@@ -399,6 +399,8 @@ def run_report(options: ReportOptions) -> ReportResult:
     name = spec.study_name(dataset)
     choice = resolve_storage(options.storage, params_value=base.search.storage, root=base.root,
                              studies_dir=STUDIES_DIR, study_name=name, params_source=base.source)
+    folder = options.out or page_folder(base, spec.name, dataset, default_dataset)
+    check_writable({folder: "the study's report page (search.reports_dir)"})
     storage = open_storage(choice)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
@@ -411,5 +413,4 @@ def run_report(options: ReportOptions) -> ReportResult:
     tracking.configure(base)
     view = collect(study, title=name, description=spec.description, metric=spec.metric,
                    histories=mlflow_histories(MlflowClient()))
-    folder = options.out or page_folder(base, spec.name, dataset, default_dataset)
     return ReportResult(index=write_page(render(view), folder), n_trials=len(view.trials))

@@ -47,7 +47,12 @@ from pipeline.study.setup import (
     settings_digest,
 )
 from pipeline.study.spec import STUDIES_DIR, StudySpec, make_pruner, make_sampler
-from pipeline.study.storage import open_storage, resolve_storage, study_lock
+from pipeline.study.storage import (
+    check_search_folders,
+    open_storage,
+    resolve_storage,
+    study_lock,
+)
 from pipeline.study.workers import WORKER_ATTR, Heartbeat, Lease, reconcile
 from pipeline.tracking.endings import end_parent_run, end_trial_run
 
@@ -103,6 +108,7 @@ def search(options: SearchOptions, instruments: Instruments | None = None) -> Se
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     quiet_interrupted_trials()
     setup = load_setup(options)
+    check_search_folders(setup.choice, setup.params)  # before anything is trained or written
     with _tracking_params(setup) as tracked, _tracking_server_errors(), \
             _threads(options.n_jobs):
         session = _open(setup, tracked)

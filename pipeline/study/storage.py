@@ -11,6 +11,9 @@ A value containing ``://`` is an SQLAlchemy URL for Optuna's RDB storage
 crashed worker is marked failed and retried (``RetryHeartbeatStaleTrialCallback``). Any other
 value is a journal file path (relative paths from the project root). Passwords never leave this
 module unredacted: :meth:`StorageChoice.display` is what logs, MLflow and reports see.
+
+A journal file is checked before Optuna opens it, and its tail before every append
+(:mod:`pipeline.study.journal`): a record cut short by a crash is set aside, never appended to.
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy import make_url, text
 
+from pipeline.atomic import check_writable
+from pipeline.config import Params
 from pipeline.errors import UserError, first_line
 from pipeline.secrets import has_password, redact, redact_text
+from pipeline.study.journal import check_journal, checked_lock
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +106,23 @@ def _parse(value: str, *, origin: str, root: Path) -> StorageChoice:
     return StorageChoice(kind="journal", target=str(path), origin=origin)
 
 
+def check_search_folders(choice: StorageChoice, params: Params) -> None:
+    """Probe, before a search starts, the folders it writes besides the tracking store (which
+    :func:`pipeline.tracking.configure` probes): the journal's and the study reports'. A dry
+    run (in-memory storage) writes neither.
+
+    Raises:
+        UserError: one line naming the folder that cannot be written.
+    """
+    if choice.kind == "memory":
+        return
+    folders = {params.path(params.search.reports_dir): "the study reports (search.reports_dir)"}
+    if choice.kind == "journal":
+        origin = "search.storage" if choice.origin == "default" else choice.origin
+        folders[Path(choice.target).parent] = f"the study journal ({origin})"
+    check_writable(folders)
+
+
 def open_storage(
     choice: StorageChoice, *, heartbeat_interval_s: int = 60, grace_period_s: int = 180,
     max_retry: int = 2,
@@ -119,7 +142,8 @@ def open_storage(
         path = Path(choice.target)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            check_journal(path)
+            return JournalStorage(JournalFileBackend(str(path), lock_obj=checked_lock(path)))
         except OSError as exc:
             raise UserError(
                 f"{choice.origin}: cannot open the study journal {path}: {exc.strerror or exc}"

@@ -32,6 +32,7 @@ from pipeline.study.folds import FoldPlan, combine, combine_rows
 from pipeline.study.rungs import RungPlan
 from pipeline.training.batched import BatchedFolds, can_batch_folds, fold_batching_wins
 from pipeline.training.engine import ModelRun, Split, Trainer
+from pipeline.training.memory import check_fits
 from pipeline.training.models import build_model
 from pipeline.training.runtime import derive_seed, set_seed
 
@@ -122,6 +123,7 @@ class FoldTraining:
                  device: torch.device, seeds: Sequence[int], rungs: RungPlan | None) -> None:
         self.rungs = rungs
         self._fraction = 1.0
+        check_fits(cfg.model, cfg.train, meta, device=device, models=len(seeds))
         models = []
         for seed in seeds:
             with _MODEL_INIT_LOCK:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
@@ -24,6 +25,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PyFuncModel
+from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 from torch import nn
@@ -237,6 +240,40 @@ def unsafe_format(flavors: dict[str, dict]) -> str | None:
     return None
 
 
+_MISSING_FILES = ("No such artifact", "Failed to download artifacts", "No such file")
+
+
+def _load_error(uri: str, exc: BaseException) -> UserError:
+    """One line for a model that cannot be read; when its files are gone from the artifact
+    store (deleted, or a project copied without them), where MLflow looked and what to do."""
+    said = first_line(exc)
+    if not (isinstance(exc, FileNotFoundError) or any(m in said for m in _MISSING_FILES)):
+        return UserError(f"cannot load model {uri!r}: {said}")
+    where = ""
+    with contextlib.suppress(Exception):  # only to say where; the error is the missing files
+        where = f" at {_artifact_location(uri)}"
+    return UserError(
+        f"cannot load model {uri!r}: its files are missing from the artifact store{where} "
+        f"({said}); restore that folder from a backup (or from the project it was copied "
+        "from), or train and promote a new model"
+    )
+
+
+def _artifact_location(uri: str) -> str:
+    """Where the files of the model behind ``uri`` are (or were) kept: a run's model is a
+    logged model of its own (MLflow 3), not a folder of the run's artifacts."""
+    if uri.startswith("models:"):
+        return str(ModelsArtifactRepository.get_underlying_uri(uri))
+    run_id, _, name = uri[len("runs:/"):].partition("/")
+    client = MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    for model in client.search_logged_models(experiment_ids=[experiment_id],
+                                             filter_string=f"name = '{name}'"):
+        if model.source_run_id == run_id:
+            return str(model.artifact_location)
+    return str(RunsArtifactRepository.get_underlying_uri(uri))
+
+
 def _refusal(uri: str, problem: str) -> UserError:
     return UserError(
         f"model {uri!r} is refused: {problem}; this project loads only PyTorch models logged "
@@ -255,10 +292,8 @@ def check_format(uri: str) -> None:
     refuse_pickle()
     try:
         flavors = mlflow.models.get_model_info(uri).flavors
-    except MlflowException as exc:
-        raise UserError(f"cannot load model {uri!r}: {first_line(exc)}") from None
-    except OSError as exc:
-        raise UserError(f"cannot load model {uri!r}: {exc}") from None
+    except (MlflowException, OSError) as exc:
+        raise _load_error(uri, exc) from None
     problem = unsafe_format(flavors)
     if problem:
         raise _refusal(uri, problem)
@@ -282,6 +317,6 @@ def load_model(uri: str) -> PyFuncModel:
     except MlflowException as exc:
         if "using pickle is disallowed" in str(exc):
             raise _refusal(uri, "its weights are pickled") from None
-        raise UserError(f"cannot load model {uri!r}: {first_line(exc)}") from None
+        raise _load_error(uri, exc) from None
     except OSError as exc:
-        raise UserError(f"cannot load model {uri!r}: {exc}") from None
+        raise _load_error(uri, exc) from None

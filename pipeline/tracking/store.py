@@ -3,25 +3,37 @@
 The default store is a SQLite database inside the project's ``mlruns/`` folder with artifacts
 beside it (MLflow ≥ 3.13 refuses the old plain-file store); ``MLFLOW_TRACKING_URI`` overrides it
 (e.g. ``http://host:5000`` for a shared ``mlflow server``).
+
+A local store is checked when a command opens it: its folders must be writable, a damaged
+database is one line naming it (``PRAGMA quick_check``), and a store that was moved or copied
+with its project is relocated. MLflow keeps absolute artifact locations (experiments, runs,
+logged models, model versions); when the experiments say they were made in another project
+folder than the one the store now lives in, every location under that old folder is rewritten
+to the same place under this one, so a moved project keeps loading its models and a copy never
+writes into the original (:func:`relocate`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import logging
 import os
+import posixpath
 import re
+import sqlite3
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import mlflow
 import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline.atomic import check_writable
 from pipeline.config import Params
-from pipeline.errors import caused_by, first_line
+from pipeline.errors import UserError, caused_by, first_line
 from pipeline.secrets import redact
 
 logger = logging.getLogger(__name__)
@@ -54,21 +66,13 @@ def _absolute_uri(uri: str, root: Path) -> str:
     """Make a relative ``sqlite:///`` or ``file:`` URI absolute against the project root."""
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///") :])
-        if not path.is_absolute():
-            path = root / path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path}"
+        return f"sqlite:///{path if path.is_absolute() else root / path}"
     if uri.startswith("file:"):
         path = Path(urlsplit(uri).path)
-        if not path.is_absolute():
-            path = root / path
-        path.mkdir(parents=True, exist_ok=True)
-        return path.as_uri()
+        return (path if path.is_absolute() else root / path).as_uri()
     if "://" not in uri:  # a bare path
         path = Path(uri)
-        path = path if path.is_absolute() else root / path
-        path.mkdir(parents=True, exist_ok=True)
-        return path.as_uri()
+        return (path if path.is_absolute() else root / path).as_uri()
     return uri
 
 
@@ -77,32 +81,162 @@ def configure(params: Params, *, ignore_env: bool = False) -> str:
 
     ``MLFLOW_TRACKING_URI`` wins (unless ``ignore_env``: a dry run must never write to the
     user's store); otherwise ``params.mlflow.tracking_uri`` with relative paths resolved
-    against the project root (folders are created).
+    against the project root. A local store's folders are created and probed for write
+    access; a SQLite store is checked and relocated (see the module docstring).
+
+    Raises:
+        UserError: a store folder cannot be written, or the database is damaged.
     """
     quiet_mlflow()
     env = "" if ignore_env else os.environ.get(ENV_URI, "").strip()
     uri = env or _absolute_uri(params.mlflow.tracking_uri, params.root)
+    check_writable(store_folders(params, uri, from_env=bool(env)))
     mlflow.set_tracking_uri(uri)
-    _create_sqlite_schema(uri)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        artifacts = artifact_root(params, uri)
+        anchor = (db.parent if env else params.root).resolve()  # as experiment() stores it
+        _open_sqlite_store(uri, artifacts=artifacts and artifacts.resolve(), anchor=anchor)
     logger.debug("MLflow tracking URI: %s", redact(uri))
     return uri
 
 
-@functools.cache  # once per store and process: later calls find the schema made
-def _create_sqlite_schema(uri: str) -> None:
-    """Create (or migrate) a SQLite store's schema under a lock beside the database.
+def store_folders(params: Params, uri: str, *, from_env: bool = False) -> dict[Path, str]:
+    """The folders a local store writes (the database's, or the file store's, and the artifact
+    root), each with the setting that names it; empty for a tracking server."""
+    what = f"the MLflow store ({ENV_URI if from_env else 'mlflow.tracking_uri'})"
+    if uri.startswith("sqlite:///"):
+        folders = {Path(uri[len("sqlite:///") :]).parent: what}
+    elif uri.startswith("file:"):
+        folders = {Path(unquote(urlsplit(uri).path)): what}
+    else:
+        return {}
+    artifacts = artifact_root(params, uri)
+    if artifacts is not None:
+        folders.setdefault(artifacts, "the MLflow artifacts (mlflow.artifacts_dir)")
+    return folders
+
+
+def _open_sqlite_store(uri: str, *, artifacts: Path | None, anchor: Path) -> None:
+    """Check a SQLite store (on every call: a command may run long), then create (or
+    migrate) and relocate it once per process."""
+    db = Path(uri[len("sqlite:///") :])
+    if db.exists():
+        check_database(db)
+    _prepare_sqlite_store(uri, artifacts=artifacts, anchor=anchor)
+
+
+@functools.cache  # once per store and process: later calls find it made
+def _prepare_sqlite_store(uri: str, *, artifacts: Path | None, anchor: Path) -> None:
+    """Create (or migrate) and relocate a SQLite store, under a lock beside it.
 
     Two processes that open a new store at once both run MLflow's migrations, and the second
     dies in alembic; the lock makes the second wait and find the schema made.
     """
-    if not uri.startswith("sqlite:///"):
-        return
-
     db = Path(uri[len("sqlite:///") :])
-    db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        # Only a store that moved together with its artifacts: a database outside the
+        # project, shared by several copies of it, keeps its locations.
+        if artifacts is not None and _inside(db, anchor) and _inside(artifacts, anchor):
+            relocate(db, artifacts=artifacts, anchor=anchor)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def check_database(db: Path) -> None:
+    """Refuse a damaged SQLite database with one line naming it and what to do.
+
+    ``PRAGMA quick_check`` reads every page (milliseconds for a project's store), so a
+    database cut short or overwritten is found before a command works on it.
+
+    Raises:
+        UserError: the database is damaged.
+    """
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            found = [str(row[0]) for row in con.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.OperationalError as exc:  # locked by a writer, cannot be opened: not damage
+        logger.debug("%s: not checked (%s)", db, exc)
+        return
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "... malformed"
+        found = [str(exc)]
+    if found == ["ok"]:
+        return
+    raise UserError(
+        f"{db}: the MLflow database is damaged ({found[0]}); restore it from a backup, or "
+        f"move it aside (mv {db} {db}.damaged) and rerun to start an empty store (the runs' "
+        "files stay in the artifact folder)"
+    )
+
+
+# Where MLflow's SQL store keeps absolute artifact locations (MLflow 3: experiments, runs,
+# logged models, model versions).
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+)
+
+
+def _local_path(location: str | None) -> str | None:
+    if not location:
+        return None
+    if location.startswith("file://"):
+        return unquote(urlsplit(location).path)
+    return location if location.startswith("/") else None
+
+
+def _old_anchors(con: sqlite3.Connection, rel: str) -> set[str]:
+    """The folders the store's experiments were made in: an experiment that
+    :func:`experiment` made lives at ``<anchor>/<rel>/<name>``."""
+    found = set()
+    for name, location in con.execute("SELECT name, artifact_location FROM experiments"):
+        path = _local_path(location)
+        if path is None or posixpath.basename(path) != name:
+            continue
+        parent = posixpath.dirname(path)
+        if parent.endswith("/" + rel):
+            found.add(parent[: -len(rel) - 1] or "/")
+    return found
+
+
+def relocate(db: Path, *, artifacts: Path, anchor: Path) -> int:
+    """Rewrite the artifact locations of a store that moved (or was copied) with its folder.
+
+    Args:
+        db: the SQLite database (inside ``anchor``).
+        artifacts: the artifact root of new experiments (inside ``anchor``).
+        anchor: the folder that moves as a whole: the project root, or the database's folder
+            for a store named by ``MLFLOW_TRACKING_URI``.
+
+    Returns:
+        How many locations were rewritten (0 when the store is where it was made).
+    """
+    anchor = anchor.resolve()
+    rel = artifacts.resolve().relative_to(anchor).as_posix()
+    changed = 0
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
+        for old in sorted(_old_anchors(con, rel) - {str(anchor)}):
+            pairs = ((Path(old).as_uri() + "/", anchor.as_uri() + "/"),
+                     (old.rstrip("/") + "/", str(anchor) + "/"))
+            for (table, column), (before, after) in (
+                (tc, pair) for tc in _LOCATION_COLUMNS if tc[0] in tables for pair in pairs
+            ):
+                changed += con.execute(
+                    f"UPDATE {table} SET {column} = :after || substr({column}, :cut) "
+                    f"WHERE substr({column}, 1, :n) = :before",
+                    {"after": after, "before": before, "n": len(before), "cut": len(before) + 1},
+                ).rowcount
+            logger.warning("%s: this store was made in %s and now lives in %s; its artifact "
+                           "locations were moved along", db, old, anchor)
+    return changed
 
 
 def is_local_store(uri: str | None = None) -> bool:

@@ -23,7 +23,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.atomic import write_bytes_atomic
+from pipeline.atomic import check_writable, write_bytes_atomic
 from pipeline.config import Params, parse_set_option
 from pipeline.data.cache import Cache, CacheMeta, load_cache
 from pipeline.data.splits import holdout_split
@@ -37,6 +37,7 @@ from pipeline.training import (
     Trainer,
     TrainingDiverged,
     build_model,
+    check_fits,
     fit,
     load_checkpoint,
     make_split,
@@ -262,13 +263,15 @@ def _prepare(options: TrainOptions) -> _Prepared:
         seed=meta.split_seed,
         classification=meta.task == "classification",
     )
+    ckpt_dir = options.checkpoint_dir or params.root / "checkpoints" / f"train-{meta.name}"
+    ckpt_dir = ckpt_dir if ckpt_dir.is_absolute() else Path.cwd() / ckpt_dir
+    check_writable({ckpt_dir: "the training checkpoints (--checkpoint-dir)"})
     split = make_split(cache, train_idx, val_idx)
     set_seed(params.seed)
+    check_fits(params.model, params.train, meta, device=device)  # before any allocation
     model = build_model(params.model, meta, root=params.root)
     trainer = Trainer(model=model, cfg=params.train, meta=meta, split=split, device=device,
                       seed=params.seed)
-    ckpt_dir = options.checkpoint_dir or params.root / "checkpoints" / f"train-{meta.name}"
-    ckpt_dir = ckpt_dir if ckpt_dir.is_absolute() else Path.cwd() / ckpt_dir
     ckpt_meta = {**params.flat(), "dataset": meta.name, "fingerprint": meta.fingerprint}
     checkpoint = ckpt_dir / CHECKPOINT_FILE
     if options.resume:

@@ -17,6 +17,7 @@ from pipeline.training.engine import (
     make_optimizer,
     make_split,
 )
+from pipeline.training.memory import MemoryEstimate, check_fits, estimate
 from pipeline.training.models import (
     IMAGE_ARCHS,
     arch_fits,
@@ -32,13 +33,16 @@ __all__ = [
     "arch_fits",
     "BatchedFold",
     "BatchedFolds",
+    "MemoryEstimate",
     "ModelRun",
     "Split",
     "Trainer",
     "TrainingDiverged",
     "build_model",
     "can_batch_folds",
+    "check_fits",
     "derive_seed",
+    "estimate",
     "fit",
     "fold_batching_wins",
     "input_affine",

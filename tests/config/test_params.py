@@ -57,7 +57,8 @@ def test_overrides_are_revalidated_and_leave_the_original_alone() -> None:
 @pytest.mark.parametrize(
     ("dotted", "value", "message"),
     [
-        ("model.dropout", -0.1, r"params\.yaml:\d+: model\.dropout: expected a value in \[0, 1\]"),
+        ("model.dropout", -0.1, r"params\.yaml:\d+: model\.dropout: expected a value in \[0, 1\)"),
+        ("model.dropout", 1.0, r"params\.yaml:\d+: model\.dropout: expected a value in \[0, 1\)"),
         ("train.optimizer", "adagrad", r"train\.optimizer: expected one of 'sgd', 'adam'"),
         ("model.batch_norm", "yes", r"model\.batch_norm: expected true or false, got 'yes'"),
         ("train.batch_size", 2.5, r"train\.batch_size: expected an integer, got 2\.5"),

@@ -19,9 +19,10 @@ import pytest
 import yaml
 
 import pipeline.data.images as images_mod
+from pipeline.atomic import UNOWNED_STALE_S
+from pipeline.atomic import owner as _owner
 from pipeline.data import load_cache, remove_stale_staging, staged_dir
 from pipeline.data._header import image_pixels
-from pipeline.data.cache import UNOWNED_STALE_S, _owner
 from tests.conftest import make_image_cache
 from tests.data.conftest import TinyProject
 from tests.data.helpers import (
