@@ -43,6 +43,7 @@ from optuna.trial import TrialState
 from pipeline.config import Params
 from pipeline.data.cache import Cache, CacheMeta
 from pipeline.study.folds import combine, combine_rows, plan_folds
+from pipeline.study.report import N_PARAMS_ATTR
 from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
 from pipeline.training.batched import BatchedFolds, can_batch_folds, fold_batching_wins
 from pipeline.training.engine import ModelRun, Split, Trainer, make_split
@@ -378,6 +379,8 @@ class Objective:
         }
         if progress.value_std is not None:
             attrs["value_std"] = progress.value_std
+        if progress.trainers:  # how big: the report page and registry.select read it
+            attrs[N_PARAMS_ATTR] = sum(p.numel() for p in progress.trainers[0].model.parameters())
         if best is not None:
             attrs["model_fold"] = best
         if progress.cut_short:

@@ -100,6 +100,8 @@ class SearchResult:
     interrupted: bool = False
     dry_run: bool = False
     wall_s: float = 0.0
+    page: Path | None = None  # the report page (index.html), written beside the report
+    runs_url: str = ""  # the MLflow runs table, best trial first
 
 
 @dataclass(frozen=True)
@@ -601,10 +603,16 @@ class _Search:
                 reaped: list[int], *, interrupted: bool, wall: float,
                 failed_records: dict[int, str]) -> SearchResult:
         setup, options = self.setup, self.options
+        from pipeline.study import report_page
+
         report, path = self._report(parent_id)
+        published = None
         with self.interrupts.shield():
             if not options.dry_run:
                 report.write(path)
+                published = report_page.publish(
+                    self.optuna_study, spec=setup.study, params=self.params,
+                    meta=setup.cache.meta, report=report, report_file=path)
             parent.finish_parent(
                 self.client, parent_id, self.optuna_study, report=report,
                 report_name=path.name, interrupted=interrupted,
@@ -630,6 +638,8 @@ class _Search:
             budget=budget_text, new_trials=progress.numbers, reaped=reaped,
             reconciled=self.reconciled,
             interrupted=interrupted, dry_run=options.dry_run, wall_s=wall,
+            page=published.index if published else None,
+            runs_url=published.runs_url if published else "",
         )
         if interrupted:
             stopped = SearchInterrupted()

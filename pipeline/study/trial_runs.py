@@ -29,6 +29,7 @@ from pipeline.data.cache import CacheMeta
 from pipeline.errors import TrackingUnreachable, first_line
 from pipeline.study.folds import combine_rows
 from pipeline.study.objective import AVERAGED_SKIP, TrialProgress, best_row
+from pipeline.study.report import MODEL_NAME_ATTR, trial_model_name
 from pipeline.study.timing import TrackingTimes
 from pipeline.tracking import ModelPart, RunRecord, fold_table
 
@@ -198,6 +199,7 @@ class MlflowTrialTracker:
                 self.experiment_id, run_name=f"trial-{progress.number}", tags=tags
             )
         run_id = run.info.run_id
+        trial.set_user_attr(MODEL_NAME_ATTR, trial_model_name(progress.number))
         self._add(progress, time.perf_counter() - t0, blocking=True)
         return run_id
 
@@ -329,6 +331,7 @@ class MlflowTrialTracker:
                 root=str(progress.params.root) if progress.params else "",
                 params=_run_params(progress.params) if progress.params is not None else {},
                 net=net if self.writer != "process" else None,
+                name=trial_model_name(progress.number),
             )
         interrupted = progress.interrupted
         return RunRecord(

@@ -45,6 +45,7 @@ class ModelPart:
     root: str  # the project root (a resnet's local weights file is relative to it)
     params: dict[str, str]  # the logged model's params in MLflow's model list
     net: nn.Module | None = None  # the network itself, in the process that trained it
+    name: str = "model"  # the logged model's name (``runs:/<run>/<name>``)
 
     def network(self, meta: CacheMeta) -> nn.Module:
         if self.net is not None:
@@ -93,7 +94,8 @@ def write_record(
         if record.model is not None:
             try:
                 model_id = log_model(
-                    record.model.network(meta), meta, example=example, validate=False,
+                    record.model.network(meta), meta, name=record.model.name,
+                    example=example, validate=False,
                     run_id=run_id, experiment_id=experiment_id, params=record.model.params,
                 ).model_id
             except Exception as exc:  # still write the metrics, then report it
@@ -147,7 +149,8 @@ def to_wire(record: RunRecord, folder: Path) -> str:
         path = Path(folder) / f"{record.run_id}.pt"
         torch.save({k: v.detach().cpu() for k, v in record.model.weights.items()}, path)
         data["model"] = {"weights": str(path), "model": record.model.model,
-                         "root": record.model.root, "params": record.model.params}
+                         "root": record.model.root, "params": record.model.params,
+                         "name": record.model.name}
     return json.dumps(data, allow_nan=False)
 
 
