@@ -26,7 +26,7 @@ import getpass
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -203,25 +203,32 @@ def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | Non
         raise
 
 
+def model_description(name: str, dataset: str) -> str:
+    """The registered model's description: what the aliases mean and how to serve it."""
+    return (
+        f"Models trained on dataset {dataset!r} by pipeline.search. Alias 'champion' is the "
+        f"best on the held-out test split; serve it with `mlflow models serve -m "
+        f"models:/{name}@champion` (or `make serve`). 'challenger' is the latest candidate "
+        "that did not beat it."
+    )
+
+
 def ensure_registered_model(client: MlflowClient, name: str, *, dataset: str) -> None:
-    """Create the registered model unless it exists."""
+    """Create the registered model unless it exists (an older description of ours is renewed)."""
     from mlflow.exceptions import MlflowException
 
+    description = model_description(name, dataset)
     try:
-        client.get_registered_model(name)
-        return
+        found = client.get_registered_model(name)
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
             raise
-    client.create_registered_model(
-        name,
-        tags={"dataset": dataset},
-        description=(
-            f"Models trained on dataset {dataset!r} by pipeline.search. Alias 'champion' is the "
-            "best on the held-out test split (serve models:/<name>@champion); 'challenger' is "
-            "the latest candidate that did not beat it."
-        ),
-    )
+    else:
+        old = found.description or ""
+        if old != description and old.startswith("Models trained on dataset"):
+            client.update_registered_model(name, description=description)
+        return
+    client.create_registered_model(name, tags={"dataset": dataset}, description=description)
     logger.info("created registered model %s", name)
 
 
@@ -293,6 +300,9 @@ class Candidate:
     model_uri: str  # runs:/<run_id>/model
     trial: int | None = None
     value: float | None = None  # the study's objective value (validation)
+    # How the trial was chosen (``registry.select``) and the numbers that justified it, recorded
+    # on the version's tags (``selected_by``, ``selection_reason``, ``selection.*``).
+    selection: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -393,6 +403,7 @@ def _version_tags(
         "fingerprint": fingerprint,
         "gate_metric": metric,
         **{f"test/{k}": _fmt(v) for k, v in metrics.items() if k in _TAGGED_METRICS},
+        **candidate.selection,
     }
 
 

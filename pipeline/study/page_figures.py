@@ -120,20 +120,36 @@ def capacity_rule(view: StudyView) -> OneStandardError | None:
 
 
 def fit_classes(view: StudyView, rule: OneStandardError) -> dict[int, str]:
-    """Trial number -> ``good`` (within one standard error of the best), ``under`` (its train
-    value is no better than the threshold either: it cannot fit), ``over`` (it fits the
-    training data but validates worse: a gap) or ``""`` (no train value to tell)."""
+    """Trial number -> ``good`` (within one standard error of the best), ``under`` (worse,
+    and its train value is no better than the threshold either: it cannot fit), ``over``
+    (worse, with a wider gap between validation and train than the best's: it fits the
+    training data and validates worse) or ``""`` (worse for no clear reason, or no train value
+    to tell)."""
+    rows = ranked(view)
+    by_number = {t.number: t for t in rows}
+    best_gap = _gap(view, by_number.get(rule.best.number))
     out = {}
-    for t in ranked(view):
+    for t in rows:
         assert t.value is not None
         if view.sign * t.value <= view.sign * rule.threshold + 1e-12:
             out[t.number] = "good"
-        elif t.train_value is None:
-            out[t.number] = ""
+        elif t.train_value is not None and \
+                view.sign * t.train_value > view.sign * rule.threshold:
+            out[t.number] = "under"
+        elif best_gap is not None and (_gap(view, t) or 0.0) > best_gap:
+            out[t.number] = "over"
         else:
-            out[t.number] = "under" if view.sign * t.train_value > view.sign * rule.threshold \
-                else "over"
+            out[t.number] = ""
     return out
+
+
+def _gap(view: StudyView, t: TrialView | None) -> float | None:
+    """How much worse a trial validates than it trains (a ratio on a log axis)."""
+    if t is None or t.value is None or t.train_value is None:
+        return None
+    if view.log_values and t.value > 0 and t.train_value > 0:
+        return view.sign * math.log(t.value / t.train_value)
+    return view.sign * (t.value - t.train_value)
 
 
 @dataclass(frozen=True)
@@ -424,6 +440,11 @@ def capacity_png(view: StudyView, rule: OneStandardError, classes: dict[int, str
     """Parameters against the objective (± fold spread) and its train counterpart."""
     pts = [t for t in ranked(view) if t.n_params and not t.duplicate]
     fig, ax = _subplots(figsize=(9.5, 5.6))
+    stopped = [t for t in view.trials if t.state == "PRUNED" and t.n_params and t.reported
+               and not t.duplicate]
+    if stopped:
+        ax.plot([t.n_params for t in stopped], [t.reported[-1][1] for t in stopped], "x",
+                color=GREY, ms=6, zorder=2)
     for t in pts:
         c = FIT_COLOURS[classes.get(t.number, "")]
         if t.train_value is not None:
@@ -436,14 +457,16 @@ def capacity_png(view: StudyView, rule: OneStandardError, classes: dict[int, str
     if view.log_values:
         ax.set_yscale("log")
     every = [float(t.value or 0) for t in pts] + [t.train_value for t in pts
-                                                  if t.train_value is not None]
+                                                  if t.train_value is not None] + [
+        t.reported[-1][1] for t in stopped]
     _clip_note(ax, robust_top(every, log=view.log_values), every, "values")
     _mark_rule(ax, view, rule)
     _regions(ax, pts, rule, classes)
     ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel(view.metric + (" (log scale)" if view.log_values else ""))
-    ax.set_title("How big must the model be? ● validation (± std over folds), ▽ train, at "
-                 "each trial's best epoch", fontsize=10)
+    ax.set_title("How big must the model be?\n● validation (± std over folds), ▽ train, at "
+                 "each trial's best epoch" + ("; × pruned (its value when stopped)" if stopped
+                                              else ""), fontsize=10)
     return _png(fig)
 
 
@@ -452,7 +475,7 @@ def _mark_rule(ax: Any, view: StudyView, rule: OneStandardError) -> None:
     ax.axhline(rule.threshold, color=GREEN, ls="--", lw=1)
     ax.text(0.01, rule.threshold, " best + 1 standard error" if view.sign > 0 else
             " best - 1 standard error", transform=ax.get_yaxis_transform(), color=GREEN,
-            fontsize=8, va="bottom")
+            fontsize=8, va="bottom", ha="left")
     if best.n_params:
         ax.plot([best.n_params], [best.value], marker="*", ms=20, color="gold", mec="k",
                 zorder=4)
@@ -462,8 +485,9 @@ def _mark_rule(ax: Any, view: StudyView, rule: OneStandardError) -> None:
         ax.plot([pick.n_params], [pick.value], marker="o", ms=17, mfc="none", mec=GREEN,
                 mew=2.5, zorder=4)
         ax.annotate(f"smallest within 1 SE: #{pick.number} ({pick.n_params:,} params)",
-                    (pick.n_params, pick.value), xytext=(8, 10), textcoords="offset points",
-                    fontsize=9, color=GREEN)
+                    (pick.n_params, pick.value), xytext=(-14, 16), textcoords="offset points",
+                    fontsize=9, color=GREEN, ha="right",
+                    arrowprops={"arrowstyle": "-", "color": GREEN, "lw": 0.8})
 
 
 def _regions(ax: Any, pts: Sequence[TrialView], rule: OneStandardError,

@@ -295,9 +295,11 @@ def _capacity(view: StudyView) -> tuple[str, Any]:
     return _section("capacity", title, _p(answer, "answer"), _img("capacity", png,
                                                                   "capacity picture"),
                     _p("Green: within one standard error of the best; orange: underfits "
-                       "(its train value is no better than that either); red: overfits (it "
-                       "fits the training data, validates worse); ▽ the train value at the "
-                       "same epoch.", "muted"), *note), png
+                       "(its train value is no better than that either); red: overfits (a "
+                       "wider gap between validation and train than the best's); blue: worse, "
+                       "for no clear reason; ▽ the train value at the same epoch; grey ×: a "
+                       "pruned trial's value when it was stopped (not a final result).",
+                       "muted"), *note), png
 
 
 def _choices(view: StudyView) -> tuple[str, Any]:
