@@ -108,12 +108,14 @@ def test_raw_jpegs_agree_with_cache(world: World, capsys: pytest.CaptureFixture[
     assert len(lines) == len(files)
 
     model = registry.load_model(f"runs:/{w.image_run}/model")
-    proba = model.predict(np.asarray(w.cache.test_x, dtype=np.float32))
+    served = model.predict(np.asarray(w.cache.test_x, dtype=np.float32))
     names = w.cache.meta.class_names
-    for line, path, p in zip(lines, files, proba, strict=True):
+    assert list(served.columns) == ["label", *names]  # the label, then each class's probability
+    proba = served[names].to_numpy()
+    for line, path, p, served_label in zip(lines, files, proba, served["label"], strict=True):
         file, label, prob = line.split(" ")
         assert file == str(path)
-        assert label == names[int(p.argmax())]
+        assert label == names[int(p.argmax())] == served_label  # predict prints what it serves
         assert float(prob) == pytest.approx(float(p.max()), abs=1e-4)
 
 

@@ -147,7 +147,9 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
         assert "curves.png" in artifacts
         # Each logged model is named after its trial (MLflow's model list tells them apart).
         model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/trial-{t.number}")
-        probs = np.asarray(model.predict(example))
+        served = model.predict(example)  # the label, then each class's probability
+        probs = served[["0", "1", "2"]].to_numpy()
+        assert list(served.columns) == ["label", "0", "1", "2"]
         assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
         if t.state.name == "COMPLETE":
             assert run.data.metrics["best_val_loss"] == pytest.approx(t.value)

@@ -98,15 +98,27 @@ def model_metadata(model: PyFuncModel) -> dict[str, Any]:
 
 
 def predict(model: PyFuncModel, x: np.ndarray, *, batch_size: int = PREDICT_BATCH) -> np.ndarray:
-    """Run the pyfunc on raw float32 inputs in batches; concatenate the outputs."""
+    """Run the pyfunc on raw float32 inputs in batches; concatenate the outputs: class
+    probabilities ``[N, K]`` (columns in ``class_names`` order) or predictions ``[N]``."""
     outputs: list[np.ndarray] = []
     for start in range(0, len(x), batch_size):
         # A copy: memory-mapped cache slices are read-only and torch warns on them.
         batch = np.array(x[start : start + batch_size], dtype=np.float32, order="C")
-        outputs.append(np.asarray(model.predict(batch)))
+        outputs.append(as_array(model.predict(batch), model))
     if not outputs:
         return np.zeros((0,), dtype=np.float32)
     return np.concatenate(outputs, axis=0)
+
+
+def as_array(output: Any, model: PyFuncModel) -> np.ndarray:
+    """A model's output as numbers. A served classifier answers with a table (the predicted
+    ``label`` and one probability column per class name): its class columns, in the model's
+    ``class_names`` order. A PyTorch model (a regressor, or a classifier logged before labels
+    were served) answers with the array itself."""
+    if not hasattr(output, "columns"):  # not a pandas DataFrame (pandas is not imported here)
+        return np.asarray(output)
+    classes = [str(c) for c in model_metadata(model).get("class_names") or []]
+    return np.asarray(output[classes], dtype=np.float32)
 
 
 @dataclass(frozen=True)
