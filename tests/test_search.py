@@ -105,6 +105,13 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
     # Every search writes the report page, says where, and attaches it to its parent run.
     page = proj / "reports" / "studies" / "tiny-page" / "index.html"
     assert f"page: {page}" in out and page.is_file()
+    # Built from the real study and its real MLflow runs: every section has its picture (the
+    # train-vs-validation one reads the curves the trial runs hold).
+    assert {p.name for p in page.parent.glob("*.png")} == {
+        "leaderboard.png", "capacity.png", "curves.png", "train_vs_val.png", "choices.png",
+        "pruning.png", "importance.png"}
+    html = page.read_text()
+    assert "No train vs validation" not in html and "Best: trial" in html
     assert "viewStateShareKey=pipeline-" in out  # the runs table, sorted by the objective
     # Optuna's plots (ggplot style) must not restyle the process's later figures.
     assert matplotlib.rcParams["axes.facecolor"] == facecolor
