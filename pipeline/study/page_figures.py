@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from pipeline.study.report import Choice, OneStandardError, one_standard_error
 
@@ -113,8 +113,8 @@ def ranked(view: StudyView) -> list[TrialView]:
 def capacity_rule(view: StudyView) -> OneStandardError | None:
     """The one-standard-error rule over the complete trials (the report's own rule)."""
     return one_standard_error(
-        [Choice(number=t.number, value=float(t.value), value_std=t.value_std, folds=t.folds,
-                n_params=t.n_params) for t in ranked(view) if not t.duplicate],
+        [Choice(number=t.number, value=float(t.value or 0.0), value_std=t.value_std,
+                folds=t.folds, n_params=t.n_params) for t in ranked(view) if not t.duplicate],
         view.direction,
     )
 
@@ -315,6 +315,21 @@ def _epoch_axis(ax: Any, fontsize: float | None = None) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs read as 1, 2, 3
 
 
+class _Plain(LogFormatter):
+    """Log-axis labels as plain numbers: 0.07, 0.1, 1; 10,000 for parameter counts."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        return f"{x:,.0f}" if x >= 1000 else f"{x:g}"
+
+
+def _log_y(ax: Any) -> None:
+    """A log y axis labelled in plain numbers (0.07, not 7×10⁻²: easier to read, and
+    matplotlib's math text is what costs time), minor ticks too on a short range."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(_Plain())
+    ax.yaxis.set_minor_formatter(_Plain(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()
@@ -391,7 +406,7 @@ def _best_point(view: StudyView, curve: Curve) -> tuple[int, float]:
 
 def curves_png(view: StudyView, rows: Sequence[TrialView]) -> bytes:
     fig, ax = _subplots(figsize=(9, 5))
-    every = []
+    every: list[float] = []
     for t in rows[:TOP_CURVES]:
         if not t.reported:
             continue
@@ -402,7 +417,7 @@ def curves_png(view: StudyView, rows: Sequence[TrialView]) -> bytes:
         ax.plot([bx], [by], marker="*", ms=13, color=line[0].get_color(), mec="k", zorder=3)
     _epoch_axis(ax)
     if view.log_values:
-        ax.set_yscale("log")
+        _log_y(ax)
     _clip_note(ax, robust_top(every, log=view.log_values), every, "values")
     ax.set_ylabel(view.metric + (" (log scale)" if view.log_values else ""))
     ax.set_title(f"The {min(TOP_CURVES, len(rows))} best trials, epoch by epoch "
@@ -425,7 +440,7 @@ def train_val_png(view: StudyView, rows: Sequence[TrialView]) -> bytes | None:
             ax.plot(xs, ys, marker=".", label=label, color=colour)
         best_epoch = min(t.val_loss, key=lambda p: (p[1], p[0]))[0]
         ax.axvline(best_epoch, color=GREY, ls=":", lw=1)
-        ax.set_yscale("log")
+        _log_y(ax)
         ax.set_title(f"#{t.number} {short(t.params)}"[:48], fontsize=8)
         _epoch_axis(ax, fontsize=8)
         ax.legend(fontsize=7)
@@ -454,8 +469,9 @@ def capacity_png(view: StudyView, rule: OneStandardError, classes: dict[int, str
         ax.errorbar([t.n_params], [t.value], yerr=[t.value_std or 0.0], fmt="o", color=c,
                     ecolor=c, capsize=3, zorder=3)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(_Plain())
     if view.log_values:
-        ax.set_yscale("log")
+        _log_y(ax)
     every = [float(t.value or 0) for t in pts] + [t.train_value for t in pts
                                                   if t.train_value is not None] + [
         t.reported[-1][1] for t in stopped]
@@ -523,7 +539,7 @@ def choices_png(view: StudyView, names: Sequence[str]) -> bytes | None:
     for ax, name in zip(axes.flat, names, strict=False):
         _choice_panel(ax, view, name)
         if view.log_values:
-            ax.set_yscale("log")
+            _log_y(ax)
         if top is not None:
             ax.set_ylim(top=top)
     for ax in list(axes.flat)[len(names):]:
@@ -556,7 +572,7 @@ def pruning_png(view: StudyView) -> bytes | None:
     if not with_curves:
         return None
     fig, ax = _subplots(figsize=(9, 5))
-    every = []
+    every: list[float] = []
     for t in with_curves:
         xs, ys = zip(*t.reported, strict=True)
         every += ys
@@ -566,7 +582,7 @@ def pruning_png(view: StudyView) -> bytes | None:
             ax.plot(xs[-1], ys[-1], marker="x", color=RED, ms=7)
     _epoch_axis(ax)
     if view.log_values:
-        ax.set_yscale("log")
+        _log_y(ax)
     _clip_note(ax, robust_top(every, log=view.log_values), every, "values")
     ax.set_ylabel(view.metric + (" (log scale)" if view.log_values else ""))
     ax.set_title("Pruning: grey curves ending in × were stopped by the pruner at that epoch; "

