@@ -182,7 +182,11 @@ def _bins(space: ParamSpace) -> list[tuple[float, float, str]]:
     if space.log:
         edges = [10**e for e in edges]
     names = ("low", "middle", "high")
-    return [(edges[i], edges[i + 1], f"{names[i]} {edges[i]:.3g}–{edges[i + 1]:.3g}")
+
+    def edge(v: float) -> str:
+        return f"{round(v)}" if space.kind == "int" else f"{v:.3g}" if v < 1000 else f"{v:.0f}"
+
+    return [(edges[i], edges[i + 1], f"{names[i]} {edge(edges[i])}–{edge(edges[i + 1])}")
             for i in range(3)]
 
 

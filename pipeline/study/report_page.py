@@ -290,10 +290,12 @@ def _capacity(view: StudyView) -> tuple[str, Any]:
               f"{best.n_params or 0:,} parameters ({se}). Smallest within one standard "
               f"error (threshold {rule.threshold:.4f}): trial {pick.number}, {pick.value:.4f} "
               f"with {pick.n_params or 0:,} parameters"
-              + (" — the best itself." if pick.number == best.number else
-                 ". `python -m pipeline.promote --select smallest_within_1se` registers it."))
-    return _section("capacity", title, _p(answer, "answer"), _img("capacity", png,
-                                                                  "capacity picture"),
+              + (" — the best itself." if pick.number == best.number else "."))
+    promote = ("" if pick.number == best.number else
+               "<p><code>python -m pipeline.promote --select smallest_within_1se</code> "
+               "registers it (the champion gate still decides).</p>")
+    return _section("capacity", title, _p(answer, "answer"), promote,
+                    _img("capacity", png, "capacity picture"),
                     _p("Green: within one standard error of the best; orange: underfits "
                        "(its train value is no better than that either); red: overfits (a "
                        "wider gap between validation and train than the best's); blue: worse, "
@@ -337,10 +339,13 @@ def _pruning(view: StudyView) -> tuple[str, Any]:
     ]
     if cost.time_share is not None:
         lines.append(f"Pruned trials used {cost.time_share:.0%} of the trials' time.")
-    if cost.worst_complete is not None:
+    if cost.worst_complete is not None and cost.better_than_worst:
         lines.append(f"{cost.better_than_worst} pruned trial(s) were, when stopped, better than "
                      f"the worst complete trial ({cost.worst_complete:.4f}): the pruner compares "
                      "trials at the same epoch, so some of these may have been false prunes.")
+    elif cost.worst_complete is not None:
+        lines.append("No pruned trial was, when stopped, better than the worst complete trial "
+                     f"({cost.worst_complete:.4f}).")
     lines.append(_audit_line(view.pruning))
     return _section("pruning", title, "<ul class=\"answer\">" + "".join(
         f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>",

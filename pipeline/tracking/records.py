@@ -29,7 +29,13 @@ from torch import nn
 from pipeline.config import ModelConfig
 from pipeline.data.cache import CacheMeta
 from pipeline.tracking.models import log_model
-from pipeline.tracking.runs import BATCH_LIMIT, history_metrics, log_curves
+from pipeline.tracking.runs import (
+    BATCH_LIMIT,
+    NOTE_TAG,
+    curves_note,
+    history_metrics,
+    log_curves,
+)
 from pipeline.tracking.store import is_unreachable
 from pipeline.training.models import build_model
 
@@ -106,6 +112,8 @@ def write_record(
         ]
         params = [Param(k, v) for k, v in record.params.items()]
         tags = [RunTag(k, v) for k, v in record.tags.items()]
+        if record.history and NOTE_TAG not in record.tags:
+            tags.append(RunTag(NOTE_TAG, curves_note(run_id, experiment_id)))
         for i in range(0, max(1, len(metrics)), BATCH_LIMIT):
             client.log_batch(run_id, metrics=metrics[i : i + BATCH_LIMIT],
                              params=params if i == 0 else [], tags=tags if i == 0 else [],
