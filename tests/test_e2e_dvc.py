@@ -99,6 +99,10 @@ def test_repro_builds_a_champion(chain: Chain) -> None:
     assert 0.5 < metrics["accuracy"] <= 1.0
     assert metrics["accuracy"] == pytest.approx(record["candidate"]["test_metrics"]["accuracy"])
     assert (root / "reports" / "plots" / "confusion.csv").is_file()
+    # The search stage wrote the study's report page, every picture beside it.
+    page = root / "reports" / "studies" / f"{STUDY}-page"
+    assert (page / "index.html").is_file() and (page / "leaderboard.png").is_file()
+    assert "page: " in chain.first.stdout + chain.first.stderr
 
     # The champion alias lives in the project's own MLflow store.
     probe = (

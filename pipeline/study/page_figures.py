@@ -240,7 +240,9 @@ def verdict(groups: Sequence[ChoiceGroup], direction: str) -> str:
     """
     never = [g.label for g in groups if not g.tried]
     enough = [g for g in groups if len(g.values) >= MIN_PER_CHOICE]
-    few = [f"{g.label} ({len(g.values)})" for g in groups if g.tried and g not in enough]
+    few = [f"{g.label} ({len(g.values)} complete" + (f", {g.pruned} pruned" if g.pruned else "")
+           + (f", {g.failed} failed" if g.failed else "") + ")"
+           for g in groups if g.tried and g not in enough]
     notes = ([f"never tried: {', '.join(never)}"] if never else []) + (
         [f"too few complete trials to compare: {', '.join(few)}"] if few else [])
     if len(enough) < 2:
@@ -565,8 +567,9 @@ def _choice_panel(ax: Any, view: StudyView, name: str) -> None:
         ax.text(i, 0.02, f"n={len(g.values)}" + (f"+{g.pruned}p" if g.pruned else ""),
                 transform=ax.get_xaxis_transform(), ha="center", fontsize=8,
                 color="k" if enough else GREY)
-    ax.set_xticks(range(len(groups)), [g.label for g in groups], fontsize=8,
-                  rotation=15 if len(groups) > 3 else 0)
+    # "low 1e-06–2.15e-05": the range on a line of its own, so neighbours do not overlap.
+    ax.set_xticks(range(len(groups)), [g.label.replace(" ", "\n", 1) for g in groups],
+                  fontsize=8, rotation=15 if len(groups) > 3 else 0)
     ax.set_xlim(-0.6, len(groups) - 0.4)
     ax.set_title(name, fontsize=9)
 

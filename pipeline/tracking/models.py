@@ -37,9 +37,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 from torch import nn
 
+import pipeline.tracking.labelled_model as labelled_model
 from pipeline.data.cache import CacheMeta
 from pipeline.errors import UserError, first_line
-from pipeline.tracking import labelled_model
 from pipeline.tracking.store import active_run_id
 from pipeline.training.models import model_metadata, package_model
 
