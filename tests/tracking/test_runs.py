@@ -238,3 +238,17 @@ def test_logged_model_loads_and_predicts_the_same(
     assert stored["fingerprint"] == meta.fingerprint and stored["task"] == meta.task
     outputs = loaded.metadata.signature.outputs.input_names()
     assert outputs == (["label", *names] if kind == "image" else [meta.target_name])
+
+
+def test_the_run_description_links_train_and_validation_loss_in_one_chart() -> None:
+    from urllib.parse import unquote
+
+    from pipeline.tracking.runs import chart_link, curves_note
+
+    link = chart_link("abc", "7", [tracking.curve_name("train/loss"),
+                                   tracking.curve_name("val/loss")])
+    assert link.startswith("/#/metric?runs=")  # the UI's route for a metric's chart
+    assert unquote(link).count('"loss/train"') == 2 and '["loss/train","loss/val"]' in unquote(
+        link)
+    assert "y_axis_scale=log" in link and '["7"]' in unquote(link)
+    assert f"]({link})" in curves_note("abc", "7")  # markdown: the Overview tab renders it
