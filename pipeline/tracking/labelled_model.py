@@ -30,14 +30,16 @@ LABEL = "label"  # the output column with the predicted class name
 class LabelledClassifier(PythonModel):
     """Probabilities from the pt2 network, and the name of the most probable class."""
 
+    # MLflow would read predict's type hints as the model's schema (and warns either way); the
+    # signature logged with the model is the schema.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         path = context.artifacts[NETWORK]
         self.network = mlflow.pytorch.load_model(path)
         self.classes = [str(c) for c in (Model.load(path).metadata or {})["class_names"]]
 
-    # No type hints: MLflow reads a predict method's hints as the model's schema (and warns about
-    # these); the signature logged with the model is the schema.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context: Any, model_input: Any, params: Any = None) -> pd.DataFrame:
         if isinstance(model_input, pd.DataFrame):
             model_input = model_input.to_numpy()
         x = np.ascontiguousarray(model_input, dtype=np.float32)

