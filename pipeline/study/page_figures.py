@@ -355,13 +355,16 @@ def short(params: dict[str, Any]) -> str:
 
 def robust_top(values: Sequence[float], *, log: bool) -> float | None:
     """An upper axis limit that a few diverged values cannot push up: the upper quartile plus
-    three interquartile ranges (in log space on a log axis); None when nothing lies above."""
+    three interquartile ranges (in log space on a log axis) and at least 3x the quartile; None
+    when nothing lies above."""
     vals = sorted(v for v in values if math.isfinite(v) and (v > 0 or not log))
     if len(vals) < 4:
         return None
     tr = [math.log10(v) for v in vals] if log else vals
-    q1, _, q3 = statistics.quantiles(tr, n=4)
-    cap = q3 + 3 * max(q3 - q1, 1e-9)
+    q1, _, q3 = statistics.quantiles(tr, n=4, method="inclusive")
+    # At least three times the upper quartile (or half of it again on a linear axis): a spread
+    # that is merely wide is drawn whole.
+    cap = q3 + max(3 * (q3 - q1), math.log10(3) if log else 0.5 * abs(q3))
     if tr[-1] <= cap:
         return None
     return 10**cap if log else cap
@@ -412,19 +415,19 @@ def _best_point(view: StudyView, curve: Curve) -> tuple[int, float]:
 
 def curves_png(view: StudyView, rows: Sequence[TrialView]) -> bytes:
     fig, ax = _subplots(figsize=(9, 5))
-    every: list[float] = []
+    peaks: list[float] = []  # each trial's highest value: a diverged trial stands out
     for t in rows[:TOP_CURVES]:
         if not t.reported:
             continue
         xs, ys = zip(*t.reported, strict=True)
-        every += ys
+        peaks.append(max(ys))
         line = ax.plot(xs, ys, marker="o", ms=3, label=f"#{t.number} {short(t.params)}"[:80])
         bx, by = _best_point(view, t.reported)
         ax.plot([bx], [by], marker="*", ms=13, color=line[0].get_color(), mec="k", zorder=3)
     _epoch_axis(ax)
     if view.log_values:
         _log_y(ax)
-    _clip_note(ax, robust_top(every, log=view.log_values), every, "values")
+    _clip_note(ax, robust_top(peaks, log=view.log_values), peaks, "trial(s)")
     ax.set_ylabel(view.metric + (" (log scale)" if view.log_values else ""))
     ax.set_title(f"The {min(TOP_CURVES, len(rows))} best trials, epoch by epoch "
                  "(★ each trial's best epoch)")
@@ -579,10 +582,10 @@ def pruning_png(view: StudyView) -> bytes | None:
     if not with_curves:
         return None
     fig, ax = _subplots(figsize=(9, 5))
-    every: list[float] = []
+    peaks: list[float] = []  # each trial's highest value: a diverged trial stands out
     for t in with_curves:
         xs, ys = zip(*t.reported, strict=True)
-        every += ys
+        peaks.append(max(ys))
         pruned = t.state == "PRUNED"
         ax.plot(xs, ys, color="#bbbbbb" if pruned else BLUE, lw=1, alpha=0.9)
         if pruned:
@@ -590,7 +593,7 @@ def pruning_png(view: StudyView) -> bytes | None:
     _epoch_axis(ax)
     if view.log_values:
         _log_y(ax)
-    _clip_note(ax, robust_top(every, log=view.log_values), every, "values")
+    _clip_note(ax, robust_top(peaks, log=view.log_values), peaks, "trial(s)")
     ax.set_ylabel(view.metric + (" (log scale)" if view.log_values else ""))
     ax.set_title("Pruning: grey curves ending in × were stopped by the pruner at that epoch; "
                  "blue ran to the end", fontsize=10)

@@ -20,7 +20,7 @@ from pipeline import tracking
 from pipeline.study import page_figures as fig
 from pipeline.study import report_page
 from pipeline.study.report import N_PARAMS_ATTR
-from pipeline.study.report_page import RunData, Sources, collect, render, write_page
+from pipeline.study.report_page import RunData, Sources, StudyView, collect, render, write_page
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 T0 = datetime.datetime(2026, 1, 1)
@@ -228,3 +228,21 @@ def test_older_trials_get_their_parameter_count_from_their_params() -> None:
     view = collect(study, title="t", description="", metric="val/loss",
                    sources=Sources(count_params=lambda p: p["model.width"] * 10))
     assert [t.n_params for t in view.trials] == [40, 640]
+
+
+def test_curves_clip_a_diverged_trial_not_every_trials_first_epoch() -> None:
+    def study_with(peaks: list[float]) -> StudyView:
+        study = optuna.create_study()
+        dist = {"model.width": IntDistribution(4, 64)}
+        for i, peak in enumerate(peaks):
+            curve = {1: peak, 2: 0.3, 3: 0.1 + 0.001 * i}
+            study.add_trial(create_trial(params={"model.width": 4 + i}, distributions=dist,
+                                         value=curve[3], intermediate_values=curve))
+        return collect(study, title="t", description="", metric="val/loss")
+
+    usual = [1.5, 1.4, 1.6, 1.45, 1.55, 1.5]  # every loss starts high: nothing diverged
+    assert fig.robust_top([max(c for c in (p, 0.3, 0.1)) for p in usual], log=True) is None
+    diverged = study_with([*usual[:5], 80.0])
+    peaks = [max(v for _, v in t.reported) for t in diverged.trials]
+    top = fig.robust_top(peaks, log=True)
+    assert top is not None and 1.6 < top < 80.0
