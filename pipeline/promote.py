@@ -10,7 +10,9 @@ rerunning with the same best trial registers nothing new), its tags, the ``champ
     python -m pipeline.promote --study capacity [--params params.yaml] [--force] [--report PATH]
 
 ``--allow-interrupted`` also considers trials that Ctrl-C stopped (default: finished trials
-only). ``--force`` moves ``champion`` to the candidate even when it does not beat the current
+only). ``--select smallest_within_1se`` (or ``registry.select``) registers the smallest model
+within one standard error of the best instead of the best; the version's tags say why.
+``--force`` moves ``champion`` to the candidate even when it does not beat the current
 champion (a human decision, recorded in the version's ``forced`` / ``forced_by`` tags).
 See :mod:`pipeline.registry.gate` for the gate's rules.
 """
@@ -55,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         "by default only finished trials are candidates",
     )
     parser.add_argument(
+        "--select", choices=("best", "smallest_within_1se"), default=None,
+        help="which trial to register: the best, or the smallest model (parameters) within one "
+        "standard error of the best (default: registry.select in params.yaml)",
+    )
+    parser.add_argument(
         "--report", type=Path, default=None,
         help="where to write the decision record (default: reports/promote/ + the study "
         "report's file name)",
@@ -71,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = load_params(args.params)
         result = run_promote(PromoteOptions(
             params=params, study=args.study, dataset=args.dataset, force=args.force,
-            report=args.report, allow_interrupted=args.allow_interrupted,
+            report=args.report, allow_interrupted=args.allow_interrupted, select=args.select,
         ))
         print(summary(result.record))
         return 0

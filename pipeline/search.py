@@ -90,15 +90,18 @@ def print_summary(result: SearchResult, out: TextIO) -> None:
         print("dry run: nothing was written (study in memory, MLflow in a temporary folder)",
               file=out)
         return
+    if result.page is not None:
+        print(f"page: {result.page} (open it in a browser: how big, which choices, what "
+              "pruning cost)", file=out)
     if result.report_path is not None:
         print(f"report: {result.report_path}", file=out)
     print(f"storage: {result.storage}", file=out)
+    runs = result.runs_url or ui_url(result.experiment_id)
     if result.tracking_uri.startswith("sqlite:"):
-        print(f"MLflow: experiment {result.optuna_study!r} - `make ui`, then "
-              f"{ui_url(result.experiment_id)}", file=out)
+        print(f"MLflow: experiment {result.optuna_study!r} - `make ui`, then {runs}", file=out)
     else:
-        print(f"MLflow: experiment {result.optuna_study!r} at {redact(result.tracking_uri)}",
-              file=out)
+        print(f"MLflow: experiment {result.optuna_study!r} at {redact(result.tracking_uri)}"
+              + (f": {result.runs_url}" if result.runs_url else ""), file=out)
 
 
 def _epilog(studies_dir: Path) -> str:

@@ -99,6 +99,10 @@ def test_repro_builds_a_champion(chain: Chain) -> None:
     assert 0.5 < metrics["accuracy"] <= 1.0
     assert metrics["accuracy"] == pytest.approx(record["candidate"]["test_metrics"]["accuracy"])
     assert (root / "reports" / "plots" / "confusion.csv").is_file()
+    # The search stage wrote the study's report page, every picture beside it.
+    page = root / "reports" / "studies" / f"{STUDY}-page"
+    assert (page / "index.html").is_file() and (page / "leaderboard.png").is_file()
+    assert "page: " in chain.first.stdout + chain.first.stderr
 
     # The champion alias lives in the project's own MLflow store.
     probe = (
@@ -156,9 +160,12 @@ def test_mlflow_serves_the_champion(chain: Chain) -> None:
             f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(request, timeout=30) as resp:
-            proba = np.asarray(json.loads(resp.read())["predictions"])
-        assert proba.shape == (3, 10)
+            answers = json.loads(resp.read())["predictions"]
+        classes = [str(k) for k in range(10)]
+        assert [list(a) for a in answers] == [["label", *classes]] * 3  # label, probabilities
+        proba = np.asarray([[a[c] for c in classes] for a in answers])
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+        assert [a["label"] for a in answers] == [classes[k] for k in proba.argmax(axis=1)]
         metrics = json.loads((root / "reports" / "metrics.json").read_text())
         if metrics["accuracy"] > 0.9:  # a good champion gets most of three items right
             assert int((proba.argmax(axis=1) == y).sum()) >= 2

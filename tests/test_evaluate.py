@@ -110,9 +110,11 @@ def test_classification_champion(world: World, capsys: pytest.CaptureFixture[str
     values = json.loads((reports / "metrics.json").read_text())
     # By hand, from the model's own predictions on the cache's test split.
     model = registry.load_model(f"runs:/{w.image_run}/model")
-    proba = model.predict(np.array(w.digits.test_x, dtype=np.float32))
+    served = model.predict(np.array(w.digits.test_x, dtype=np.float32))
+    proba = served[list(w.digits.meta.class_names)].to_numpy()
     y = np.asarray(w.digits.test_y)
     pred = proba.argmax(axis=1)
+    assert list(served["label"]) == [w.digits.meta.class_names[k] for k in pred]
     assert values["accuracy"] == pytest.approx(float(np.mean(pred == y)))
     loss = -np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-7, 1 - 1e-7)))
     assert values["loss"] == pytest.approx(float(loss), rel=1e-5)

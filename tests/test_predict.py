@@ -108,12 +108,14 @@ def test_raw_jpegs_agree_with_cache(world: World, capsys: pytest.CaptureFixture[
     assert len(lines) == len(files)
 
     model = registry.load_model(f"runs:/{w.image_run}/model")
-    proba = model.predict(np.asarray(w.cache.test_x, dtype=np.float32))
+    served = model.predict(np.asarray(w.cache.test_x, dtype=np.float32))
     names = w.cache.meta.class_names
-    for line, path, p in zip(lines, files, proba, strict=True):
+    assert list(served.columns) == ["label", *names]  # the label, then each class's probability
+    proba = served[names].to_numpy()
+    for line, path, p, served_label in zip(lines, files, proba, served["label"], strict=True):
         file, label, prob = line.split(" ")
         assert file == str(path)
-        assert label == names[int(p.argmax())]
+        assert label == names[int(p.argmax())] == served_label  # predict prints what it serves
         assert float(prob) == pytest.approx(float(p.max()), abs=1e-4)
 
 
@@ -242,3 +244,63 @@ def test_a_class_per_folder_tree_is_walked(
     expected = sorted(w.raw.rglob("*.jpg"))
     assert [line.split(" ")[0] for line in lines] == [str(p) for p in expected]
     assert len(lines) == 120
+
+
+# --------------------------------------------------------------------------------------------
+# Served over HTTP: the README's request, a real image, a real `mlflow models serve`
+# --------------------------------------------------------------------------------------------
+def _readme_request_lines() -> tuple[str, str]:
+    """The README's two lines that ask the served model about an image (JSON, then curl)."""
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index("make serve        #"):]
+    block = block[: block.index("```")]
+    (make_json,) = [line for line in block.splitlines() if line.startswith("python -c")]
+    (ask,) = [line for line in block.splitlines() if line.startswith("curl ")]
+    return make_json, ask
+
+
+@pytest.mark.slow
+def test_the_served_model_answers_the_readme_request_with_labels(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.servers import free_port, stop, wait_for_http
+
+    w = world
+    uri = f"runs:/{w.image_run}/model"
+    image = w.raw / w.cache.meta.test_sources[0]
+    # What `make serve` does first: the format check; then predict's own answer for the image.
+    assert predict.main(["--check-model", uri, "--params", str(w.root / "params.yaml")]) == 0
+    assert _predict(w, w.image_run, image) == 0
+    _, expected_label, expected_p = capsys.readouterr().out.splitlines()[-1].split(" ")
+
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{w.root / 'mlruns' / 'mlflow.db'}",
+           "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "--host",
+         "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", lambda: server.poll() is None,
+                      why=lambda: (tmp_path / "serve.log").read_text(errors="replace")[-3000:])
+        make_json, ask = _readme_request_lines()
+        subprocess.run(make_json.replace("data/raw/digits/val/00000.jpg", str(image)),
+                       shell=True, check=True, cwd=tmp_path, env=env)
+        done = subprocess.run(ask.replace("5001", str(port)), shell=True, check=True,
+                              cwd=tmp_path, env=env, capture_output=True, text=True)
+    finally:
+        stop(server)
+    (answer,) = json.loads(done.stdout)["predictions"]
+    names = list(w.cache.meta.class_names)
+    assert list(answer) == ["label", *names]  # the label, then each class's probability
+    assert answer["label"] == expected_label  # what `predict` prints for the same file
+    assert answer[expected_label] == pytest.approx(float(expected_p), abs=1e-4)
+    assert sum(answer[c] for c in names) == pytest.approx(1.0, abs=1e-5)

@@ -208,3 +208,52 @@ def test_interrupted_trials_are_candidates_only_when_allowed(tmp_path) -> None:
         candidate_from_report(report, "s", path)
     candidate = candidate_from_report(report, "s", path, allow_interrupted=True)
     assert candidate.run_id == "abc" and candidate.trial == 3
+
+
+def test_select_smallest_within_one_standard_error_registers_it_and_says_why(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The report names both the best trial (strong, big) and the smallest model within one
+    standard error of it (weak run standing in for a small model): --select takes the second
+    and the version's tags carry the numbers; without --select, registry.select (best)."""
+    from mlflow import MlflowClient
+
+    from pipeline.study.report import StudyReport, report_path
+
+    w = world
+    rule = {"best_trial": 4, "best_value": 0.29, "best_value_std": 0.04, "best_n_params": 102400,
+            "folds": 4, "standard_error": 0.02, "threshold": 0.31, "n_params": 3200}
+    entry = {"number": 9, "value": 0.305, "params": {}, "run_id": w.weak,
+             "model_uri": f"runs:/{w.weak}/model", "n_params": 3200, "rule": rule}
+    best = {"number": 4, "value": 0.29, "params": {}, "run_id": w.strong,
+            "model_uri": f"runs:/{w.strong}/model"}
+    StudyReport(study="cap", description="", optuna_study="cap-digits", dataset="digits",
+                fingerprint="", direction="minimize", metric="val/loss", storage="", best=best,
+                counts={}, smallest_within_1se=entry,
+                ).write(report_path(w.params, "cap", "digits", "digits"))
+    args = ["--study", "cap", "--params", str(w.root / "params.yaml")]
+    assert promote.main([*args, "--select", "smallest_within_1se"]) == 0
+    out = capsys.readouterr().out
+    assert "smallest within one standard error of the best trial #9" in out
+    record = json.loads((w.root / "reports" / "promote" / "cap.json").read_text())
+    assert record["candidate"]["run_id"] == w.weak and record["candidate"]["trial"] == 9
+    version = MlflowClient().get_model_version(w.name, record["candidate"]["version"])
+    tags = version.tags
+    assert tags["selected_by"] == "smallest_within_1se" and tags["trial"] == "9"
+    assert tags["selection.threshold"] == "0.31" and tags["selection.n_params"] == "3200"
+    assert tags["selection.best_trial"] == "4" and tags["selection.best_n_params"] == "102400"
+    assert tags["selection_reason"] == (
+        "trial 9 (3,200 parameters, val/loss 0.305) is the smallest model within one standard "
+        "error of the best, trial 4 (val/loss 0.29 ± 0.04 over 4 folds, standard error 0.02, "
+        "102,400 parameters): threshold 0.31")
+    # The champion gate is unchanged: the weak model does not beat the strong champion.
+    assert record["decision"]["alias"] == "challenger"
+
+    # registry.select (best by default) decides without the flag.
+    assert promote.main(args) == 0
+    record = json.loads((w.root / "reports" / "promote" / "cap.json").read_text())
+    assert record["candidate"]["run_id"] == w.strong
+    assert record["candidate"]["selection"] == {"selected_by": "best"}
+    capsys.readouterr()
+    assert promote.main([*args, "--select", "smallest_within_1se", "--allow-interrupted"]) == 2
+    assert "leave it out with --select smallest_within_1se" in error_line(capsys)

@@ -102,6 +102,17 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
     assert search(proj, "--n-trials", "4") == 0
     out = capsys.readouterr().out
     assert "trial" in out and "best: trial" in out and "make ui" in out
+    # Every search writes the report page, says where, and attaches it to its parent run.
+    page = proj / "reports" / "studies" / "tiny-page" / "index.html"
+    assert f"page: {page}" in out and page.is_file()
+    # Built from the real study and its real MLflow runs: every section has its picture (the
+    # train-vs-validation one reads the curves the trial runs hold).
+    assert {p.name for p in page.parent.glob("*.png")} == {
+        "leaderboard.png", "capacity.png", "curves.png", "train_vs_val.png", "choices.png",
+        "pruning.png", "importance.png"}
+    html = page.read_text()
+    assert "No train vs validation" not in html and "Best: trial" in html
+    assert "viewStateShareKey=pipeline-" in out  # the runs table, sorted by the objective
     # Optuna's plots (ggplot style) must not restyle the process's later figures.
     assert matplotlib.rcParams["axes.facecolor"] == facecolor
 
@@ -141,8 +152,11 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
             assert "TrainingDiverged" in run.data.tags["pipeline.error"]
             continue
         assert "curves.png" in artifacts
-        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-        probs = np.asarray(model.predict(example))
+        # Each logged model is named after its trial (MLflow's model list tells them apart).
+        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/trial-{t.number}")
+        served = model.predict(example)  # the label, then each class's probability
+        probs = served[["0", "1", "2"]].to_numpy()
+        assert list(served.columns) == ["label", "0", "1", "2"]
         assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
         if t.state.name == "COMPLETE":
             assert run.data.metrics["best_val_loss"] == pytest.approx(t.value)
@@ -155,6 +169,13 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
     assert by_run[trials[3].user_attrs["mlflow_run_id"]].data.tags[
         "pipeline.stop_reason"] == "pruned"
 
+    attached = {a.path for a in client.list_artifacts(parent.info.run_id, "report_page")}
+    assert "report_page/index.html" in attached and "report_page/leaderboard.png" in attached
+    view_key = next(w for w in out.split() if "viewStateShareKey" in w).split("=")[-1]
+    view = json.loads(client.get_experiment(parent.info.experiment_id).tags[
+        f"mlflow.sharedViewState.{view_key}"])
+    assert view["orderByKey"] == "metrics.`best_val_loss`" and view["orderByAsc"] is True
+    assert "params.`model.width`" in view["selectedColumns"]
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
     assert {"optuna/optimization_history.png", "optuna/parallel_coordinate.png",
             "optuna/intermediate_values.png"} <= plots
@@ -162,7 +183,7 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
     best = min((t for t in trials if t.value is not None), key=lambda t: t.value)
     assert rep["best"]["number"] == best.number
     assert rep["best"]["run_id"] == best.user_attrs["mlflow_run_id"]
-    assert rep["best"]["model_uri"] == f"runs:/{rep['best']['run_id']}/model"
+    assert rep["best"]["model_uri"] == f"runs:/{rep['best']['run_id']}/trial-{best.number}"
     assert parent.data.tags["best.run_id"] == rep["best"]["run_id"]
     assert parent.data.metrics["best_value"] == pytest.approx(best.value)
     assert rep["counts"] == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 0 + 1}
@@ -199,7 +220,7 @@ def test_interrupt_then_resume_adds_trials_without_duplicates(
     # What the interrupted trial learned is kept: its best epoch's model and value.
     stopped = {r.data.tags["optuna.trial_number"]: r for r in children}["1"]
     assert stopped.data.tags["pipeline.stop_reason"] == "interrupted"
-    assert mlflow.models.get_model_info(f"runs:/{stopped.info.run_id}/model").flavors
+    assert mlflow.models.get_model_info(f"runs:/{stopped.info.run_id}/trial-1").flavors
     assert "pipeline.interrupted_value" in trials[1].user_attrs
     rep = report(proj)
     assert rep["best"]["number"] == 0  # promote's default: finished trials only

@@ -68,8 +68,9 @@ def test_train_logs_one_complete_run(digits: Path, project: Path,
     assert (project / "mlruns" / "artifacts" / "train-digits").is_dir()
     assert (project / "checkpoints" / "train-digits" / "last.pt").is_file()
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    probs = np.asarray(model.predict(np.full((5, 1, 8, 8), 100, dtype=np.float32)))
-    assert probs.shape == (5, 3)
+    served = model.predict(np.full((5, 1, 8, 8), 100, dtype=np.float32))
+    assert list(served.columns) == ["label", "0", "1", "2"]  # the label, then probabilities
+    probs = served[["0", "1", "2"]].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 

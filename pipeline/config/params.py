@@ -217,6 +217,9 @@ class RegistryConfig:
     classification_metric: Literal["accuracy", "loss"] = "accuracy"
     regression_metric: Literal["rmse", "mae", "r2"] = "rmse"
     reports_dir: str = "reports/promote"  # one decision record per study
+    # Which trial promote registers: the best value, or the smallest model (parameters) whose
+    # value is within one standard error (fold spread / sqrt(folds)) of the best.
+    select: Literal["best", "smallest_within_1se"] = "best"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import getpass
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -98,15 +98,27 @@ def model_metadata(model: PyFuncModel) -> dict[str, Any]:
 
 
 def predict(model: PyFuncModel, x: np.ndarray, *, batch_size: int = PREDICT_BATCH) -> np.ndarray:
-    """Run the pyfunc on raw float32 inputs in batches; concatenate the outputs."""
+    """Run the pyfunc on raw float32 inputs in batches; concatenate the outputs: class
+    probabilities ``[N, K]`` (columns in ``class_names`` order) or predictions ``[N]``."""
     outputs: list[np.ndarray] = []
     for start in range(0, len(x), batch_size):
         # A copy: memory-mapped cache slices are read-only and torch warns on them.
         batch = np.array(x[start : start + batch_size], dtype=np.float32, order="C")
-        outputs.append(np.asarray(model.predict(batch)))
+        outputs.append(as_array(model.predict(batch), model))
     if not outputs:
         return np.zeros((0,), dtype=np.float32)
     return np.concatenate(outputs, axis=0)
+
+
+def as_array(output: Any, model: PyFuncModel) -> np.ndarray:
+    """A model's output as numbers. A served classifier answers with a table (the predicted
+    ``label`` and one probability column per class name): its class columns, in the model's
+    ``class_names`` order. A PyTorch model (a regressor, or a classifier logged before labels
+    were served) answers with the array itself."""
+    if not hasattr(output, "columns"):  # not a pandas DataFrame (pandas is not imported here)
+        return np.asarray(output)
+    classes = [str(c) for c in model_metadata(model).get("class_names") or []]
+    return np.asarray(output[classes], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -203,25 +215,32 @@ def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | Non
         raise
 
 
+def model_description(name: str, dataset: str) -> str:
+    """The registered model's description: what the aliases mean and how to serve it."""
+    return (
+        f"Models trained on dataset {dataset!r} by pipeline.search. Alias 'champion' is the "
+        f"best on the held-out test split; serve it with `mlflow models serve -m "
+        f"models:/{name}@champion` (or `make serve`). 'challenger' is the latest candidate "
+        "that did not beat it."
+    )
+
+
 def ensure_registered_model(client: MlflowClient, name: str, *, dataset: str) -> None:
-    """Create the registered model unless it exists."""
+    """Create the registered model unless it exists (an older description of ours is renewed)."""
     from mlflow.exceptions import MlflowException
 
+    description = model_description(name, dataset)
     try:
-        client.get_registered_model(name)
-        return
+        found = client.get_registered_model(name)
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
             raise
-    client.create_registered_model(
-        name,
-        tags={"dataset": dataset},
-        description=(
-            f"Models trained on dataset {dataset!r} by pipeline.search. Alias 'champion' is the "
-            "best on the held-out test split (serve models:/<name>@champion); 'challenger' is "
-            "the latest candidate that did not beat it."
-        ),
-    )
+    else:
+        old = found.description or ""
+        if old != description and old.startswith("Models trained on dataset"):
+            client.update_registered_model(name, description=description)
+        return
+    client.create_registered_model(name, tags={"dataset": dataset}, description=description)
     logger.info("created registered model %s", name)
 
 
@@ -293,6 +312,9 @@ class Candidate:
     model_uri: str  # runs:/<run_id>/model
     trial: int | None = None
     value: float | None = None  # the study's objective value (validation)
+    # How the trial was chosen (``registry.select``) and the numbers that justified it, recorded
+    # on the version's tags (``selected_by``, ``selection_reason``, ``selection.*``).
+    selection: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -393,6 +415,7 @@ def _version_tags(
         "fingerprint": fingerprint,
         "gate_metric": metric,
         **{f"test/{k}": _fmt(v) for k, v in metrics.items() if k in _TAGGED_METRICS},
+        **candidate.selection,
     }
 
 

@@ -20,37 +20,73 @@ from pipeline.errors import UserError
 from pipeline.registry import gate as registry
 from pipeline.registry.gate import CHAMPION, Candidate, Decision, alias_uri
 from pipeline.secrets import redact
-from pipeline.study.report import StudyReport, find_report
+from pipeline.study.report import SELECTIONS, StudyReport, find_report
 
 logger = logging.getLogger(__name__)
 
 
 def candidate_from_report(
-    report: StudyReport, study: str, path: Path, *, allow_interrupted: bool = False
+    report: StudyReport, study: str, path: Path, *, allow_interrupted: bool = False,
+    select: str = "best",
 ) -> Candidate:
-    """The study's best trial as a promotion candidate; UserError when there is none yet.
+    """The trial ``select`` names as a promotion candidate; UserError when there is none yet.
 
-    By default only trials that finished count; ``allow_interrupted`` also takes a trial that
-    Ctrl-C stopped (it keeps the model of its best epoch).
+    ``best``: the best finished trial (``allow_interrupted`` also takes one Ctrl-C stopped,
+    which keeps the model of its best epoch). ``smallest_within_1se``: the smallest model
+    within one standard error of the best (finished trials only).
     """
-    best = report.best_with_interrupted if allow_interrupted else report.best
-    if not isinstance(best, dict) or not best.get("run_id"):
+    if select not in SELECTIONS:
+        raise UserError(f"--select: expected one of {', '.join(SELECTIONS)}, got {select!r}")
+    if select == "smallest_within_1se" and allow_interrupted:
+        raise UserError("--allow-interrupted takes the best trial; leave it out with "
+                        "--select smallest_within_1se (finished trials only)")
+    entry = (report.best_with_interrupted if allow_interrupted else report.best) \
+        if select == "best" else report.smallest_within_1se
+    if not isinstance(entry, dict) or not entry.get("run_id"):
         raise UserError(
             f"{path}: study {study!r} has no completed trial with a logged model yet; run more "
             f"trials (python -m pipeline.search --study {study} --dataset {report.dataset} "
-            "--n-trials N)"
+            "--n-trials N)" if report.best is None else
+            f"{path}: the study report names no {select} trial (written before promote could "
+            f"select it); rewrite it with python -m pipeline.search --study {study} "
+            f"--dataset {report.dataset} --n-trials 0"
         )
-    run_id = str(best["run_id"])
-    number = best.get("number")
-    value = best.get("value")
+    run_id = str(entry["run_id"])
+    number, value = entry.get("number"), entry.get("value")
     return Candidate(
         study=study,
         dataset=report.dataset,
         run_id=run_id,
-        model_uri=str(best.get("model_uri") or f"runs:/{run_id}/model"),
+        model_uri=str(entry.get("model_uri") or f"runs:/{run_id}/model"),
         trial=None if number is None else int(number),
         value=None if value is None else float(value),
+        selection=selection_tags(select, entry, metric=report.metric),
     )
+
+
+def selection_tags(select: str, entry: dict[str, Any], *, metric: str) -> dict[str, str]:
+    """``selected_by``, the reason in words and the rule's numbers, as version tags."""
+    tags = {"selected_by": select}
+    rule = entry.get("rule")
+    if select != "smallest_within_1se" or not isinstance(rule, dict):
+        return tags
+    tags.update({f"selection.{k}": "" if v is None else f"{v:.6g}" if isinstance(v, float)
+                 else str(v) for k, v in rule.items()})
+    spread = (f" ± {rule['best_value_std']:.4g} over {rule['folds']} folds, standard error "
+              f"{rule['standard_error']:.4g}" if rule.get("best_value_std") is not None
+              else " (no fold spread: standard error 0)")
+    tags["selection_reason"] = (
+        f"trial {entry['number']} ({_count(entry.get('n_params'))} parameters, {metric} "
+        f"{float(entry['value']):.4g}) is the smallest model within one standard error of the "
+        f"best, trial {rule['best_trial']} ({metric} {float(rule['best_value']):.4g}{spread}, "
+        f"{_count(rule.get('best_n_params'))} parameters): threshold "
+        f"{float(rule['threshold']):.4g}"
+    )
+    return tags
+
+
+def _count(n: Any) -> str:
+    return f"{int(n):,}" if n is not None else "?"
 
 
 def records_dir(params: Params) -> Path:
@@ -78,6 +114,7 @@ def build_record(
             "model_uri": candidate.model_uri,
             "study_value": candidate.value,
             "test_metrics": decision.candidate_metrics,
+            "selection": candidate.selection,
         },
         "previous_champion": decision.previous_champion,
         "decision": {
@@ -101,9 +138,14 @@ def summary(record: dict[str, Any]) -> str:
     )
     trial = "?" if cand["trial"] is None else cand["trial"]
     new = "new version" if cand["new_version"] else "already registered"
+    selection = cand.get("selection") or {}
+    how = ("smallest within one standard error of the best"
+           if selection.get("selected_by") == "smallest_within_1se" else "best")
     lines = [
-        f"study {record['study']} ({record['dataset']}): best trial #{trial}, "
+        f"study {record['study']} ({record['dataset']}): {how} trial #{trial}, "
         f"run {cand['run_id']}",
+        *([f"selected: {selection['selection_reason']}"] if "selection_reason" in selection
+          else []),
         f"{record['registered_model']} v{cand['version']} ({new}); test: {metrics}",
         f"{'champion' if dec['alias'] == 'champion' else 'challenger'}: {dec['reason']}",
         f"champion is v{record['champion']['version']}: {record['champion']['uri']}",
@@ -127,6 +169,7 @@ class PromoteOptions:
     force: bool = False  # champion even if it does not beat the current one (a human decision)
     report: Path | None = None  # where the decision record goes (default: reports/promote/)
     allow_interrupted: bool = False  # also consider trials Ctrl-C stopped
+    select: str | None = None  # best | smallest_within_1se (None: registry.select)
 
 
 @dataclass(frozen=True)
@@ -144,7 +187,8 @@ def run_promote(options: PromoteOptions) -> PromoteResult:
     out = options.report or records_dir(params) / path.name
     check_writable({out.parent: "the promote decision (registry.reports_dir, or --report)"})
     candidate = candidate_from_report(
-        StudyReport.read(path, study), study, path, allow_interrupted=options.allow_interrupted
+        StudyReport.read(path, study), study, path, allow_interrupted=options.allow_interrupted,
+        select=options.select or params.registry.select,
     )
     params.dataset_entry(candidate.dataset)  # must still be declared
     cache = load_cache(params.cache_dir(candidate.dataset))

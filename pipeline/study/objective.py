@@ -58,6 +58,7 @@ from pipeline.config import Params
 from pipeline.data.cache import Cache, CacheMeta
 from pipeline.study.budget import RunBudget
 from pipeline.study.folds import combine, plan_folds
+from pipeline.study.report import N_PARAMS_ATTR
 from pipeline.study.rungs import RungPlan, plan_rungs
 from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
 from pipeline.study.trial_attrs import BASELINE_ATTR, EPOCH_SECONDS_ATTR, RUNG_ATTR
@@ -229,6 +230,8 @@ def finished_attrs(progress: TrialProgress, study: StudySpec) -> dict[str, Any]:
     }
     if progress.value_std is not None:
         attrs["value_std"] = progress.value_std
+    if progress.trainers:  # how big: the report page and registry.select read it
+        attrs[N_PARAMS_ATTR] = sum(p.numel() for p in progress.trainers[0].model.parameters())
     if best is not None:
         attrs["model_fold"] = best
     if progress.cut_short:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,18 @@ TOP_TRIALS = 10  # rows of the leaderboard printed at the end of a search
 # record written after its trial finished (the recorder process) can fail when the trial no
 # longer takes attributes.
 RECORD_LOST_PREFIX = "pipeline.record_lost."
+# Trial user attribute: the model's parameter count (what "how big" means on the report page and
+# for ``registry.select: smallest_within_1se``).
+N_PARAMS_ATTR = "n_params"
+SELECTIONS = ("best", "smallest_within_1se")  # what promote may take (``registry.select``)
+# Trial user attribute: the name of the trial's logged model (``runs:/<run>/<name>``), set when
+# its run starts: MLflow's model list then tells the trials' models apart.
+MODEL_NAME_ATTR = "mlflow_model_name"
+
+
+def trial_model_name(number: int) -> str:
+    """The logged model of trial ``number``: ``trial-<number>``."""
+    return f"trial-{number}"
 
 
 def lost_records(optuna_study: Any) -> dict[int, str]:
@@ -59,7 +72,10 @@ class StudyReport:
     best_with_interrupted: dict[str, Any] | None = None
     # The study's first trial, the params.yaml configuration: number, state, value.
     baseline: dict[str, Any] | None = None
-    # What pruning did and what the audit says it cost (pipeline.study.audit).
+    # The smallest model (parameters) whose value is within one standard error of the best's
+    # (:func:`one_standard_error`), as ``best`` plus ``n_params`` and ``rule`` (the numbers).
+    smallest_within_1se: dict[str, Any] | None = None
+    # What pruning did and what the audit says it cost (pipeline.study.audit.pruning_summary).
     pruning: dict[str, Any] | None = None
 
     @property
@@ -140,7 +156,87 @@ def from_study(
             "number": first.number, "state": first.state.name,
             "value": first.value if first.value is not None and math.isfinite(first.value)
             else None},
+        smallest_within_1se=_smallest_entry(complete, study.direction),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The one-standard-error rule: the smallest model as good as the best within its fold spread
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Choice:
+    """A complete trial as the one-standard-error rule sees it."""
+
+    number: int
+    value: float
+    value_std: float | None = None  # std of the value over the folds (None: a holdout)
+    folds: int | None = None
+    n_params: int | None = None
+
+
+@dataclass(frozen=True)
+class OneStandardError:
+    """The best trial, the standard error of its value, and the rule's pick."""
+
+    best: Choice
+    pick: Choice
+    standard_error: float  # value_std / sqrt(folds); 0 without a fold spread
+    threshold: float  # the best value plus (minimize) or minus one standard error
+
+    def numbers(self) -> dict[str, Any]:
+        """What justified the pick, as plain values (report and registry tags)."""
+        return {"best_trial": self.best.number, "best_value": self.best.value,
+                "best_value_std": self.best.value_std, "best_n_params": self.best.n_params,
+                "folds": self.best.folds, "standard_error": self.standard_error,
+                "threshold": self.threshold, "n_params": self.pick.n_params}
+
+
+def standard_error(choice: Choice) -> float:
+    """The standard error of a trial's value: its fold spread over the root of its folds."""
+    if choice.value_std is None or not choice.folds or choice.folds < 2:
+        return 0.0
+    return float(choice.value_std) / math.sqrt(choice.folds)
+
+
+def one_standard_error(choices: Sequence[Choice], direction: str) -> OneStandardError | None:
+    """The smallest model (fewest parameters) whose value is within one standard error of the
+    best value; ties go to the better value, then the earlier trial. None without a trial.
+
+    Trials without a parameter count cannot be picked (the best stays the pick when none has
+    one). Without a fold spread (a holdout) the standard error is 0: only ties with the best
+    qualify.
+    """
+    finite = [c for c in choices if math.isfinite(c.value)]
+    if not finite:
+        return None
+    sign = -1.0 if direction == "maximize" else 1.0
+    best = min(finite, key=lambda c: (sign * c.value, c.number))
+    se = standard_error(best)
+    threshold = best.value + sign * se
+    slack = 1e-12 * max(1.0, abs(threshold))  # a value exactly at the threshold is within
+    within = [c for c in finite
+              if c.n_params is not None and sign * c.value <= sign * threshold + slack]
+    pick = min(within, key=lambda c: (c.n_params or 0, sign * c.value, c.number),
+               default=best)
+    return OneStandardError(best=best, pick=pick, standard_error=se, threshold=threshold)
+
+
+def trial_choice(trial: Any, value: float) -> Choice:
+    """A trial (Optuna's) as a :class:`Choice`."""
+    attrs = trial.user_attrs
+    n_params = attrs.get(N_PARAMS_ATTR)
+    return Choice(number=trial.number, value=value, value_std=attrs.get("value_std"),
+                  folds=attrs.get("folds"), n_params=None if n_params is None else int(n_params))
+
+
+def _smallest_entry(complete: list[tuple[float, Any]], direction: str) -> dict[str, Any] | None:
+    """``smallest_within_1se`` of the report: the pick's entry and the rule's numbers."""
+    pool = [(v, t) for v, t in complete if t.user_attrs.get("mlflow_run_id")]
+    rule = one_standard_error([trial_choice(t, v) for v, t in pool], direction)
+    if rule is None:
+        return None
+    value, trial = next((v, t) for v, t in pool if t.number == rule.pick.number)
+    return {**_best_entry(trial, value), "n_params": rule.pick.n_params, "rule": rule.numbers()}
 
 
 def _best_entry(trial: Any, value: float) -> dict[str, Any]:
@@ -151,12 +247,18 @@ def _best_entry(trial: Any, value: float) -> dict[str, Any]:
         "value_std": trial.user_attrs.get("value_std"),
         "params": dict(trial.params),
         "run_id": run_id,
-        "model_uri": f"runs:/{run_id}/model" if run_id else None,
+        "model_uri": f"runs:/{run_id}/{model_name(trial)}" if run_id else None,
         "epochs": trial.user_attrs.get("epochs"),
     }
     if trial.state.name == "FAIL":
         entry["interrupted"] = True
     return entry
+
+
+def model_name(trial: Any) -> str:
+    """The name of a trial's logged model (``runs:/<run>/<name>``): ``trial-<N>``, or
+    ``model`` for trials logged before models were named after their trial."""
+    return str(trial.user_attrs.get(MODEL_NAME_ATTR, "model"))
 
 
 def _trial_row(t: Any, record_lost: str | None) -> dict[str, Any]:
@@ -170,6 +272,9 @@ def _trial_row(t: Any, record_lost: str | None) -> dict[str, Any]:
     }
     if RUNG_ATTR in t.user_attrs:
         row["rung"] = t.user_attrs[RUNG_ATTR]
+    for key in ("value_std", "folds", N_PARAMS_ATTR):
+        if key in t.user_attrs:
+            row[key] = t.user_attrs[key]
     for name in ("retry_of", "duplicate_of", "cut_short", "interrupted_value", "baseline",
                  "warm_start", "adjusted", "audit"):
         if f"pipeline.{name}" in t.user_attrs:

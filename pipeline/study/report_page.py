@@ -1,20 +1,25 @@
 """The study report people look at: one self-contained HTML page (no CDN) and its PNGs.
 
-:func:`collect` gathers what the page shows from the Optuna study (values, fold spread, the
-per-epoch values the pruner saw) and, when given, each trial's MLflow curves (train vs validation
-loss). :func:`render` is pure: a :class:`StudyView` in, the page and its pictures out. The page
-answers the questions the tutorials ask: which trials tie (mean ± std over folds), which models
-underfit or overfit (train vs validation loss), what a choice such as batch norm or the optimizer
-does (values grouped by each categorical parameter), and when the pruner stopped each trial.
+:func:`collect` gathers what the page shows from the Optuna study (values, fold spread, model
+size, the per-epoch values the pruner saw, timings) and, when given, each trial's MLflow record
+(train vs validation curves and the best epoch's summaries, named by :mod:`pipeline.tracking`'s
+one naming rule). :func:`render` is pure: a :class:`StudyView` in, the page and its pictures
+out. The page answers the questions the tutorials ask: how big the model must be (parameters
+against train and validation loss, the smallest model within one standard error of the best),
+which trials tie (mean ± std over folds), which models underfit or overfit, what a choice such
+as batch norm, dropout or the optimizer does (with its spread, or "cannot tell"), and what
+pruning cost.
+
+Every ``pipeline.search`` writes it beside the study report (:func:`publish`) and logs it to
+its parent run; ``python -m pipeline.report`` rebuilds it (:func:`run_report`).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
+import logging
 import math
-import statistics
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,70 +27,84 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import tracking
 from pipeline.atomic import check_writable, write_bytes_atomic
 from pipeline.config import Params, load_params
+from pipeline.data.cache import CacheMeta, read_meta
 from pipeline.errors import UserError
-from pipeline.study.spec import STUDIES_DIR, load_study
+from pipeline.study import page_figures as fig
+from pipeline.study.page_figures import (
+    TOP_PANELS,
+    TOP_ROWS,
+    ParamSpace,
+    StudyView,
+    TrialView,
+    ranked,
+    short,
+)
+from pipeline.study.report import N_PARAMS_ATTR, StudyReport, find_report
+from pipeline.study.spec import STUDIES_DIR, StudySpec, load_study
 from pipeline.study.storage import open_storage, resolve_storage
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
+    "PAGE_SUFFIX",
+    "Published",
     "ReportOptions",
     "ReportPage",
     "ReportResult",
+    "RunData",
+    "Sources",
     "StudyView",
     "TrialView",
     "collect",
-    "mlflow_histories",
+    "mlflow_runs",
+    "page_folder",
+    "param_counter",
+    "publish",
     "render",
     "run_report",
     "write_page",
 ]
 
-TOP_CURVES = 5  # trials whose curves are overlaid
-TOP_PANELS = 6  # trials with a train-vs-validation panel
-TOP_ROWS = 20  # leaderboard rows
+PAGE_SUFFIX = "-page"  # reports/studies/<study>-page/index.html beside <study>.json
 Curve = list[tuple[int, float]]
-
-
-@dataclass(frozen=True)
-class TrialView:
-    """One trial as the page shows it."""
-
-    number: int
-    state: str
-    value: float | None
-    value_std: float | None
-    params: dict[str, Any]
-    epochs: int | None
-    reported: Curve  # what the pruner saw: the metric per epoch (mean over folds)
-    train_loss: Curve = field(default_factory=list)
-    val_loss: Curve = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class StudyView:
-    """Everything :func:`render` needs; no storage or MLflow handles."""
-
-    title: str
-    description: str
-    metric: str
-    direction: str
-    trials: list[TrialView]
-    importances: dict[str, float] | None
-    importance_trials: int
+# The MLflow names of the curves the page draws, from the one naming rule (history key ->
+# MLflow metric): a renamed metric cannot leave the page reading names nobody writes.
+TRAIN_CURVE = tracking.curve_name("train/loss")
+VAL_CURVE = tracking.curve_name("val/loss")
+CURVE_KEYS = (TRAIN_CURVE, VAL_CURVE)
 
 
 @dataclass(frozen=True)
 class ReportPage:
     html: str
     pngs: dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What the page reads from one trial's MLflow run."""
+
+    curves: dict[str, Curve] = field(default_factory=dict)  # MLflow metric name -> (step, value)
+    summaries: dict[str, float] = field(default_factory=dict)  # the run's step-0 metrics
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the page reads what the Optuna study does not hold."""
+
+    runs: Callable[[str, bool], RunData] | None = None  # (run id, with curves) -> its record
+    count_params: Callable[[dict[str, Any]], int | None] | None = None  # for older trials
+    pruning: dict[str, Any] | None = None  # the pruning audit (StudyReport.pruning)
+    max_epochs: int | None = None
+    links: dict[str, str] = field(default_factory=dict)  # label -> URL
 
 
 def _curve(values: Mapping[int, float]) -> Curve:
@@ -104,166 +123,87 @@ def _importances(study: optuna.Study, complete: Sequence[FrozenTrial]) -> dict[s
         return None  # e.g. every complete trial has the same value
 
 
-def collect(
-    study: optuna.Study,
-    *,
-    title: str,
-    description: str,
-    metric: str,
-    histories: Callable[[str], dict[str, Curve]] | None = None,
-) -> StudyView:
-    """The view of ``study``; ``histories(run_id)`` gives a trial's MLflow curves by metric."""
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    views = []
+def _space(trials: Sequence[FrozenTrial]) -> dict[str, ParamSpace]:
+    out: dict[str, ParamSpace] = {}
     for t in trials:
-        curves = {}
-        run_id = t.user_attrs.get("mlflow_run_id")
-        if histories is not None and run_id and t.state in (TrialState.COMPLETE,
-                                                             TrialState.PRUNED):
-            curves = histories(str(run_id))
-        value = t.value if t.value is not None and math.isfinite(t.value) else None
-        views.append(TrialView(
-            number=t.number, state=t.state.name, value=value,
-            value_std=t.user_attrs.get("value_std"), params=dict(t.params),
-            epochs=t.user_attrs.get("epochs"), reported=_curve(t.intermediate_values),
-            train_loss=curves.get("train/loss", []), val_loss=curves.get("val/loss", []),
-        ))
-    return StudyView(
-        title=title, description=description, metric=metric,
-        direction=study.direction.name.lower(), trials=views,
-        importances=_importances(study, complete), importance_trials=len(complete),
+        for name, dist in t.distributions.items():
+            if isinstance(dist, CategoricalDistribution):
+                out[name] = ParamSpace("categorical", choices=tuple(dist.choices))
+            elif isinstance(dist, IntDistribution | FloatDistribution):
+                kind = "int" if isinstance(dist, IntDistribution) else "float"
+                out[name] = ParamSpace(kind, low=float(dist.low), high=float(dist.high),
+                                       log=bool(dist.log))
+    return dict(sorted(out.items()))
+
+
+def _train_key(metric: str) -> str | None:
+    """``val/loss`` -> ``train/loss``: the objective's counterpart on the training data."""
+    part, slash, name = metric.partition("/")
+    return f"train/{name}" if slash and part == "val" else None
+
+
+def _top(trials: Sequence[FrozenTrial], direction: str) -> set[int]:
+    sign = -1.0 if direction == "maximize" else 1.0
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    done.sort(key=lambda t: (sign * float(t.value or 0.0), t.number))
+    return {t.number for t in done[:TOP_PANELS]}
+
+
+def _trial_view(t: FrozenTrial, *, metric: str, sources: Sources, curves: bool) -> TrialView:
+    run_id = t.user_attrs.get("mlflow_run_id")
+    duplicate = "pipeline.duplicate_of" in t.user_attrs
+    data = RunData()
+    if sources.runs is not None and run_id and t.state == TrialState.COMPLETE and not duplicate:
+        data = sources.runs(str(run_id), curves)
+    n_params = t.user_attrs.get(N_PARAMS_ATTR)
+    if n_params is None and sources.count_params is not None and t.state in (
+            TrialState.COMPLETE, TrialState.PRUNED):
+        n_params = sources.count_params(dict(t.params))
+    train_key = _train_key(metric)
+    train_value = data.summaries.get(tracking.summary_name(train_key)) if train_key else None
+    value = t.value if t.value is not None and math.isfinite(t.value) else None
+    return TrialView(
+        number=t.number, state=t.state.name, value=value,
+        value_std=t.user_attrs.get("value_std"), params=dict(t.params),
+        epochs=t.user_attrs.get("epochs"), reported=_curve(t.intermediate_values),
+        train_loss=data.curves.get(TRAIN_CURVE, []), val_loss=data.curves.get(VAL_CURVE, []),
+        n_params=None if n_params is None else int(n_params), folds=t.user_attrs.get("folds"),
+        train_value=train_value if train_value is None or math.isfinite(train_value) else None,
+        duration_s=t.duration.total_seconds() if t.duration is not None else None,
+        duplicate=duplicate,
     )
 
 
-def _ranked(view: StudyView) -> list[TrialView]:
-    done = [t for t in view.trials if t.state == "COMPLETE" and t.value is not None]
-    return sorted(done, key=lambda t: t.value or 0.0, reverse=view.direction == "maximize")
+def collect(
+    study: optuna.Study, *, title: str, description: str, metric: str,
+    sources: Sources | None = None,
+) -> StudyView:
+    """The view of ``study``; ``sources`` adds the MLflow records and what else is known."""
+    sources = sources or Sources()
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    direction = study.direction.name.lower()
+    top = _top(trials, direction)
+    return StudyView(
+        title=title, description=description, metric=metric, direction=direction,
+        trials=[_trial_view(t, metric=metric, sources=sources, curves=t.number in top)
+                for t in trials],
+        importances=_importances(study, complete), importance_trials=len(complete),
+        space=_space(trials), pruning=sources.pruning, max_epochs=sources.max_epochs,
+        links=dict(sources.links),
+    )
 
 
-def _subplots(*grid: int, figsize: tuple[float, float], squeeze: bool = True) -> Any:
-    # A bare Figure, not pyplot: no global figure registry, no GUI backend, thread-safe.
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots(*grid, squeeze=squeeze) if grid else fig.subplots()
-
-
-def _epoch_axis(ax: Any, fontsize: float | None = None) -> None:
-    ax.set_xlabel("epoch", fontsize=fontsize)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs read as 1, 2, 3
-
-
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
-
-
-def _short(params: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in params.items())
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _leaderboard_png(view: StudyView, ranked: Sequence[TrialView]) -> bytes:
-    shown = list(ranked[:TOP_ROWS])[::-1]
-    fig, ax = _subplots(figsize=(9, 0.35 * len(shown) + 1.2))
-    ax.barh([f"#{t.number}" for t in shown], [t.value or 0.0 for t in shown],
-            xerr=[t.value_std or 0.0 for t in shown], color="#4c78a8", ecolor="#333", capsize=3)
-    ax.set_xlabel(f"{view.metric} (mean ± std over folds)")
-    ax.set_title("Complete trials: bars that overlap within their error bars are ties")
-    return _png(fig)
-
-
-def _curves_png(view: StudyView, ranked: Sequence[TrialView]) -> bytes:
-    fig, ax = _subplots(figsize=(9, 5))
-    for t in ranked[:TOP_CURVES]:
-        xs, ys = zip(*t.reported, strict=True) if t.reported else ((), ())
-        ax.plot(xs, ys, marker="o", ms=3, label=f"#{t.number} {_short(t.params)}"[:80])
-    _epoch_axis(ax)
-    ax.set_ylabel(view.metric)
-    ax.set_title(f"The {min(TOP_CURVES, len(ranked))} best trials, epoch by epoch")
-    ax.legend(fontsize=8)
-    return _png(fig)
-
-
-def _train_val_png(ranked: Sequence[TrialView]) -> bytes | None:
-    shown = [t for t in ranked[:TOP_PANELS] if t.train_loss and t.val_loss]
-    if not shown:
-        return None
-    cols = min(3, len(shown))
-    rows = math.ceil(len(shown) / cols)
-    fig, axes = _subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, t in zip(axes.flat, shown, strict=False):
-        for curve, label in ((t.train_loss, "train/loss"), (t.val_loss, "val/loss")):
-            xs, ys = zip(*curve, strict=True)
-            ax.plot(xs, ys, marker=".", label=label)
-        ax.set_title(f"#{t.number} {_short(t.params)}"[:48], fontsize=8)
-        _epoch_axis(ax, fontsize=8)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(shown):]:
-        ax.axis("off")
-    fig.suptitle("Train vs validation loss: a gap that widens is overfitting; two high "
-                 "curves, underfitting", fontsize=9)
-    return _png(fig)
-
-
-def _pruning_png(view: StudyView) -> bytes | None:
-    with_curves = [t for t in view.trials if t.reported]
-    if not with_curves:
-        return None
-    fig, ax = _subplots(figsize=(9, 5))
-    for t in with_curves:
-        xs, ys = zip(*t.reported, strict=True)
-        pruned = t.state == "PRUNED"
-        ax.plot(xs, ys, color="#bbbbbb" if pruned else "#4c78a8", lw=1, alpha=0.9)
-        if pruned:
-            ax.plot(xs[-1], ys[-1], marker="x", color="#d62728", ms=7)
-    _epoch_axis(ax)
-    ax.set_ylabel(view.metric)
-    ax.set_title("Pruning: grey curves ending in × were stopped by the pruner at that epoch")
-    return _png(fig)
-
-
-def _importance_png(view: StudyView) -> bytes | None:
-    if not view.importances:
-        return None
-    items = sorted(view.importances.items(), key=lambda kv: kv[1])
-    fig, ax = _subplots(figsize=(8, 0.45 * len(items) + 1.2))
-    ax.barh([k for k, _ in items], [v for _, v in items], color="#59a14f")
-    ax.set_xlabel("importance (fANOVA)")
-    ax.set_title(f"Parameter importance, based on {view.importance_trials} complete trials")
-    return _png(fig)
-
-
-def _by_choice(view: StudyView, ranked: Sequence[TrialView]) -> list[tuple[str, str, str, int]]:
-    """(param, choice, mean ± std of the value, trials) for every categorical parameter."""
-    rows = []
-    names = sorted({k for t in ranked for k, v in t.params.items()
-                    if isinstance(v, str | bool) or v is None})
-    for name in names:
-        groups: dict[str, list[float]] = {}
-        for t in ranked:
-            if name in t.params and t.value is not None:
-                groups.setdefault(_fmt(t.params[name]), []).append(t.value)
-        for choice, values in sorted(groups.items()):
-            # One trial has no spread: its value alone, not "± 0".
-            spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
-            rows.append((name, choice, f"{statistics.fmean(values):.4f}{spread}",
-                         len(values)))
-    return rows
-
-
+# --------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:
 1100px;color:#222;padding:0 1em}h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid
 #ddd}table{border-collapse:collapse;font-size:.9em}td,th{padding:.25em .7em;border-bottom:1px solid
 #eee;text-align:left}th{background:#f6f6f6}img{max-width:100%}.muted{color:#777}
-.COMPLETE{color:#2e7d32}.PRUNED{color:#9e9e9e}.FAIL{color:#c62828}
+.answer{background:#f3f8f3;border-left:4px solid #2e7d32;padding:.5em .9em}
+.COMPLETE{color:#2e7d32}.PRUNED{color:#9e9e9e}.FAIL{color:#c62828}.pick{font-weight:bold}
 """
 
 
@@ -273,66 +213,192 @@ def _table(
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = []
     for i, row in enumerate(rows):
-        cls = f' class="{classes[i]}"' if i < len(classes) else ""
+        cls = f' class="{classes[i]}"' if i < len(classes) and classes[i] else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row)
                     + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def _img(name: str, data: bytes | None, alt: str) -> str:
+def _img(name: str, data: bytes | None, alt: str, why: str = "not enough trials") -> str:
     if data is None:
-        return f'<p class="muted">No {html.escape(alt)} yet: not enough trials.</p>'
+        return f'<p class="muted">No {html.escape(alt)} yet: {html.escape(why)}.</p>'
     b64 = base64.b64encode(data).decode()
     return f'<img src="data:image/png;base64,{b64}" alt="{html.escape(alt)}" id="{name}">'
 
 
+def _p(text: str, cls: str = "") -> str:
+    return f'<p{f" class={chr(34)}{cls}{chr(34)}" if cls else ""}>{html.escape(text)}</p>'
+
+
+def _section(key: str, title: str, *body: str) -> str:
+    return f'<section id="{key}"><h2>{html.escape(title)}</h2>' + "\n".join(body) + "</section>"
+
+
+def _value(value: float | None, std: float | None) -> str:
+    if value is None:
+        return ""
+    # A holdout trial has no spread across folds: its value alone, not "± 0".
+    return f"{value:.4f}" + ("" if std is None else f" ± {std:.4f}")
+
+
+def _intro(view: StudyView) -> list[str]:
+    counts = {s: sum(t.state == s for t in view.trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    parts = [f"<h1>{html.escape(view.title)}</h1>", _p(view.description),
+             _p(f"{len(view.trials)} trials: {counts['COMPLETE']} complete, {counts['PRUNED']} "
+                f"pruned, {counts['FAIL']} failed. Objective: {view.metric} "
+                f"({view.direction}).")]
+    for label, url in view.links.items():
+        parts.append(f'<p>{html.escape(label)}: <a href="{html.escape(url)}">'
+                     f"{html.escape(url)}</a></p>")
+    return parts
+
+
+def _leaderboard(view: StudyView, rows: list[TrialView], pick: int | None) -> tuple[str, Any]:
+    png = fig.leaderboard_png(view, rows, pick) if rows else None
+    table = _table(
+        ["rank", "trial", f"{view.metric} (mean ± std)", "parameters", "epochs", "params"],
+        [(i + 1, t.number, _value(t.value, t.value_std),
+          f"{t.n_params:,}" if t.n_params else "", t.epochs or "", short(t.params))
+         for i, t in enumerate(rows[:TOP_ROWS])],
+        classes=["pick" if t.number == pick else "" for t in rows[:TOP_ROWS]],
+    )
+    return _section("leaderboard", "Leaderboard", table, _img("leaderboard", png,
+                                                               "leaderboard")), png
+
+
+def _capacity(view: StudyView) -> tuple[str, Any]:
+    rule = fig.capacity_rule(view)
+    sized = [t for t in ranked(view) if t.n_params and not t.duplicate]
+    missing = [t for t in ranked(view) if not t.n_params]
+    title = "How big must the model be?"
+    note = ([_p(f"{len(missing)} complete trial(s) without a recorded parameter count are "
+                "left out (they ran before the count was recorded).", "muted")]
+            if missing else [])
+    if rule is None or len(sized) < 2:
+        return _section("capacity", title, _img("capacity", None, "capacity picture"),
+                        *note), None
+    sizes = [t.n_params or 0 for t in sized]
+    if max(sizes) < fig.SAME_SIZE * min(sizes):
+        return _section("capacity", title, _p(
+            f"This study does not vary the model's size much ({min(sizes):,}–{max(sizes):,} "
+            "parameters): see the capacity study for how big it must be."), *note), None
+    png = fig.capacity_png(view, rule, fig.fit_classes(view, rule))
+    best, pick = rule.best, rule.pick
+    se = f"standard error {rule.standard_error:.4f}" if rule.standard_error else (
+        "no fold spread (a holdout), so only ties qualify")
+    answer = (f"Best: trial {best.number}, {view.metric} {best.value:.4f} with "
+              f"{best.n_params or 0:,} parameters ({se}). Smallest within one standard "
+              f"error (threshold {rule.threshold:.4f}): trial {pick.number}, {pick.value:.4f} "
+              f"with {pick.n_params or 0:,} parameters"
+              + (" — the best itself." if pick.number == best.number else "."))
+    promote = ("" if pick.number == best.number else
+               "<p><code>python -m pipeline.promote --select smallest_within_1se</code> "
+               "registers it (the champion gate still decides).</p>")
+    return _section("capacity", title, _p(answer, "answer"), promote,
+                    _img("capacity", png, "capacity picture"),
+                    _p("Green: within one standard error of the best; orange: underfits "
+                       "(its train value is no better than that either); red: overfits (a "
+                       "wider gap between validation and train than the best's); blue: worse, "
+                       "for no clear reason; ▽ the train value at the same epoch; grey ×: a "
+                       "pruned trial's value when it was stopped (not a final result).",
+                       "muted"), *note), png
+
+
+def _choices(view: StudyView) -> tuple[str, Any]:
+    names = list(view.space)
+    title = "What each choice does"
+    if not names:
+        return _section("choices", title, _p("Nothing was searched yet.", "muted")), None
+    rows, answers = [], []
+    for name in names:
+        groups = fig.choice_groups(view, name)
+        answers.append(f"<li><b>{html.escape(name)}</b>: "
+                       f"{html.escape(fig.verdict(groups, view.direction))}</li>")
+        rows += [(name, g.label, g.spread(), len(g.values), g.pruned, g.failed) for g in groups]
+    png = fig.choices_png(view, names)
+    table = _table(["parameter", "choice", f"{view.metric} of complete trials (mean ± std)",
+                    "complete", "pruned", "failed"], rows)
+    return _section("choices", title, f'<ul class="answer">{"".join(answers)}</ul>',
+                    _img("choices", png, "per-choice picture"), table), png
+
+
+def _pruning(view: StudyView) -> tuple[str, Any]:
+    cost = fig.pruning_cost(view)
+    png = fig.pruning_png(view)
+    title = "What pruning cost"
+    if cost.pruned == 0:
+        return _section("pruning", title, _p("No trial was pruned.", "answer"),
+                        _img("pruning", png, "pruning picture")), png
+    stops = ", ".join(f"epoch {e} ({n})" for e, n in cost.stopped_at)
+    lines = [
+        f"{cost.pruned} trial(s) pruned after {cost.epochs_run} epochs in all; run to the end "
+        f"(the complete trials' median, {cost.full_epochs:g} epochs) they would have run "
+        f"about {cost.epochs_saved} more: {cost.saved_share:.0%} of the study's epochs saved.",
+        f"Stopped at: {stops}" + (f" of at most {view.max_epochs}." if view.max_epochs
+                                  else "."),
+    ]
+    if cost.time_share is not None:
+        lines.append(f"Pruned trials used {cost.time_share:.0%} of the trials' time.")
+    if cost.worst_complete is not None and cost.better_than_worst:
+        lines.append(f"{cost.better_than_worst} pruned trial(s) were, when stopped, better than "
+                     f"the worst complete trial ({cost.worst_complete:.4f}): the pruner compares "
+                     "trials at the same epoch, so some of these may have been false prunes.")
+    elif cost.worst_complete is not None:
+        lines.append("No pruned trial was, when stopped, better than the worst complete trial "
+                     f"({cost.worst_complete:.4f}).")
+    lines.append(_audit_line(view.pruning))
+    return _section("pruning", title, "<ul class=\"answer\">" + "".join(
+        f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>",
+        _img("pruning", png, "pruning picture")), png
+
+
+def _audit_line(audit: Mapping[str, Any] | None) -> str:
+    """The pruning audit's estimate, or what is missing without it."""
+    if not audit or audit.get("false_prune_rate") is None:
+        return ("False-prune rate: not estimated (this study's report holds no pruning "
+                "audit).")
+    line = (f"False-prune rate (pruning audit, {audit.get('audited', '?')} pruned trial(s) "
+            f"run to the end): {float(audit['false_prune_rate']):.0%}")
+    if audit.get("epochs_saved_share") is not None:
+        line += f"; epochs saved: {float(audit['epochs_saved_share']):.0%}"
+    return line + "."
+
+
 def render(view: StudyView) -> ReportPage:
     """The page and its PNGs for ``view`` (pure: nothing read or written)."""
-    ranked = _ranked(view)
-    pngs = {
-        "leaderboard.png": _leaderboard_png(view, ranked) if ranked else None,
-        "curves.png": _curves_png(view, ranked) if ranked else None,
-        "train_vs_val.png": _train_val_png(ranked),
-        "pruning.png": _pruning_png(view),
-        "importance.png": _importance_png(view),
-    }
-    counts = {s: sum(t.state == s for t in view.trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
-    board = _table(
-        ["rank", "trial", f"{view.metric} (mean ± std)", "epochs", "params"],
-        # A holdout trial has no spread across folds: its value alone, not "± 0".
-        [(i + 1, t.number, f"{t.value:.4f}" + ("" if t.value_std is None
-                                                else f" ± {t.value_std:.4f}"), t.epochs or "",
-          _short(t.params)) for i, t in enumerate(ranked[:TOP_ROWS])],
-    )
-    choices = _by_choice(view, ranked)
-    every = _table(["trial", "state", view.metric, "epochs", "params"],
+    rows = ranked(view)
+    rule = fig.capacity_rule(view)
+    pick = rule.pick.number if rule is not None else None
+    board, board_png = _leaderboard(view, rows, pick)
+    capacity, capacity_png = _capacity(view)
+    curves_png = fig.curves_png(view, rows) if rows else None
+    train_val_png = fig.train_val_png(view, rows)
+    choices, choices_png = _choices(view)
+    pruning, pruning_png = _pruning(view)
+    importance_png = fig.importance_png(view)
+    every = _table(["trial", "state", view.metric, "parameters", "epochs", "params"],
                    [(t.number, t.state.lower(), "" if t.value is None else f"{t.value:.4f}",
-                     t.epochs or "", _short(t.params)) for t in view.trials],
-                   classes=[t.state for t in view.trials])
+                     f"{t.n_params:,}" if t.n_params else "", t.epochs or "", short(t.params))
+                    for t in view.trials], classes=[t.state for t in view.trials])
     parts = [
-        f"<h1>{html.escape(view.title)}</h1>",
-        f"<p>{html.escape(view.description)}</p>",
-        f"<p>{len(view.trials)} trials: {counts['COMPLETE']} complete, {counts['PRUNED']} "
-        f"pruned, {counts['FAIL']} failed. Objective: {html.escape(view.metric)} "
-        f"({view.direction}).</p>",
-        "<h2>Leaderboard</h2>", board, _img("leaderboard", pngs["leaderboard.png"], "leaderboard"),
-        "<h2>Learning curves of the best trials</h2>",
-        _img("curves", pngs["curves.png"], "learning curves"),
-        "<h2>Underfitting or overfitting?</h2>",
-        _img("train_vs_val", pngs["train_vs_val.png"], "train vs validation curves"),
-        "<h2>What each choice does</h2>",
-        _table(["parameter", "choice", f"{view.metric} of complete trials", "trials"], choices)
-        if choices else '<p class="muted">No categorical parameters in this study.</p>',
-        "<h2>Pruning</h2>", _img("pruning", pngs["pruning.png"], "pruning picture"),
-        "<h2>Parameter importance</h2>",
-        _img("importance", pngs["importance.png"], "parameter importance"),
-        "<h2>Every trial</h2>", every,
+        *_intro(view), board, capacity,
+        _section("curves", "Learning curves of the best trials",
+                 _img("curves", curves_png, "learning curves")),
+        _section("train-vs-val", "Underfitting or overfitting?",
+                 _img("train_vs_val", train_val_png, "train vs validation curves",
+                      "no train and validation curves in MLflow for these trials")),
+        choices, pruning,
+        _section("importance", "Parameter importance",
+                 _img("importance", importance_png, "parameter importance")),
+        _section("every", "Every trial", every),
     ]
-    page = (
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(view.title)}</title><style>{_CSS}</style></head><body>"
-        + "\n".join(parts) + "</body></html>"
-    )
+    page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(view.title)}</title><style>{_CSS}</style></head><body>"
+            + "\n".join(parts) + "</body></html>")
+    pngs = {"leaderboard.png": board_png, "capacity.png": capacity_png,
+            "curves.png": curves_png, "train_vs_val.png": train_val_png,
+            "choices.png": choices_png, "pruning.png": pruning_png,
+            "importance.png": importance_png}
     return ReportPage(html=page, pngs={k: v for k, v in pngs.items() if v is not None})
 
 
@@ -349,8 +415,99 @@ def write_page(page: ReportPage, folder: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 # From the stores
 # --------------------------------------------------------------------------------------------
-PAGE_SUFFIX = "-page"  # reports/studies/<study>-page/index.html beside <study>.json
-HISTORY_KEYS = ("train/loss", "val/loss")
+def mlflow_runs(client: MlflowClient) -> Callable[[str, bool], RunData]:
+    """``(run_id, with_curves) → RunData``: a trial's summaries, and its curves when asked."""
+
+    def read(run_id: str, with_curves: bool) -> RunData:
+        try:
+            summaries = dict(client.get_run(run_id).data.metrics)
+            curves = {
+                key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)
+                            if math.isfinite(m.value))
+                for key in (CURVE_KEYS if with_curves else ())
+            }
+        except MlflowException:
+            return RunData()  # a run deleted by hand: the page shows the trial without it
+        return RunData(curves=curves, summaries=summaries)
+
+    return read
+
+
+def param_counter(base: Params, meta: CacheMeta | None) -> Callable[[dict[str, Any]], int | None]:
+    """Count a configuration's parameters without allocating them (for trials that ran before
+    the count was recorded); None when it cannot be rebuilt."""
+
+    def count(values: dict[str, Any]) -> int | None:
+        import torch
+
+        from pipeline.training import build_model
+
+        if meta is None:
+            return None
+        try:
+            cfg = base.with_overrides(values, origin="report page").model
+            with torch.device("meta"):
+                net = build_model(cfg, meta, root=base.root)
+        except (UserError, RuntimeError, ValueError, OSError) as exc:
+            logger.debug("cannot count the parameters of %s: %s", values, exc)
+            return None
+        return sum(p.numel() for p in net.parameters())
+
+    return count
+
+
+def page_folder(params: Params, study: str, dataset: str, default_dataset: str) -> Path:
+    name = study if dataset == default_dataset else f"{study}-{dataset}"
+    return params.path(params.search.reports_dir) / f"{name}{PAGE_SUFFIX}"
+
+
+def _runs_link(report: StudyReport, spec: StudySpec) -> str:
+    """The runs table sorted by the objective, its parameters and summaries as columns."""
+    if not report.experiment_id:
+        return ""
+    try:
+        view = tracking.share_runs_view(
+            report.experiment_id, order_by=tracking.summary_name(spec.metric),
+            ascending=spec.direction == "minimize", params=[p.name for p in spec.space],
+            metrics=[tracking.summary_name(spec.metric), tracking.summary_name(
+                spec.metric + "_std"), "epochs", "train_s"],
+        )
+    except MlflowException as exc:
+        logger.warning("could not save the sorted runs view in MLflow: %s", exc)
+        view = ""
+    return tracking.ui_url(report.experiment_id, base=tracking.ui_base(), view=view)
+
+
+@dataclass(frozen=True)
+class Published:
+    """Where a search's page went."""
+
+    index: Path | None  # None when it could not be drawn (the search goes on)
+    runs_url: str  # the MLflow runs table, sorted by the objective ("" without an experiment)
+
+
+def publish(
+    optuna_study: optuna.Study, *, spec: StudySpec, params: Params, meta: CacheMeta,
+    report: StudyReport, report_file: Path,
+) -> Published:
+    """Write the search's page beside its report (``<report>-page/``) and log it to the
+    parent run under ``report_page/``. A page that cannot be drawn is a warning, not a failed
+    search: the study and its report are already written."""
+    runs_url = _runs_link(report, spec)
+    try:
+        sources = Sources(runs=mlflow_runs(MlflowClient()), count_params=param_counter(
+            params, meta), pruning=report.pruning, max_epochs=params.train.max_epochs,
+            links={"MLflow runs, best first": runs_url} if runs_url else {})
+        view = collect(optuna_study, title=optuna_study.study_name,
+                       description=spec.description, metric=spec.metric, sources=sources)
+        index = write_page(render(view), report_file.with_name(report_file.stem + PAGE_SUFFIX))
+        if report.parent_run_id:
+            MlflowClient().log_artifacts(report.parent_run_id, str(index.parent),
+                                         artifact_path="report_page")
+    except (OSError, ValueError, RuntimeError, MlflowException) as exc:
+        logger.warning("could not write the study's report page: %s", exc)
+        return Published(index=None, runs_url=runs_url)
+    return Published(index=index, runs_url=runs_url)
 
 
 @dataclass(frozen=True)
@@ -368,29 +525,16 @@ class ReportResult:
     n_trials: int
 
 
-def mlflow_histories(client: MlflowClient) -> Callable[[str], dict[str, Curve]]:
-    """``run_id → {metric: [(epoch, value)]}`` for the curves the page draws."""
-
-    def read(run_id: str) -> dict[str, Curve]:
-        try:
-            return {
-                key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)
-                            if math.isfinite(m.value))
-                for key in HISTORY_KEYS
-            }
-        except MlflowException:
-            return {}  # a run deleted by hand: the page shows the trial without its curves
-
-    return read
-
-
-def page_folder(params: Params, study: str, dataset: str, default_dataset: str) -> Path:
-    name = study if dataset == default_dataset else f"{study}-{dataset}"
-    return params.path(params.search.reports_dir) / f"{name}{PAGE_SUFFIX}"
+def _stored_report(params: Params, spec: StudySpec, dataset: str) -> StudyReport | None:
+    try:
+        path = find_report(params, spec.name, dataset)
+        return StudyReport.read(path, spec.name) if path.is_file() else None
+    except UserError:
+        return None
 
 
 def run_report(options: ReportOptions) -> ReportResult:
-    """Read the study from its storage and its curves from MLflow; write the page."""
+    """Read the study from its storage and its records from MLflow; write the page."""
     params = load_params(options.params_path)
     spec = load_study(options.study, params.path(STUDIES_DIR), params)
     default_dataset = spec.dataset or params.dataset
@@ -411,6 +555,15 @@ def run_report(options: ReportOptions) -> ReportResult:
                                        else "")
         ) from None
     tracking.configure(base)
+    report = _stored_report(base, spec, dataset)
+    meta_dir = base.cache_dir(dataset)
+    meta = read_meta(meta_dir) if (meta_dir / "meta.json").is_file() else None
+    runs_url = _runs_link(report, spec) if report is not None else ""
+    sources = Sources(runs=mlflow_runs(MlflowClient()), count_params=param_counter(base, meta),
+                      pruning=report.pruning if report else None,
+                      max_epochs=base.train.max_epochs,
+                      links={"MLflow runs, best first": runs_url} if runs_url else {})
     view = collect(study, title=name, description=spec.description, metric=spec.metric,
-                   histories=mlflow_histories(MlflowClient()))
+                   sources=sources)
     return ReportResult(index=write_page(render(view), folder), n_trials=len(view.trials))
+

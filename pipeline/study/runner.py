@@ -81,6 +81,8 @@ class SearchResult:
     interrupted: bool = False
     dry_run: bool = False
     wall_s: float = 0.0
+    page: Path | None = None  # the report page (index.html), written beside the report
+    runs_url: str = ""  # the MLflow runs table, best trial first
 
 
 class SearchInterrupted(KeyboardInterrupt):
@@ -511,7 +513,10 @@ def _conclude(session: _Session, outcome: _Outcome) -> SearchResult:
 
 
 def _finish(session: _Session, outcome: _Outcome) -> SearchResult:
-    """Reap, reconcile, write the report and end the parent run; what this search did."""
+    """Reap, reconcile, write the report and its page and end the parent run; what this
+    search did."""
+    from pipeline.study import report_page  # matplotlib: only when a search ends
+
     setup = session.setup
     reaped = outcome.reaped + _reap(session)
     reconciled = None
@@ -520,9 +525,13 @@ def _finish(session: _Session, outcome: _Outcome) -> SearchResult:
                                me=session.lease.id)
     report, path = _report(session)
     interrupted = outcome.ending == "interrupted"
+    published = None
     with session.interrupts.shield():
         if not setup.options.dry_run:
             report.write(path)
+            published = report_page.publish(
+                session.optuna_study, spec=setup.study, params=session.params,
+                meta=setup.cache.meta, report=report, report_file=path)
         parent.finish_parent(
             session.client, session.parent_id, session.optuna_study, report=report,
             report_name=path.name, interrupted=interrupted,
@@ -537,6 +546,8 @@ def _finish(session: _Session, outcome: _Outcome) -> SearchResult:
         new_trials=outcome.progress.numbers, reaped=reaped, reconciled=reconciled,
         interrupted=interrupted or session.interrupts.requested,
         dry_run=setup.options.dry_run, wall_s=outcome.wall_s,
+        page=published.index if published else None,
+        runs_url=published.runs_url if published else "",
     )
 
 

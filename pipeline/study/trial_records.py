@@ -15,6 +15,7 @@ from typing import Any
 from pipeline import tracking
 from pipeline.config import Params
 from pipeline.study.folds import combine_rows
+from pipeline.study.report import trial_model_name
 from pipeline.study.trial_training import AVERAGED_SKIP, TrialProgress, best_row
 from pipeline.tracking import ModelPart, RunRecord, fold_table
 from pipeline.tracking.endings import RUN_STATUS, trial_end_tags
@@ -44,6 +45,7 @@ def trial_record(
             root=str(progress.params.root) if progress.params else "",
             params=run_params(progress.params) if progress.params is not None else {},
             net=net if keep_net else None,
+            name=trial_model_name(progress.number),
         )
     return RunRecord(
         run_id=progress.run_id, status=RUN_STATUS.get(progress.state, "FAILED"),

@@ -20,6 +20,7 @@ import numpy as np
 from pipeline.data.cache import CacheMeta
 from pipeline.study.instruments import RecordWriter, TrackingTimes
 from pipeline.study.record_writers import RecordWriters
+from pipeline.study.report import MODEL_NAME_ATTR, trial_model_name
 from pipeline.study.trial_records import run_params, trial_record
 from pipeline.study.trial_training import TrialProgress
 from pipeline.tracking.endings import STATE_TAG
@@ -142,6 +143,7 @@ class MlflowTrialTracker:
             run = self.client.create_run(
                 target.experiment_id, run_name=f"trial-{progress.number}", tags=tags
             )
+        trial.set_user_attr(MODEL_NAME_ATTR, trial_model_name(progress.number))
         self.writers.count(progress.number, time.perf_counter() - t0, blocking=True)
         return str(run.info.run_id)
 

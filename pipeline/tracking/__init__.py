@@ -22,8 +22,7 @@ _FACE = {
     "endings": (
         "ERROR_TAG", "NAME_TAG", "RUN_STATUS", "STATE_TAG", "STOP_TAG", "end_parent_run",
         "end_run", "end_trial_run", "ended_run", "record_cut_short", "retag_state",
-        "trial_end_tags",
-        "trial_run_name",
+        "trial_end_tags", "trial_run_name",
     ),
     "models": (
         "example_input", "log_model", "pip_requirements", "skip_dependency_check_for_own_pins",
@@ -37,7 +36,8 @@ _FACE = {
     ),
     "store": (
         "ENV_URI", "active_run_id", "artifact_root", "configure", "experiment",
-        "is_local_store", "is_unreachable", "quiet_mlflow", "ui_url", "unreachable_reason",
+        "is_local_store", "is_unreachable", "quiet_mlflow", "share_runs_view", "ui_base",
+        "ui_url", "unreachable_reason",
     ),
     "train_run": ("TrainOptions", "TrainProgress", "TrainResult", "run_name", "run_train"),
 }

@@ -1,6 +1,11 @@
-"""Logging a trained network as a servable MLflow model (PyTorch flavor, ``pt2`` format).
+"""Logging a trained network as a servable MLflow model, and loading one without unpickling.
 
-``pt2`` is torch.export's format: it loads without our code and without unpickling.
+The network is always saved in MLflow's PyTorch flavor in the ``pt2`` format (torch.export):
+it loads without our code and without unpickling. A classifier is logged as that network
+inside a small "models from code" pyfunc (:mod:`pipeline.tracking.labelled_model`, a file of
+this package stored with the model) that answers with the predicted class name beside the
+class probabilities; a regressor is the PyTorch model itself. :func:`load_model` accepts
+exactly these two shapes.
 """
 
 from __future__ import annotations
@@ -8,14 +13,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import hashlib
 import logging
 import os
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
 
 import mlflow
+import mlflow.artifacts
 import mlflow.pyfunc
 import mlflow.pytorch
 import mlflow.utils.environment
@@ -31,6 +40,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 from torch import nn
 
+import pipeline.tracking.labelled_model as labelled_model
 from pipeline.data.cache import CacheMeta
 from pipeline.errors import UserError, first_line
 from pipeline.tracking.store import active_run_id
@@ -163,33 +173,44 @@ def log_model(
         model_id = client.create_logged_model(
             experiment_id, name=name, source_run_id=run_id, params=params
         ).model_id
+    common = {"input_example": example, "pip_requirements": pip_requirements(),
+              "metadata": model_metadata(meta), "run_id": run_id, "model_id": model_id}
     with _quiet():
-        info = mlflow.pytorch.log_model(
-            packaged,
-            name=name,
-            serialization_format="pt2",
-            input_example=example,
-            signature=signature,
-            pip_requirements=pip_requirements(),
-            metadata=model_metadata(meta),
-            validate_serving_input=validate,
-            run_id=run_id,
-            model_id=model_id,
-        )
-    return info
+        if meta.task != "classification":
+            return mlflow.pytorch.log_model(packaged, name=name, serialization_format="pt2",
+                                            signature=signature, validate_serving_input=validate,
+                                            **common)
+        with tempfile.TemporaryDirectory() as tmp:
+            network = Path(tmp) / labelled_model.NETWORK
+            mlflow.pytorch.save_model(
+                packaged, str(network), serialization_format="pt2", signature=signature,
+                input_example=example, pip_requirements=pip_requirements(),
+                metadata=model_metadata(meta))
+            return mlflow.models.Model.log(
+                artifact_path=None, name=name, flavor=mlflow.pyfunc,
+                python_model=str(LABELLED_CODE), artifacts={labelled_model.NETWORK: str(network)},
+                signature=labelled_signature(signature), flavor_name="pyfunc.ModelFromCode",
+                **common)
 
 
 def model_signature(example: np.ndarray, output: np.ndarray, meta: CacheMeta) -> ModelSignature:
     """The input tensor's spec, and outputs named for what they are: one column per class name
     (the probabilities, in the model's column order) or the target's name.
 
-    The pyfunc output is a bare array; the named signature is where a server's client and the
-    model page in MLflow's UI read which column is which class.
+    This is the network's own signature; a classifier is served with :func:`labelled_signature`.
     """
     names = list(meta.class_names) if meta.task == "classification" else [meta.target_name]
     dtype = "float" if output.dtype == np.float32 else "double"
     return ModelSignature(inputs=infer_signature(example).inputs,
                           outputs=Schema([ColSpec(dtype, name) for name in names]))
+
+
+def labelled_signature(network: ModelSignature) -> ModelSignature:
+    """The served classifier's signature: the network's input, and as output the predicted
+    class name (``label``) before the network's probability columns (named by class)."""
+    assert network.outputs is not None
+    outputs = [ColSpec("string", labelled_model.LABEL), *network.outputs.inputs]
+    return ModelSignature(inputs=network.inputs, outputs=Schema(outputs))
 
 
 def warm_up_export() -> None:
@@ -212,6 +233,14 @@ def warm_up_export() -> None:
 # MLflow also checks that a pt2 archive holds no pickle payload before torch loads it.
 PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 _SAFE_FLAVORS = {"pytorch", "python_function"}
+# The served classifier's code file as this project has shipped it (SHA-256 of its bytes): a
+# model-from-code runs its file when it loads, so only these exact files are accepted. When
+# labelled_model.py changes, add the new digest and keep the old ones (older models use them).
+LABELLED_CODE = Path(labelled_model.__file__)
+LABELLED_CODE_SHA256 = frozenset({
+    "0e8da86b1b42f4eb9f19e8f538ffd6e47eb2da706a6666716016cec5e5544876",
+})
+_FROM_CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
 
 
 def refuse_pickle() -> None:
@@ -220,23 +249,27 @@ def refuse_pickle() -> None:
 
 
 def unsafe_format(flavors: dict[str, dict]) -> str | None:
-    """Why a model with these MLmodel flavors could run code on load, or None when it cannot.
+    """Why a model with these MLmodel flavors could run code on load, or None when it cannot
+    (judging from the MLmodel file alone; :func:`unsafe_files` checks the files).
 
-    Only the PyTorch flavor behind MLflow's pytorch pyfunc loader passes. Whether its weights
-    are ``pt2`` or a pickle shows only in its files, so that part is MLflow's own check: with
-    :data:`PICKLE_SWITCH` off it refuses pickled weights and pickle payloads inside a ``pt2``.
+    Two shapes pass. The PyTorch flavor behind MLflow's pytorch pyfunc loader: whether its
+    weights are ``pt2`` or a pickle shows only in its files, so that part is MLflow's own
+    check (with :data:`PICKLE_SWITCH` off it refuses pickled weights and pickle payloads in a
+    ``pt2``). And the project's served classifier: a model-from-code pyfunc whose code is
+    ``labelled_model.py`` and whose one artifact is that PyTorch model.
     """
     extra = sorted(set(flavors) - _SAFE_FLAVORS)
     if extra:
         return f"its flavors {extra} load with pickle or run the model's own code"
-    if "pytorch" not in flavors:
-        return "it has no PyTorch flavor"
-    loader = flavors.get("python_function", {}).get("loader_module")
-    if loader != "mlflow.pytorch":
-        return f"its pyfunc loader is {loader!r}, not mlflow.pytorch"
     # MLflow puts a model's bundled code folder on sys.path when it loads it: code that runs.
     if any(flavors.get(f, {}).get("code") for f in _SAFE_FLAVORS):
         return "it bundles Python code (a 'code' folder MLflow would put on sys.path)"
+    pyfunc = flavors.get("python_function", {})
+    if "pytorch" not in flavors:
+        return _unsafe_labelled(pyfunc)
+    loader = pyfunc.get("loader_module")
+    if loader != "mlflow.pytorch":
+        return f"its pyfunc loader is {loader!r}, not mlflow.pytorch"
     return None
 
 
@@ -274,6 +307,45 @@ def _artifact_location(uri: str) -> str:
     return str(RunsArtifactRepository.get_underlying_uri(uri))
 
 
+def _unsafe_labelled(pyfunc: dict) -> str | None:
+    """Why a pyfunc without the PyTorch flavor is not the project's served classifier."""
+    code = str(pyfunc.get("model_code_path") or "")
+    if pyfunc.get("loader_module") != _FROM_CODE_LOADER or not code:
+        return "it has no PyTorch flavor"
+    if Path(code).name != LABELLED_CODE.name or "python_model" in pyfunc:
+        return f"its code {Path(code).name!r} is not this project's {LABELLED_CODE.name}"
+    artifacts = pyfunc.get("artifacts") or {}
+    expected = f"artifacts/{labelled_model.NETWORK}"
+    if set(artifacts) != {labelled_model.NETWORK} or \
+            artifacts[labelled_model.NETWORK].get("path") != expected:
+        return f"its artifacts are not one PyTorch model at {expected}"
+    return None
+
+
+def unsafe_files(local: Path, flavors: dict[str, dict]) -> str | None:
+    """For the served classifier (a local copy of it): why its files could run code other than
+    ours, or None. Its code file must be one this project shipped, and its network a pt2
+    PyTorch model (:func:`unsafe_format` on the network's own MLmodel)."""
+    if "pytorch" in flavors:
+        return None  # a PyTorch model: its weights are MLflow's to check when it loads
+    code = local / Path(str(flavors["python_function"]["model_code_path"])).name
+    if not code.is_file() or hashlib.sha256(code.read_bytes()).hexdigest() not in \
+            LABELLED_CODE_SHA256:
+        return f"its {code.name} is not a file this project shipped (its code would run)"
+    network = local / "artifacts" / labelled_model.NETWORK
+    try:
+        inner = mlflow.models.Model.load(str(network)).flavors
+    except (MlflowException, OSError) as exc:
+        return f"its network cannot be read ({first_line(exc)})"
+    return _inner_problem(unsafe_format(inner), inner)
+
+
+def _inner_problem(problem: str | None, inner: dict[str, dict]) -> str | None:
+    if problem is None and "pytorch" not in inner:
+        return "its network is not a PyTorch model"
+    return None if problem is None else f"its network: {problem}"
+
+
 def _refusal(uri: str, problem: str) -> UserError:
     return UserError(
         f"model {uri!r} is refused: {problem}; this project loads only PyTorch models logged "
@@ -281,8 +353,11 @@ def _refusal(uri: str, problem: str) -> UserError:
     )
 
 
-def check_format(uri: str) -> None:
-    """Read only the model's MLmodel file and refuse anything but a pt2 PyTorch model.
+def check_format(uri: str) -> Path | None:
+    """Refuse anything but this project's two model shapes (:func:`unsafe_format`), reading the
+    MLmodel file first; for the served classifier, a local copy's files too
+    (:func:`unsafe_files`). Returns that checked copy (None for a PyTorch model: its MLmodel
+    file is all there is to check before MLflow's own pickle check at load time).
 
     Also switches pickle off for this process, so whatever loads the model next cannot unpickle.
 
@@ -292,30 +367,36 @@ def check_format(uri: str) -> None:
     refuse_pickle()
     try:
         flavors = mlflow.models.get_model_info(uri).flavors
+        problem = unsafe_format(flavors)
+        local = None
+        if problem is None and "pytorch" not in flavors:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+            problem = unsafe_files(local, flavors)
     except (MlflowException, OSError) as exc:
         raise _load_error(uri, exc) from None
-    problem = unsafe_format(flavors)
     if problem:
         raise _refusal(uri, problem)
+    return local
 
 
 def load_model(uri: str) -> PyFuncModel:
     """Load a logged or registered model as a pyfunc, never unpickling.
 
-    The MLmodel file is read first and anything but a ``pt2`` PyTorch model is refused
-    before any of its files are deserialized; pickle stays switched off for the load itself.
+    The model is checked first (:func:`check_format`) and anything but the project's own shapes
+    is refused before any of its files are deserialized or its code runs; the copy that was
+    checked is the one loaded, and pickle stays switched off for the load itself.
 
     Raises:
         UserError: the model is missing, unreadable or not in the safe format.
     """
-    check_format(uri)
+    local = check_format(uri)
     # Loading checks the model's requirements against every installed package (a scan of
     # all their file lists); our own pins come from this interpreter and cannot mismatch.
     skip_dependency_check_for_own_pins()
     try:
-        return mlflow.pyfunc.load_model(uri)
+        return mlflow.pyfunc.load_model(str(local) if local is not None else uri)
     except MlflowException as exc:
-        if "using pickle is disallowed" in str(exc):
+        if "using pickle is disallowed" in str(exc) or "pickle-free" in str(exc):
             raise _refusal(uri, "its weights are pickled") from None
         raise _load_error(uri, exc) from None
     except OSError as exc:

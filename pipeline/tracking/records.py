@@ -30,7 +30,13 @@ from pipeline.config import ModelConfig
 from pipeline.data.cache import CacheMeta
 from pipeline.tracking.endings import end_run, record_cut_short
 from pipeline.tracking.models import log_model
-from pipeline.tracking.runs import BATCH_LIMIT, history_metrics, log_curves
+from pipeline.tracking.runs import (
+    BATCH_LIMIT,
+    NOTE_TAG,
+    curves_note,
+    history_metrics,
+    log_curves,
+)
 from pipeline.tracking.store import is_unreachable
 from pipeline.training.models import build_model
 
@@ -46,6 +52,7 @@ class ModelPart:
     root: str  # the project root (a resnet's local weights file is relative to it)
     params: dict[str, str]  # the logged model's params in MLflow's model list
     net: nn.Module | None = None  # the network itself, in the process that trained it
+    name: str = "model"  # the logged model's name (``runs:/<run>/<name>``)
 
     def network(self, meta: CacheMeta) -> nn.Module:
         if self.net is not None:
@@ -94,7 +101,8 @@ def write_record(
         if record.model is not None:
             try:
                 model_id = log_model(
-                    record.model.network(meta), meta, example=example, validate=False,
+                    record.model.network(meta), meta, name=record.model.name,
+                    example=example, validate=False,
                     run_id=run_id, experiment_id=experiment_id, params=record.model.params,
                 ).model_id
             except Exception as exc:  # still write the metrics, then report it
@@ -105,6 +113,8 @@ def write_record(
         ]
         params = [Param(k, v) for k, v in record.params.items()]
         tags = [RunTag(k, v) for k, v in record.tags.items()]
+        if record.history and NOTE_TAG not in record.tags:
+            tags.append(RunTag(NOTE_TAG, curves_note(run_id, experiment_id)))
         for i in range(0, max(1, len(metrics)), BATCH_LIMIT):
             client.log_batch(run_id, metrics=metrics[i : i + BATCH_LIMIT],
                              params=params if i == 0 else [], tags=tags if i == 0 else [],
@@ -141,7 +151,8 @@ def to_wire(record: RunRecord, folder: Path) -> str:
         path = Path(folder) / f"{record.run_id}.pt"
         torch.save({k: v.detach().cpu() for k, v in record.model.weights.items()}, path)
         data["model"] = {"weights": str(path), "model": record.model.model,
-                         "root": record.model.root, "params": record.model.params}
+                         "root": record.model.root, "params": record.model.params,
+                         "name": record.model.name}
     return json.dumps(data, allow_nan=False)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import json
 import logging
 import math
 import subprocess
@@ -27,6 +28,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -141,3 +143,31 @@ def log_curves(history: Sequence[dict[str, Any]], name: str = "curves.png", *,
         path = plot_history(history, Path(tmp) / name, title=title)
         MlflowClient().log_artifact(run_id, str(path))
     return name
+
+
+NOTE_TAG = "mlflow.note.content"  # the run's description: markdown on its Overview tab
+
+
+def chart_link(run_id: str, experiment_id: str, keys: Sequence[str], *, log: bool = True,
+               base: str = "") -> str:
+    """MLflow's metric page for one run with ``keys`` drawn in one chart (one y axis).
+
+    A run's own charts draw each metric alone, with its own y axis, so train and validation
+    loss cannot be read against each other there; this page (the UI's route for a metric's
+    chart, ``#/metric``) draws them together. ``base`` empty: a link relative to the UI.
+    """
+    def enc(value: Any) -> str:
+        return quote(json.dumps(value, separators=(",", ":")), safe="")
+
+    return (f"{base.rstrip('/')}/#/metric?runs={enc([run_id])}&metric={enc(keys[0])}"
+            f"&experiments={enc([experiment_id])}&plot_metric_keys={enc(list(keys))}"
+            f"&plot_layout={{}}&x_axis=step&y_axis_scale={'log' if log else 'linear'}"
+            "&line_smoothness=1&show_point=true&deselected_curves=[]&last_linear_y_axis_range=[]")
+
+
+def curves_note(run_id: str, experiment_id: str) -> str:
+    """The run's description: a link to its train and validation loss in one chart."""
+    keys = [curve_name("train/loss"), curve_name("val/loss")]
+    return (f"**Train and validation loss in one chart** (log scale): "
+            f"[{' vs '.join(keys)}]({chart_link(run_id, experiment_id, keys)}). "
+            "A gap that widens is overfitting; two high curves, underfitting.")

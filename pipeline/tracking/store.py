@@ -18,11 +18,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
+import json
 import logging
 import os
 import posixpath
 import re
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -268,13 +271,50 @@ EXPERIMENT_KIND = "custom_model_development"
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `make ui` serves
 
 
-def ui_url(experiment_id: str, base: str = UI_ADDRESS) -> str:
+def ui_url(experiment_id: str, base: str = UI_ADDRESS, view: str = "") -> str:
     """The experiment's runs table in the MLflow UI, in its "Model training" view.
 
     Without ``workflowType=machine_learning`` a fresh browser opens MLflow 3's GenAI view (an
-    empty traces overview, no Model registry in the sidebar).
+    empty traces overview, no Model registry in the sidebar). ``view`` is a key from
+    :func:`share_runs_view` (its sort order and columns); MLflow ignores a shared view when
+    the URL carries its own sort, so the link holds one or the other.
     """
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    url = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return url + (f"&{VIEW_PARAM}={view}" if view else "")
+
+
+def ui_base() -> str:
+    """Where users open the UI: the tracking server itself, or ``make ui`` for a local store."""
+    uri = mlflow.get_tracking_uri()
+    return redact(uri) if urlsplit(uri).scheme in ("http", "https") else UI_ADDRESS
+
+
+# MLflow's UI loads a runs-table view (sort order, columns) saved as an experiment tag
+# `mlflow.sharedViewState.<key>` when the URL names the key (MLflow 3.17's "Share" button).
+VIEW_PARAM = "viewStateShareKey"
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+
+
+def _column(kind: str, name: str) -> str:
+    return f"{kind}.`{name}`"  # the UI's column key: metrics.`best_val_loss`
+
+
+def share_runs_view(
+    experiment_id: str, *, order_by: str, ascending: bool, params: Sequence[str],
+    metrics: Sequence[str],
+) -> str:
+    """Save a runs-table view of the experiment: sorted by the metric ``order_by``, with the
+    given params and metrics as columns. Returns its key for :func:`ui_url`; the same view
+    gets the same key, so a rerun rewrites one tag."""
+    state = {
+        "orderByKey": _column("metrics", order_by), "orderByAsc": ascending,
+        "selectedColumns": [_column("params", p) for p in params]
+        + [_column("metrics", m) for m in metrics],
+    }
+    text = json.dumps(state, sort_keys=True)
+    key = "pipeline-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    MlflowClient().set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key, text)
+    return key
 
 
 def experiment(name: str, params: Params) -> str:

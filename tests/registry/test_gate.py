@@ -209,6 +209,8 @@ def test_register_is_idempotent_and_aliases(project: Path, params: Params) -> No
     by_version = registry.load_model(registry.model_uri(name, v1.version))
     by_run = registry.load_model(f"runs:/{run_id}/model")
     x = np.array(cache.test_x[:5], np.float32)
-    np.testing.assert_allclose(by_version.predict(x), by_run.predict(x), rtol=1e-6)
+    np.testing.assert_allclose(registry.predict(by_version, x), registry.predict(by_run, x),
+                               rtol=1e-6)
+    assert list(by_version.predict(x)["label"]) == list(by_run.predict(x)["label"])
     with pytest.raises(UserError, match="cannot load model"):
         registry.load_model(registry.alias_uri(name, "nope"))

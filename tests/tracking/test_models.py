@@ -160,7 +160,8 @@ def test_the_projects_pt2_models_load_with_pickle_off(
     model = load_model(info.model_uri)
     assert no_package_scan == []  # our own pins: MLflow's scan of installed packages skipped
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
-    assert np.asarray(model.predict(x)).shape[0] == 3
+    served = model.predict(x)
+    assert list(served.columns) == ["label", *meta.class_names] and len(served) == 3
 
 
 def test_a_model_bundling_code_is_refused() -> None:
@@ -170,3 +171,110 @@ def test_a_model_bundling_code_is_refused() -> None:
     assert unsafe_format(ok) is None
     assert "bundles Python code" in str(unsafe_format({**ok, "pytorch": {"code": "code"}}))
     assert "sklearn" in str(unsafe_format({**ok, "sklearn": {}}))
+
+
+# --------------------------------------------------------------------------------------------
+# The served classifier: a models-from-code pyfunc that only ever runs the project's own file
+# --------------------------------------------------------------------------------------------
+def test_the_served_classifier_code_is_a_file_the_project_knows() -> None:
+    import hashlib
+
+    from pipeline.tracking.models import LABELLED_CODE, LABELLED_CODE_SHA256
+
+    # Changing labelled_model.py means adding its new digest (and keeping the old ones, which
+    # the models logged before still carry).
+    assert hashlib.sha256(LABELLED_CODE.read_bytes()).hexdigest() in LABELLED_CODE_SHA256
+
+
+_BOOBY_CODE = """
+import os, pathlib
+pathlib.Path(os.environ["PIPELINE_TEST_UNPICKLED"]).write_text("ran")
+from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
+
+class M(PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+set_model(M())
+"""
+
+
+def _classifier(params: Params, image_cache: Callable[..., tuple[Path, CacheMeta]]) -> tuple[
+        str, Path, CacheMeta, np.ndarray]:
+    folder, meta = image_cache()
+    cache = load_cache(folder)
+    net = build_model(ModelConfig(hidden_layers=1, width=8), meta).eval()
+    configure(params)
+    x = np.asarray(cache.train_x[:3], dtype=np.float32)
+    with mlflow.start_run(experiment_id=experiment("models", params)):
+        info = log_model(net, meta, example=x, name="trial-0")
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
+    return info.model_uri, local, meta, x
+
+
+def test_a_models_from_code_pyfunc_runs_only_the_projects_own_file(
+    params: Params, image_cache: Callable[..., tuple[Path, CacheMeta]], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Someone else's code file, or ours with one byte changed, is refused before it runs."""
+    marker = tmp_path / "ran.txt"
+    monkeypatch.setenv(MARKER, str(marker))
+    uri, local, _, _ = _classifier(params, image_cache)
+    copy = tmp_path / "copy"
+    shutil.copytree(local, copy)
+    code = copy / "labelled_model.py"
+    code.write_text(code.read_text() + "\n# edited\n")
+    _refused(str(copy), marker, r"refused: its labelled_model.py is not a file this project")
+    code.write_text(_BOOBY_CODE)
+    _refused(str(copy), marker, r"is not a file this project shipped")
+    # Renamed, it is not even considered ours: the name check comes first.
+    other = tmp_path / "other"
+    with mlflow.start_run(experiment_id=experiment("models", params)):
+        booby = tmp_path / "booby.py"
+        booby.write_text(_BOOBY_CODE.replace('pathlib.Path(os.environ["PIPELINE_TEST_UNPICKLED"])'
+                                             '.write_text("ran")', ""))
+        mlflow.pyfunc.save_model(str(other), python_model=str(booby), pip_requirements=[])
+    _refused(str(other), marker, r"its code 'booby.py' is not this project's labelled_model.py")
+
+
+def test_the_served_classifier_network_must_be_a_pt2_pytorch_model(
+    params: Params, image_cache: Callable[..., tuple[Path, CacheMeta]], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker = tmp_path / "ran.txt"
+    monkeypatch.setenv(MARKER, str(marker))
+    _, local, _, _ = _classifier(params, image_cache)
+    copy = tmp_path / "copy"
+    shutil.copytree(local, copy)
+    network = copy / "artifacts" / "network"
+    shutil.rmtree(network)
+    mlflow.pytorch.save_model(_Booby(2, 2), str(network), serialization_format="pickle",
+                              pip_requirements=[])
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # MLflow's default
+    _refused(str(copy), marker, r"refused: its weights are pickled")
+
+
+def test_the_served_classifier_answers_with_labels_and_loads_with_pickle_off(
+    params: Params, image_cache: Callable[..., tuple[Path, CacheMeta]],
+) -> None:
+    import os
+
+    from pipeline.tracking.models import load_model, unsafe_format
+
+    uri, local, meta, x = _classifier(params, image_cache)
+    flavors = mlflow.models.get_model_info(uri).flavors
+    assert set(flavors) == {"python_function"} and unsafe_format(flavors) is None
+    assert "python_model" not in flavors["python_function"]  # nothing cloudpickled
+    assert not list(local.rglob("*.pkl")) and not list(local.rglob("*.pth"))
+    model = load_model(uri)
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+    served = model.predict(x)
+    names = list(meta.class_names)
+    assert list(served.columns) == ["label", *names]
+    proba = served[names].to_numpy()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    assert list(served["label"]) == [names[k] for k in proba.argmax(axis=1)]
+    schema = model.metadata.get_output_schema()
+    assert schema.input_names() == ["label", *names]
+    assert schema.input_types()[0].name == "string"

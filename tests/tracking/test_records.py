@@ -85,8 +85,11 @@ def test_the_recorder_process_writes_the_record(params: Params, cache, project: 
     x = np.asarray(cache.test_x, np.float32)
     assert record.model is not None
     expected = package_model(record.model.network(cache.meta), cache.meta)(torch.from_numpy(x))
-    np.testing.assert_allclose(loaded.predict(x), expected.detach().numpy(), rtol=1e-5,
+    served = loaded.predict(x)
+    names = list(cache.meta.class_names)
+    np.testing.assert_allclose(served[names].to_numpy(), expected.detach().numpy(), rtol=1e-5,
                                atol=1e-6)
+    assert list(served["label"]) == [names[k] for k in expected.argmax(dim=1).tolist()]
     assert model.metrics and {m.key for m in model.metrics} == {"best_val_loss"}
 
 

@@ -221,15 +221,34 @@ def test_logged_model_loads_and_predicts_the_same(
         info = tracking.log_model(net, meta, example=test_x[:2])
     assert next(net.parameters()).device.type == "cpu" and not net.training  # untouched
     loaded = mlflow.pyfunc.load_model(info.model_uri)
-    got = np.asarray(loaded.predict(test_x))  # another batch size than the example
+    served = loaded.predict(test_x)  # another batch size than the example
+    names = list(meta.class_names)
+    # A classifier answers with the label and its probabilities by class name; a regressor
+    # with the bare predictions.
+    got = served[names].to_numpy() if kind == "image" else np.asarray(served)
     with torch.no_grad():
         expected = package_model(net, meta)(torch.from_numpy(test_x)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     if kind == "image":
         assert got.shape == (len(test_x), meta.num_classes)
+        assert list(served["label"]) == [names[k] for k in expected.argmax(axis=1)]
     else:
         assert got.shape == (len(test_x),)
     stored = loaded.metadata.metadata
     assert stored["fingerprint"] == meta.fingerprint and stored["task"] == meta.task
     outputs = loaded.metadata.signature.outputs.input_names()
-    assert outputs == (list(meta.class_names) if kind == "image" else [meta.target_name])
+    assert outputs == (["label", *names] if kind == "image" else [meta.target_name])
+
+
+def test_the_run_description_links_train_and_validation_loss_in_one_chart() -> None:
+    from urllib.parse import unquote
+
+    from pipeline.tracking.runs import chart_link, curves_note
+
+    link = chart_link("abc", "7", [tracking.curve_name("train/loss"),
+                                   tracking.curve_name("val/loss")])
+    assert link.startswith("/#/metric?runs=")  # the UI's route for a metric's chart
+    assert unquote(link).count('"loss/train"') == 2 and '["loss/train","loss/val"]' in unquote(
+        link)
+    assert "y_axis_scale=log" in link and '["7"]' in unquote(link)
+    assert f"]({link})" in curves_note("abc", "7")  # markdown: the Overview tab renders it

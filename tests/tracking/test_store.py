@@ -41,3 +41,24 @@ def test_experiments_open_on_the_model_training_view(params: Params) -> None:
     old = mlflow.create_experiment("kind-old")  # made before the tag existed
     assert tracking.experiment("kind-old", params) == old
     assert MlflowClient().get_experiment(old).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
+def test_the_runs_link_carries_a_saved_view_sorted_by_the_objective(params: Params) -> None:
+    import json
+
+    tracking.configure(params)
+    exp = tracking.experiment("viewed", params)
+    share_runs_view, ui_url = tracking.share_runs_view, tracking.ui_url
+    key = share_runs_view(exp, order_by="best_val_loss", ascending=True,
+                          params=["model.width"], metrics=["best_val_loss", "epochs"])
+    again = share_runs_view(exp, order_by="best_val_loss", ascending=True,
+                            params=["model.width"], metrics=["best_val_loss", "epochs"])
+    assert key == again and key.startswith("pipeline-")  # the same view, one tag
+    view = json.loads(MlflowClient().get_experiment(exp).tags[f"mlflow.sharedViewState.{key}"])
+    assert view == {"orderByAsc": True, "orderByKey": "metrics.`best_val_loss`",
+                    "selectedColumns": ["params.`model.width`", "metrics.`best_val_loss`",
+                                        "metrics.`epochs`"]}
+    url = ui_url(exp, view=key)
+    # The UI ignores a shared view when the URL sorts by itself: the link holds only the key.
+    assert url.endswith(f"runs?workflowType=machine_learning&viewStateShareKey={key}")
+    assert "orderByKey" not in url
