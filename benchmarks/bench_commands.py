@@ -24,7 +24,12 @@ Overhead beyond the real work is wall - training (train, search) or wall - scori
 evaluate, predict). Because the machine may be shared, ratios come from the same run: overhead /
 wall, and each wall against ``python -c pass`` and ``python -c "import torch"``.
 
-    python benchmarks/bench_commands.py [--quick] [--repeat 1] [--epochs E] [--keep DIR] [--json F]
+With ``--baseline REF`` the same commands also run with the code of commit REF (``git archive``
+into the work folder, its own project set up by its own code), each command right after this
+tree's, so before and after come from the same run.
+
+    python benchmarks/bench_commands.py [--quick] [--repeat 1] [--epochs E] [--baseline REF]
+        [--commands train,search,...] [--keep DIR] [--json F]
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -142,17 +148,17 @@ def child(mode: str, module: str, argv: list[str], out: Path) -> int:
 # --------------------------------------------------------------------------------------------
 # Parent: the throwaway project
 # --------------------------------------------------------------------------------------------
-def child_env() -> dict[str, str]:
+def child_env(repo: Path = REPO) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_"))}
-    env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO))
+    env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(repo))
     return env
 
 
-def sh(args: list[str], cwd: Path, *, check: bool = True, stderr: Any = subprocess.PIPE
-       ) -> tuple[float, subprocess.CompletedProcess]:
+def sh(args: list[str], cwd: Path, *, check: bool = True, stderr: Any = subprocess.PIPE,
+       repo: Path = REPO) -> tuple[float, subprocess.CompletedProcess]:
     t0 = time.perf_counter()
-    proc = subprocess.run(args, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=stderr,
-                          text=True)
+    proc = subprocess.run(args, cwd=cwd, env=child_env(repo), stdout=subprocess.PIPE,
+                          stderr=stderr, text=True)
     wall = time.perf_counter() - t0
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n"
@@ -160,15 +166,15 @@ def sh(args: list[str], cwd: Path, *, check: bool = True, stderr: Any = subproce
     return wall, proc
 
 
-def make_project(root: Path, epochs: int) -> Path:
+def make_project(root: Path, epochs: int, repo: Path = REPO) -> Path:
     proj = root / "base"
     proj.mkdir(parents=True)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["max_epochs"] = epochs
     params["device"] = "cpu"
     params["prepare"]["datasets"] = ["digits"]
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    shutil.copytree(REPO / "studies", proj / "studies",
+    shutil.copytree(repo / "studies", proj / "studies",
                     ignore=shutil.ignore_patterns("*.journal", "*.db", "*.lock"))
     return proj
 
@@ -188,11 +194,44 @@ def snapshot(src: Path, dst: Path) -> Path:
     return dst
 
 
+def checkout(ref: str, folder: Path) -> Path:
+    """The code of ``ref`` (a commit of this repository) in ``folder``, for a baseline."""
+    folder.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+@dataclass
+class Side:
+    """One code version under test: its code, and its project after setup."""
+
+    name: str
+    repo: Path
+    base: Path = Path()
+    after_search: Path = Path()
+    setup: dict[str, float] = field(default_factory=dict)
+
+
+def set_up(side: Side, work: Path, epochs: int) -> None:
+    """fetch, prepare, a 1-trial search and a promote, with the side's own code."""
+    base = make_project(work / side.name, epochs, side.repo)
+    for name, cmd in (("fetch", ["-m", "pipeline.fetch"]), ("prepare", ["-m", "pipeline.prepare"]),
+                      ("search", ["-m", "pipeline.search", "--study", STUDY, "--n-trials", "1"])):
+        side.setup[name] = sh([PY, *cmd], base, repo=side.repo)[0]
+    side.after_search = snapshot(base, work / side.name / "after-search")
+    side.setup["promote"] = sh([PY, "-m", "pipeline.promote", "--study", STUDY], base,
+                               repo=side.repo)[0]
+    side.base = base
+    log.info("%s setup: %s", side.name, ", ".join(f"{k} {v:.1f} s" for k, v in side.setup.items()))
+
+
 # --------------------------------------------------------------------------------------------
 # Parent: measurements
 # --------------------------------------------------------------------------------------------
-def best_wall(args: list[str], cwd: Path, repeat: int) -> float:
-    return min(sh(args, cwd)[0] for _ in range(repeat))
+def best_wall(args: list[str], cwd: Path, repeat: int, repo: Path = REPO) -> float:
+    return min(sh(args, cwd, repo=repo)[0] for _ in range(repeat))
 
 
 def parse_importtime(stderr: str, top: int = 8) -> list[tuple[str, float]]:
@@ -278,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="end-to-end walls; fastest counts")
     parser.add_argument("--epochs", type=int, default=3, help="train.max_epochs")
     parser.add_argument("--top", type=int, default=10, help="profile rows per command")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also measure this commit (git archive into the work folder), "
+                             "each command right after this tree's, in the same run")
+    parser.add_argument("--commands", default=",".join(COMMANDS),
+                        help="which commands to measure")
     parser.add_argument("--keep", type=Path, help="work here (kept) instead of a temp folder")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -293,34 +337,32 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
+COMMANDS = ("train", "search", "promote", "evaluate", "predict")
+
+
+def command_specs(side: Side) -> dict[str, dict[str, Any]]:
+    image = sorted((side.base / "data" / "raw" / "digits" / "val").glob("*.jpg"))[0]
+    champion = "models:/pipeline-digits@champion"
+    return {
+        "train": {"argv": ["--dataset", "digits"], "state": side.base, "work": "training"},
+        "search": {"argv": ["--study", STUDY, "--n-trials", "1"], "state": side.base,
+                   "work": "training"},
+        "promote": {"argv": ["--study", STUDY], "state": side.after_search, "work": "scoring"},
+        "evaluate": {"argv": [], "state": side.base, "work": "scoring"},
+        "predict": {"argv": ["--model", champion, str(image)], "state": side.base,
+                    "work": "scoring"},
+    }
+
+
 def run(args: argparse.Namespace, work: Path) -> int:
     t_start = time.perf_counter()
-    base = make_project(work / f"p{os.getpid()}", args.epochs)
-    log.info("project %s (train.max_epochs=%d); setting up", base, args.epochs)
-    setup: dict[str, float] = {}
-    for name, cmd in (("fetch", ["-m", "pipeline.fetch"]), ("prepare", ["-m", "pipeline.prepare"]),
-                      ("search", ["-m", "pipeline.search", "--study", STUDY, "--n-trials", "1"])):
-        setup[name] = sh([PY, *cmd], base)[0]
-    after_search = snapshot(base, work / "after-search")
-    setup["promote"] = sh([PY, "-m", "pipeline.promote", "--study", STUDY], base)[0]
-    log.info("setup: %s", ", ".join(f"{k} {v:.1f} s" for k, v in setup.items()))
-    image = sorted((base / "data" / "raw" / "digits" / "val").glob("*.jpg"))[0]
-    champion = "models:/pipeline-digits@champion"
-
-    commands: dict[str, dict[str, Any]] = {
-        "train": {"argv": ["--dataset", "digits"], "state": base, "work": "training"},
-        "search": {"argv": ["--study", STUDY, "--n-trials", "1"], "state": base,
-                   "work": "training"},
-        "promote": {"argv": ["--study", STUDY], "state": after_search, "work": "scoring"},
-        "evaluate": {"argv": [], "state": base, "work": "scoring"},
-        "predict": {"argv": ["--model", champion, str(image)], "state": base, "work": "scoring"},
-    }
-    copies = iter(range(10**6))
-
-    def fresh(state: Path) -> Path:
-        return snapshot(state, work / f"run-{next(copies)}")
-
-    # Baselines, interleaved with nothing else running from us.
+    sides = [Side("now", REPO)]
+    if args.baseline:
+        sides.append(Side(f"base-{args.baseline}",
+                          checkout(args.baseline, work / "code" / args.baseline)))
+    for side in sides:
+        set_up(side, work, args.epochs)
+    base = sides[0].base
     rep = args.repeat + 1
     baseline = {
         "python": best_wall([PY, "-c", "pass"], base, rep + 1),
@@ -328,60 +370,92 @@ def run(args: argparse.Namespace, work: Path) -> int:
         "torch+mlflow": best_wall([PY, "-c", "import torch, mlflow"], base, rep),
     }
     log.info("baselines: %s", ", ".join(f"{k} {v:.2f} s" for k, v in baseline.items()))
-
-    results: dict[str, dict[str, Any]] = {}
-    for cmd, spec in commands.items():
-        r: dict[str, Any] = {}
-        r["import_module"] = best_wall([PY, "-c", f"import pipeline.{cmd}"], base,
-                                       args.repeat) - baseline["python"]
-        walls = []
-        for _ in range(args.repeat):
-            walls.append(sh([PY, "-m", f"pipeline.{cmd}", *spec["argv"]], fresh(spec["state"]))[0])
-        r["wall"] = min(walls)
-        # Partition (sampler) + importtime, in one child.
-        proj = fresh(spec["state"])
-        out = proj / "sample.json"
-        _, proc = sh([PY, "-X", "importtime", str(Path(__file__).resolve()), "--child", "sample",
-                      cmd, str(out), *spec["argv"]], proj)
-        sampled = json.loads(out.read_text())
-        r["sampled_wall"] = sampled["wall"]
-        r["shares"] = sampled["shares"]
-        r["top_imports"] = parse_importtime(proc.stderr)
-        if not args.quick:
-            proj = fresh(spec["state"])
-            prof = proj / "profile.pstats"
-            sh([PY, str(Path(__file__).resolve()), "--child", "profile", cmd, str(prof),
-                *spec["argv"]], proj)
-            pwall = json.loads(prof.with_suffix(".json").read_text())["wall"]
-            r["profile_wall"] = pwall
-            r["profile_top"] = profile_top(prof, pwall, args.top)
-            r["profile_categories"] = profile_categories(prof)
-        # Scale the sampled partition to the end-to-end wall: interpreter start-up and the
-        # `-m` module import happen before the child's clock starts; they go to imports/rest.
-        total = sum(r["shares"].values()) or 1.0
-        inproc = {k: v / total * r["sampled_wall"] for k, v in r["shares"].items()}
-        startup = max(r["wall"] - r["sampled_wall"], 0.0)
-        inproc["imports"] += min(startup, max(r["import_module"], 0.0))
-        inproc["rest"] += startup - min(startup, max(r["import_module"], 0.0))
-        # Express as fractions of the end-to-end wall (sampled run and timed run differ a bit).
-        scale = r["wall"] / sum(inproc.values())
-        r["parts"] = {k: v * scale for k, v in inproc.items()}
-        r["overhead"] = r["wall"] - r["parts"][spec["work"]]
-        results[cmd] = r
-        log.info("%s: wall %.1f s (sampled %.1f s)", cmd, r["wall"], r["sampled_wall"])
-
-    print_report(results, commands, baseline, setup, time.perf_counter() - t_start, args)
+    copies = iter(range(10**6))
+    wanted = [c.strip() for c in args.commands.split(",") if c.strip()]
+    results: dict[str, dict[str, dict[str, Any]]] = {side.name: {} for side in sides}
+    for cmd in wanted:
+        for side in sides:  # each command on every side, one after the other
+            spec = command_specs(side)[cmd]
+            results[side.name][cmd] = measure(cmd, spec, side, args, baseline, work, copies)
+    for side in sides:
+        print_report(side.name, results[side.name], command_specs(side), baseline, side.setup,
+                     args)
+    if len(sides) > 1:
+        print_comparison(results, sides)
+    print(f"\nbenchmark total {time.perf_counter() - t_start:.0f} s; load average before and "
+          f"after: {os.getloadavg()}")
     if args.json:
-        args.json.write_text(json.dumps({"baseline": baseline, "setup": setup,
-                                         "results": results}, indent=2, default=str) + "\n")
+        args.json.write_text(json.dumps({"baseline": baseline, "results": results,
+                                         "setup": {s.name: s.setup for s in sides}},
+                                        indent=2, default=str) + "\n")
     return 0
 
 
-def print_report(results: dict[str, dict[str, Any]], commands: dict[str, dict[str, Any]],
-                 baseline: dict[str, float], setup: dict[str, float], total: float,
-                 args: argparse.Namespace) -> None:
+def measure(cmd: str, spec: dict[str, Any], side: Side, args: argparse.Namespace,
+            baseline: dict[str, float], work: Path, copies: Any) -> dict[str, Any]:
+    """One command on one side: its wall, the sampled partition and (unless --quick) a
+    profile, each in a fresh copy of the project state."""
+    def fresh() -> Path:
+        return snapshot(spec["state"], work / f"run-{next(copies)}")
+
+    r: dict[str, Any] = {}
+    r["import_module"] = best_wall([PY, "-c", f"import pipeline.{cmd}"], side.base,
+                                   args.repeat, side.repo) - baseline["python"]
+    r["wall"] = min(sh([PY, "-m", f"pipeline.{cmd}", *spec["argv"]], fresh(),
+                       repo=side.repo)[0] for _ in range(args.repeat))
+    # Partition (sampler) + importtime, in one child.
+    proj = fresh()
+    out = proj / "sample.json"
+    _, proc = sh([PY, "-X", "importtime", str(Path(__file__).resolve()), "--child", "sample",
+                  cmd, str(out), *spec["argv"]], proj, repo=side.repo)
+    sampled = json.loads(out.read_text())
+    r["sampled_wall"] = sampled["wall"]
+    r["shares"] = sampled["shares"]
+    r["top_imports"] = parse_importtime(proc.stderr)
+    if not args.quick:
+        proj = fresh()
+        prof = proj / "profile.pstats"
+        sh([PY, str(Path(__file__).resolve()), "--child", "profile", cmd, str(prof),
+            *spec["argv"]], proj, repo=side.repo)
+        pwall = json.loads(prof.with_suffix(".json").read_text())["wall"]
+        r["profile_wall"] = pwall
+        r["profile_top"] = profile_top(prof, pwall, args.top)
+        r["profile_categories"] = profile_categories(prof)
+    # Scale the sampled partition to the end-to-end wall: interpreter start-up and the
+    # `-m` module import happen before the child's clock starts; they go to imports/rest.
+    total = sum(r["shares"].values()) or 1.0
+    inproc = {k: v / total * r["sampled_wall"] for k, v in r["shares"].items()}
+    startup = max(r["wall"] - r["sampled_wall"], 0.0)
+    inproc["imports"] += min(startup, max(r["import_module"], 0.0))
+    inproc["rest"] += startup - min(startup, max(r["import_module"], 0.0))
+    # Express as fractions of the end-to-end wall (sampled run and timed run differ a bit).
+    scale = r["wall"] / sum(inproc.values())
+    r["parts"] = {k: v * scale for k, v in inproc.items()}
+    r["overhead"] = r["wall"] - r["parts"][spec["work"]]
+    log.info("%s %s: wall %.1f s (sampled %.1f s), beyond the work %.1f s", side.name, cmd,
+             r["wall"], r["sampled_wall"], r["overhead"])
+    return r
+
+
+def print_comparison(results: dict[str, dict[str, dict[str, Any]]], sides: list[Side]) -> None:
+    now, *others = sides
+    print()
+    print(f"{'command':9s} " + " ".join(f"{s.name + ' wall':>18s} {'beyond':>7s}"
+                                         for s in [*others, now]))
+    for cmd, r in results[now.name].items():
+        cells = [f"{results[s.name][cmd]['wall']:18.2f} {results[s.name][cmd]['overhead']:7.2f}"
+                 for s in others]
+        print(f"{cmd:9s} " + " ".join([*cells, f"{r['wall']:18.2f} {r['overhead']:7.2f}"]))
+    print("beyond = wall - the command's work (train/search: epochs; promote/evaluate/predict: "
+          "scoring)")
+
+
+def print_report(name: str, results: dict[str, dict[str, Any]],
+                 commands: dict[str, dict[str, Any]], baseline: dict[str, float],
+                 setup: dict[str, float], args: argparse.Namespace) -> None:
     p = print
     p()
+    p(f"== {name} ==")
     p(f"baselines (fastest): python -c pass {baseline['python']:.2f} s, import torch "
       f"{baseline['torch']:.2f} s, import torch+mlflow {baseline['torch+mlflow']:.2f} s; "
       f"train.max_epochs={args.epochs}, {os.cpu_count()} CPUs")
@@ -408,11 +482,10 @@ def print_report(results: dict[str, dict[str, Any]], commands: dict[str, dict[st
             cats = ", ".join(f"{k} {v:.2f}" for k, v in r["profile_categories"].items())
             p(f"[{cmd}] cProfile ({r['profile_wall']:.1f} s under the profiler); categories "
               f"(inclusive, overlapping): {cats}")
-            for name, ct in r["profile_top"]:
-                p(f"    {ct:6.2f} s {100 * ct / r['profile_wall']:4.0f}%  {name}")
+            for fn, ct in r["profile_top"]:
+                p(f"    {ct:6.2f} s {100 * ct / r['profile_wall']:4.0f}%  {fn}")
     p()
-    p(f"setup: {', '.join(f'{k} {v:.1f} s' for k, v in setup.items())}; "
-      f"benchmark total {total:.0f} s")
+    p(f"setup: {', '.join(f'{k} {v:.1f} s' for k, v in setup.items())}")
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def run_evaluate(options: EvaluateOptions) -> Evaluation:
             f"registered model {name!r} has no '{registry.CHAMPION}' alias yet; run "
             "`dvc repro` or `python -m pipeline.promote --study STUDY` first"
         )
-    model = registry.load_model(uri)
+    model = registry.load_scorer(uri)
     check_compatible(registry.model_metadata(model), meta, uri)
     scored = registry.score(model, cache)
 

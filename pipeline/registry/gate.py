@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
     from pipeline.config import Params
     from pipeline.data.cache import Cache
+    from pipeline.tracking.plain import PlainModel
+
+    Scorer = PyFuncModel | PlainModel  # what scoring takes: the served pyfunc or its network
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +89,26 @@ def alias_uri(name: str, alias: str = CHAMPION) -> str:
 # Loading and scoring a logged model
 # --------------------------------------------------------------------------------------------
 def load_model(uri: str) -> PyFuncModel:
-    """Load a model through the project's one no-pickle loader."""
+    """Load a model as it is served, through the project's one no-pickle loader."""
     from pipeline.tracking.models import load_model as load_safely
 
     return load_safely(uri)
 
 
-def model_metadata(model: PyFuncModel) -> dict[str, Any]:
+def load_scorer(uri: str) -> Scorer:
+    """Load a model for scoring: the served weights, through the plain network where it can
+    be rebuilt (no torch.export loader), else the served pyfunc; never unpickled."""
+    from pipeline.tracking.models import load_scorer as load_safely
+
+    return load_safely(uri)
+
+
+def model_metadata(model: Scorer) -> dict[str, Any]:
     """What the pipeline stored with the model (task, input_shape, class_names, ...)."""
     return dict(model.metadata.metadata or {})
 
 
-def predict(model: PyFuncModel, x: np.ndarray, *, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+def predict(model: Scorer, x: np.ndarray, *, batch_size: int = PREDICT_BATCH) -> np.ndarray:
     """Run the pyfunc on raw float32 inputs in batches; concatenate the outputs: class
     probabilities ``[N, K]`` (columns in ``class_names`` order) or predictions ``[N]``."""
     outputs: list[np.ndarray] = []
@@ -110,7 +121,7 @@ def predict(model: PyFuncModel, x: np.ndarray, *, batch_size: int = PREDICT_BATC
     return np.concatenate(outputs, axis=0)
 
 
-def as_array(output: Any, model: PyFuncModel) -> np.ndarray:
+def as_array(output: Any, model: Scorer) -> np.ndarray:
     """A model's output as numbers. A served classifier answers with a table (the predicted
     ``label`` and one probability column per class name): its class columns, in the model's
     ``class_names`` order. A PyTorch model (a regressor, or a classifier logged before labels
@@ -129,7 +140,7 @@ class Scored:
     outputs: np.ndarray  # probabilities [N, K] or predictions [N]
 
 
-def score(model: PyFuncModel, cache: Cache) -> Scored:
+def score(model: Scorer, cache: Cache) -> Scored:
     """Evaluate ``model`` on ``cache``'s held-out test split (raw values through the pyfunc)."""
     meta = cache.meta
     outputs = predict(model, np.asarray(cache.test_x))
@@ -347,7 +358,7 @@ def promote(
 ) -> Decision:
     """Register the candidate (once), run the gate, move the aliases, tag the version."""
     fingerprint = cache.meta.fingerprint
-    model = load_model(candidate.model_uri)
+    model = load_scorer(candidate.model_uri)
     _check_candidate(candidate, model_metadata(model).get("fingerprint"), cache, metric)
     scored = score(model, cache)
     logger.info("candidate run %s: %s", candidate.run_id, _fmt_metrics(scored.metrics))
@@ -486,12 +497,12 @@ def _score_champion(
     champ_model = None
     champ_fp = (current.tags or {}).get("fingerprint")
     if not champ_fp:
-        champ_model = load_model(model_uri(name, current.version))
+        champ_model = load_scorer(model_uri(name, current.version))
         champ_fp = model_metadata(champ_model).get("fingerprint")
     same_data = not champ_fp or champ_fp == fingerprint
     if not same_data:
         return None, False
-    champ_model = champ_model or load_model(model_uri(name, current.version))
+    champ_model = champ_model or load_scorer(model_uri(name, current.version))
     champ_metrics = score(champ_model, cache).metrics
     logger.info("champion v%s: %s", current.version, _fmt_metrics(champ_metrics))
     return champ_metrics, True

@@ -19,7 +19,7 @@ import numpy as np
 from pipeline.data.images import IMAGE_SUFFIXES
 from pipeline.data.readers import decode_image, read_csv_table
 from pipeline.errors import UserError
-from pipeline.registry.gate import PREDICT_BATCH, load_model, model_metadata
+from pipeline.registry.gate import PREDICT_BATCH, load_scorer, model_metadata
 from pipeline.registry.gate import predict as _raw_predict
 
 TABLE_SUFFIXES = (".csv",)
@@ -188,7 +188,7 @@ def run_predict(options: PredictOptions, out: TextIO) -> PredictResult:
     model_uri, inputs, batch_size = options.model_uri, options.inputs, options.batch_size
     if batch_size < 1:
         raise UserError(f"--batch-size: expected a positive integer, got {batch_size}")
-    model = load_model(model_uri)
+    model = load_scorer(model_uri)
     spec = ModelSpec.from_metadata(model_metadata(model), model_uri)
     files = collect_inputs(inputs, spec.kind)
     predict = predict_images if spec.kind == "image" else predict_tables

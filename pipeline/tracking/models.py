@@ -41,8 +41,10 @@ from mlflow.types import ColSpec, Schema
 from torch import nn
 
 import pipeline.tracking.labelled_model as labelled_model
+from pipeline.config import ModelConfig
 from pipeline.data.cache import CacheMeta
 from pipeline.errors import UserError, first_line
+from pipeline.tracking.plain import PlainModel, plain_metadata, plain_model
 from pipeline.tracking.store import active_run_id
 from pipeline.training.models import model_metadata, package_model
 
@@ -133,6 +135,7 @@ def log_model(
     run_id: str | None = None,
     experiment_id: str | None = None,
     params: dict[str, str] | None = None,
+    config: ModelConfig | None = None,
 ) -> ModelInfo:
     """Log the servable :func:`package_model` of ``net`` to the active run (``pt2`` format).
 
@@ -150,6 +153,9 @@ def log_model(
         experiment_id: the run's experiment, when ``run_id`` is given (looked up if omitted).
         params: the model's params in MLflow's model list, when ``run_id`` is given (MLflow
             copies the active run's params otherwise).
+        config: the ``model`` section that built ``net``. Stored with the model (and the
+            network's answer to the example), it lets :func:`load_scorer` score the served
+            weights through the plain network (:mod:`pipeline.tracking.plain`).
 
     Returns:
         MLflow's ``ModelInfo`` (``model_uri`` loads it with ``mlflow.pyfunc.load_model``).
@@ -162,6 +168,7 @@ def log_model(
     with torch.no_grad():
         output = packaged(torch.from_numpy(example)).numpy()
     signature = model_signature(example, output, meta)
+    metadata = {**model_metadata(meta), **plain_metadata(config, output)}
     model_id = None
     if named_run:
         # MLflow files a model logged to a named (not active) run under the process's current
@@ -174,7 +181,7 @@ def log_model(
             experiment_id, name=name, source_run_id=run_id, params=params
         ).model_id
     common = {"input_example": example, "pip_requirements": pip_requirements(),
-              "metadata": model_metadata(meta), "run_id": run_id, "model_id": model_id}
+              "metadata": metadata, "run_id": run_id, "model_id": model_id}
     with _quiet():
         if meta.task != "classification":
             return mlflow.pytorch.log_model(packaged, name=name, serialization_format="pt2",
@@ -185,7 +192,7 @@ def log_model(
             mlflow.pytorch.save_model(
                 packaged, str(network), serialization_format="pt2", signature=signature,
                 input_example=example, pip_requirements=pip_requirements(),
-                metadata=model_metadata(meta))
+                metadata=metadata)
             return mlflow.models.Model.log(
                 artifact_path=None, name=name, flavor=mlflow.pyfunc,
                 python_model=str(LABELLED_CODE), artifacts={labelled_model.NETWORK: str(network)},
@@ -241,6 +248,7 @@ LABELLED_CODE_SHA256 = frozenset({
     "0e8da86b1b42f4eb9f19e8f538ffd6e47eb2da706a6666716016cec5e5544876",
 })
 _FROM_CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
+_PT2_FILE = "model.pt2"  # the program's file in the PyTorch flavor's data folder (MLflow's name)
 
 
 def refuse_pickle() -> None:
@@ -380,7 +388,8 @@ def check_format(uri: str) -> Path | None:
 
 
 def load_model(uri: str) -> PyFuncModel:
-    """Load a logged or registered model as a pyfunc, never unpickling.
+    """Load a logged or registered model as a pyfunc (what ``mlflow models serve`` serves),
+    never unpickling.
 
     The model is checked first (:func:`check_format`) and anything but the project's own shapes
     is refused before any of its files are deserialized or its code runs; the copy that was
@@ -390,11 +399,38 @@ def load_model(uri: str) -> PyFuncModel:
         UserError: the model is missing, unreadable or not in the safe format.
     """
     local = check_format(uri)
+    return _load_pyfunc(uri, str(local) if local is not None else uri)
+
+
+def load_scorer(uri: str) -> PyFuncModel | PlainModel:
+    """The model behind ``uri`` for scoring: its served weights in the plain network when it
+    can be rebuilt (:func:`pipeline.tracking.plain.plain_model`: no torch.export loader),
+    else the served pyfunc itself; checked, and never unpickled, as :func:`load_model`.
+
+    Raises:
+        UserError: the model is missing, unreadable or not in the safe format.
+    """
+    local = check_format(uri)
+    try:
+        local = local or Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        mlmodel = mlflow.models.Model.load(str(local))
+    except (MlflowException, OSError) as exc:
+        raise _load_error(uri, exc) from None
+    # A regressor is the PyTorch model; a classifier's network is its artifact (checked).
+    network = local if "pytorch" in mlmodel.flavors else local / "artifacts" / \
+        labelled_model.NETWORK
+    data = mlflow.models.Model.load(str(network)).flavors["pytorch"]["model_data"]
+    archive = network / data / _PT2_FILE
+    return plain_model(mlmodel, local, archive) or _load_pyfunc(uri, str(local))
+
+
+def _load_pyfunc(uri: str, where: str) -> PyFuncModel:
+    """MLflow's pyfunc of the model at ``where`` (checked), named ``uri`` in errors."""
     # Loading checks the model's requirements against every installed package (a scan of
     # all their file lists); our own pins come from this interpreter and cannot mismatch.
     skip_dependency_check_for_own_pins()
     try:
-        return mlflow.pyfunc.load_model(str(local) if local is not None else uri)
+        return mlflow.pyfunc.load_model(where)
     except MlflowException as exc:
         if "using pickle is disallowed" in str(exc) or "pickle-free" in str(exc):
             raise _refusal(uri, "its weights are pickled") from None

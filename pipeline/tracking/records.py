@@ -104,6 +104,7 @@ def write_record(
                     record.model.network(meta), meta, name=record.model.name,
                     example=example, validate=False,
                     run_id=run_id, experiment_id=experiment_id, params=record.model.params,
+                    config=ModelConfig(**record.model.model),
                 ).model_id
             except Exception as exc:  # still write the metrics, then report it
                 model_error = exc

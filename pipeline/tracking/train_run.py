@@ -316,7 +316,7 @@ def run_train(options: TrainOptions) -> TrainResult:
         mlflow.set_tag("stop_reason", str(trainer.stop_reason))
         log_curves(history, title=f"{meta.name}: {params.model.arch}")
         example = np.asarray(prep.cache.train_x[prep.val_idx[:2]], dtype=np.float32)
-        info = log_model(net, meta, example=example)
+        info = log_model(net, meta, example=example, config=params.model)
     return TrainResult(
         dataset=meta.name, arch=params.model.arch, best=dict(best),
         best_epoch=trainer.best_epoch, epochs=trainer.epoch,

@@ -282,3 +282,19 @@ def model_metadata(meta: CacheMeta) -> dict[str, Any]:
         "target_mean": float(meta.target_mean),
         "target_std": float(meta.target_std),
     }
+
+
+def meta_from_metadata(md: dict[str, Any]) -> CacheMeta:
+    """The cache metadata :func:`model_metadata` kept, as what :func:`build_model` and
+    :func:`package_model` read (the counts and split of the data are not kept: zero)."""
+    return CacheMeta(
+        name=str(md["dataset"]), task=md["task"], kind=md["kind"],
+        input_shape=[int(d) for d in md["input_shape"]],
+        class_names=[str(c) for c in md["class_names"]],
+        feature_names=[str(c) for c in md["feature_names"]],
+        target_name=str(md["target_name"]), n_train=0, n_test=0, counts={},
+        mean=[float(v) for v in md["mean"]], std=[float(v) for v in md["std"]],
+        target_mean=float(md["target_mean"]), target_std=float(md["target_std"]),
+        split_seed=0, fingerprint=str(md["fingerprint"]), source_format="",
+        size_policy=str(md["size_policy"]),
+    )
