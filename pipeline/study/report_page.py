@@ -38,6 +38,7 @@ from pipeline.config import Params, load_params
 from pipeline.data.cache import CacheMeta, read_meta
 from pipeline.errors import UserError
 from pipeline.study import page_figures as fig
+from pipeline.study.importance import get_param_importances
 from pipeline.study.page_figures import (
     TOP_PANELS,
     TOP_ROWS,
@@ -118,7 +119,7 @@ def _importances(study: optuna.Study, complete: Sequence[FrozenTrial]) -> dict[s
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return dict(optuna.importance.get_param_importances(study))
+            return dict(get_param_importances(study))
     except (ValueError, RuntimeError, ZeroDivisionError):
         return None  # e.g. every complete trial has the same value
 
