@@ -73,7 +73,8 @@ def classify_frame(filename: str, name: str) -> str | None:
         if name in ("_find_and_load", "_load_unlocked", "exec_module",
                     "_call_with_frames_removed"):
             return "imports"
-    if name == "run_epoch" and f.endswith("pipeline/training/engine.py"):
+    if name == "run_epoch" and f.endswith(("pipeline/training/engine.py",
+                                           "pipeline/training/batched.py")):
         return "training"
     for suffix, fn in _SCORING:
         if f.endswith(suffix) and name == fn:
@@ -87,6 +88,20 @@ def classify_frame(filename: str, name: str) -> str | None:
 
 
 PRIORITY = {c: i for i, c in enumerate(("imports", "training", "scoring", "data", "tracking"))}
+# Spans a sample counts toward whatever its category: a search's trials (everything a trial
+# does, its record and its first-use imports included).
+WITHIN = {"trials": ("pipeline/study/objective.py", "__call__")}
+
+
+def within(frame: Any) -> list[str]:
+    found = []
+    while frame is not None:
+        f = frame.f_code.co_filename.replace(os.sep, "/")
+        for label, (suffix, name) in WITHIN.items():
+            if frame.f_code.co_name == name and f.endswith(suffix) and label not in found:
+                found.append(label)
+        frame = frame.f_back
+    return found
 
 
 def classify_stack(frame: Any) -> str:
@@ -122,6 +137,7 @@ def child(mode: str, module: str, argv: list[str], out: Path) -> int:
         return 0
     main_id = threading.get_ident()
     shares = dict.fromkeys(CATEGORIES, 0.0)
+    spans = dict.fromkeys(WITHIN, 0.0)
     stop = threading.Event()
 
     def sampler() -> None:
@@ -131,6 +147,8 @@ def child(mode: str, module: str, argv: list[str], out: Path) -> int:
             frame = sys._current_frames().get(main_id)
             if frame is not None:
                 shares[classify_stack(frame)] += now - last
+                for label in within(frame):
+                    spans[label] += now - last
             last = now
 
     thread = threading.Thread(target=sampler, daemon=True)
@@ -141,7 +159,7 @@ def child(mode: str, module: str, argv: list[str], out: Path) -> int:
         stop.set()
         thread.join()
     wall = time.perf_counter() - t0
-    out.write_text(json.dumps({"wall": wall, "rc": rc, "shares": shares}))
+    out.write_text(json.dumps({"wall": wall, "rc": rc, "shares": shares, "spans": spans}))
     return 0
 
 
@@ -346,7 +364,7 @@ def command_specs(side: Side) -> dict[str, dict[str, Any]]:
     return {
         "train": {"argv": ["--dataset", "digits"], "state": side.base, "work": "training"},
         "search": {"argv": ["--study", STUDY, "--n-trials", "1"], "state": side.base,
-                   "work": "training"},
+                   "work": "trials"},
         "promote": {"argv": ["--study", STUDY], "state": side.after_search, "work": "scoring"},
         "evaluate": {"argv": [], "state": side.base, "work": "scoring"},
         "predict": {"argv": ["--model", champion, str(image)], "state": side.base,
@@ -431,7 +449,11 @@ def measure(cmd: str, spec: dict[str, Any], side: Side, args: argparse.Namespace
     # Express as fractions of the end-to-end wall (sampled run and timed run differ a bit).
     scale = r["wall"] / sum(inproc.values())
     r["parts"] = {k: v * scale for k, v in inproc.items()}
-    r["overhead"] = r["wall"] - r["parts"][spec["work"]]
+    r["spans"] = {k: v / total * r["sampled_wall"] * scale
+                  for k, v in sampled.get("spans", {}).items()}
+    work = r["parts"].get(spec["work"], r["spans"].get(spec["work"], 0.0))
+    r["work"] = work
+    r["overhead"] = r["wall"] - work
     log.info("%s %s: wall %.1f s (sampled %.1f s), beyond the work %.1f s", side.name, cmd,
              r["wall"], r["sampled_wall"], r["overhead"])
     return r
@@ -446,8 +468,8 @@ def print_comparison(results: dict[str, dict[str, dict[str, Any]]], sides: list[
         cells = [f"{results[s.name][cmd]['wall']:18.2f} {results[s.name][cmd]['overhead']:7.2f}"
                  for s in others]
         print(f"{cmd:9s} " + " ".join([*cells, f"{r['wall']:18.2f} {r['overhead']:7.2f}"]))
-    print("beyond = wall - the command's work (train/search: epochs; promote/evaluate/predict: "
-          "scoring)")
+    print("beyond = wall - the command's work (train: its epochs; search: its trials, "
+          "records and first-use costs inside them included; promote/evaluate/predict: scoring)")
 
 
 def print_report(name: str, results: dict[str, dict[str, Any]],
@@ -471,9 +493,11 @@ def print_report(name: str, results: dict[str, dict[str, Any]],
           f"{pt['rest']:6.2f} {r['overhead']:7.2f} {r['overhead'] / r['wall']:8.1%} "
           f"{r['wall'] / baseline['torch']:5.1f}x {r['wall'] / baseline['python']:5.0f}x")
     p("mod imp: `python -c 'import pipeline.<cmd>'` - `python -c pass`; imports: all imports "
-      "during the run (lazy ones too, start-up included); overhd = wall - "
-      "train (train/search) or - score (promote/evaluate/predict); /torch, /pass: wall over "
-      "the baseline's")
+      "during the run (lazy ones too, start-up included); overhd = wall - the work: train's "
+      "epochs, search's trials (in trials: " + ", ".join(
+          f"{c} {r['spans'].get('trials', 0):.2f} s" for c, r in results.items()
+          if 'trials' in r.get('spans', {})) + "), promote/evaluate/predict's scoring; "
+      "/torch, /pass: wall over the baseline's")
     for cmd, r in results.items():
         p()
         imps = ", ".join(f"{n} {ms / 1000:.2f}" for n, ms in r["top_imports"])
