@@ -21,8 +21,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from pipeline.atomic import write_json_atomic
-# optuna.importance without scikit-learn, before Optuna's plots import it
-from pipeline.study import importance  # noqa: F401
+from pipeline.study import importance  # noqa: F401  (before Optuna's plots: no scikit-learn)
 from pipeline.study.report import StudyReport
 from pipeline.tracking.endings import end_parent_run
 

@@ -414,12 +414,12 @@ def load_scorer(uri: str) -> PyFuncModel | PlainModel:
     try:
         local = local or Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
         mlmodel = mlflow.models.Model.load(str(local))
+        # A regressor is the PyTorch model; a classifier's network is its (checked) artifact.
+        network = local if "pytorch" in mlmodel.flavors else local / "artifacts" / \
+            labelled_model.NETWORK
+        data = mlflow.models.Model.load(str(network)).flavors["pytorch"]["model_data"]
     except (MlflowException, OSError) as exc:
         raise _load_error(uri, exc) from None
-    # A regressor is the PyTorch model; a classifier's network is its artifact (checked).
-    network = local if "pytorch" in mlmodel.flavors else local / "artifacts" / \
-        labelled_model.NETWORK
-    data = mlflow.models.Model.load(str(network)).flavors["pytorch"]["model_data"]
     archive = network / data / _PT2_FILE
     return plain_model(mlmodel, local, archive) or _load_pyfunc(uri, str(local))
 
