@@ -22,10 +22,11 @@ The trial's value is the mean over folds of each fold's value at its best epoch;
 Every trial is also an MLflow run (:class:`MlflowTrialTracker`), created when the trial starts
 and finished — with its history, per-fold metrics, curves, model and state — however it ends.
 
-The study's first trial, the baseline (:mod:`pipeline.study.starts`), trains as
-``pipeline.train`` would: params.yaml's seed, all the data from its first epoch. Other trials
-draw their seed from the study seed and their number, and under a rung schedule
-(``pruner: {type: rungs}``, :mod:`pipeline.study.rungs`) train on a growing share of the data.
+The study's first trial, the baseline (:mod:`pipeline.study.starts`), trains with
+params.yaml's seed, as ``pipeline.train`` would (without a rung schedule, it is exactly
+``pipeline.train``'s run). Other trials draw their seed from the study seed and their number.
+Under a rung schedule (``pruner: {type: rungs}``, :mod:`pipeline.study.rungs`) every trial,
+the baseline included, trains on a growing share of the data.
 
 Time: with a time limit, a trial still training at the budget's deadline stops after its
 current epoch and completes with what it reached (``pipeline.cut_short=deadline``). Before
@@ -168,7 +169,7 @@ class Objective:
         earlier = _same_configuration(trial)
         if earlier is not None:
             return _reuse(trial, earlier)
-        # The baseline trains as pipeline.train would: params.yaml's seed, all data at once.
+        # The baseline trains with params.yaml's seed, as pipeline.train would.
         baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
         progress = TrialProgress(
             number=number, values=values, folds=self.plan.folds,
@@ -176,7 +177,7 @@ class Objective:
         )
         try:  # from the run's creation on, however the trial ends, its run is completed
             self._start_run(trial, progress)
-            self.trainer.train(trial, progress, rungs=None if baseline else self.rungs)
+            self.trainer.train(trial, progress, rungs=self.rungs)
         except optuna.TrialPruned:
             progress.state = "PRUNED"
             self._finish(trial, progress)
