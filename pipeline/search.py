@@ -65,6 +65,10 @@ def print_summary(result: SearchResult, out: TextIO) -> None:
         print(f"{report.counts['RUNNING']} trial(s) still running: on other workers, or on one "
               "that died too recently to be sure (the next search cleans up after it)",
               file=out)
+    if report.stopped_flat:
+        print(f"done: the last {report.stopped_flat['after']} trials did not beat the best "
+              "by more than its standard error (budget.patience); the study stopped early",
+              file=out)
     pruning = describe_pruning(report.pruning or {})
     if pruning:
         print(f"pruning: {pruning}", file=out)

@@ -62,7 +62,12 @@ from pipeline.study.folds import combine, plan_folds
 from pipeline.study.report import N_PARAMS_ATTR
 from pipeline.study.rungs import RungPlan, plan_rungs
 from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
-from pipeline.study.trial_attrs import BASELINE_ATTR, EPOCH_SECONDS_ATTR, RUNG_ATTR
+from pipeline.study.trial_attrs import (
+    BASELINE_ATTR,
+    EPOCH_SECONDS_ATTR,
+    FOLD_CURVES_ATTR,
+    RUNG_ATTR,
+)
 from pipeline.study.trial_training import (
     TrialInterrupted,
     TrialProgress,
@@ -149,7 +154,7 @@ class Objective:
         self.example = np.asarray(cache.train_x[first_val], dtype=np.float32)
         self.trainer = TrialTrainer(plan=self.plan, splits=self.splits, meta=self.meta,
                                     device=self.device, metric=study.metric, budget=self.budget,
-                                    stop=stop)
+                                    stop=stop, fold_values=study.pruner.type == "folds")
 
     @property
     def on_epoch(self) -> Callable[[int, int, float], None] | None:
@@ -239,6 +244,8 @@ def finished_attrs(progress: TrialProgress, study: StudySpec) -> dict[str, Any]:
         attrs["pipeline.cut_short"] = progress.cut_short
     if progress.rung is not None:
         attrs[RUNG_ATTR] = progress.rung
+    if progress.fold_curves:
+        attrs[FOLD_CURVES_ATTR] = progress.fold_curves
     reached = [row for row in map(best_row, progress.trainers) if row]
     if progress.interrupted and reached:
         value, _ = combine(float(row[study.metric]) for row in reached)

@@ -30,6 +30,7 @@ from pipeline.data.cache import CacheMeta
 from pipeline.study.budget import CUT_SHORT, RunBudget
 from pipeline.study.folds import FoldPlan, combine, combine_rows
 from pipeline.study.rungs import RungPlan
+from pipeline.study.trial_attrs import FOLDS_NOW_ATTR
 from pipeline.training.batched import BatchedFolds, can_batch_folds, fold_batching_wins
 from pipeline.training.engine import ModelRun, Split, Trainer
 from pipeline.training.memory import check_fits
@@ -67,6 +68,8 @@ class TrialProgress:
     run_id: str | None = None
     fold_batching: bool = False  # the folds trained as one batched model
     rung: int | None = None  # under a rung schedule: the rungs completed
+    # Each epoch's value per fold, when a fold-aware pruner reads them (else empty).
+    fold_curves: list[list[float | None]] = field(default_factory=list)
 
     @property
     def epochs(self) -> int:
@@ -86,6 +89,10 @@ class TrialProgress:
             if value is not None and math.isfinite(value):
                 scored.append((value if direction == "minimize" else -value, i))
         return min(scored)[1] if scored else None
+
+
+def _finite_or_none(value: Any) -> float | None:
+    return float(value) if value is not None and math.isfinite(float(value)) else None
 
 
 def best_row(trainer: ModelRun) -> dict[str, float]:
@@ -200,9 +207,11 @@ class TrialTrainer:
 
     def __init__(self, *, plan: FoldPlan, splits: Sequence[Split], meta: CacheMeta,
                  device: torch.device, metric: str, budget: RunBudget,
-                 stop: threading.Event | None) -> None:
+                 stop: threading.Event | None, fold_values: bool = False) -> None:
         self.plan, self.splits, self.meta, self.device = plan, splits, meta, device
         self.metric, self.budget, self.stop = metric, budget, stop
+        # Each epoch's value per fold on the trial, for a fold-aware pruner (FoldPruner).
+        self.fold_values = fold_values and plan.folds > 1
         # Called after every lockstep epoch with (trial number, epoch, value): the search's
         # progress bar shows where a long trial is, not only how many trials are done.
         self.on_epoch: Callable[[int, int, float], None] | None = None
@@ -242,8 +251,13 @@ class TrialTrainer:
                                 progress.number, epoch, why)
                     break
                 epoch += 1
-                row = averaged_row(training.epoch(epoch), epoch, self.metric)
+                rows = training.epoch(epoch)
+                row = averaged_row(rows, epoch, self.metric)
                 progress.history.append(row)
+                if self.fold_values:
+                    values = [_finite_or_none(r.get(self.metric)) for r in rows]
+                    progress.fold_curves.append(values)
+                    trial.set_user_attr(FOLDS_NOW_ATTR, values)
                 self._epoch_done(trial, progress, row)
             progress.value, progress.value_std = combine(
                 float(best_row(t)[self.metric]) for t in progress.trainers
