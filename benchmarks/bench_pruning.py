@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -39,7 +38,7 @@ PY = sys.executable
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_anytime import child_env, run  # noqa: E402
+from bench_anytime import run  # noqa: E402
 
 DATASETS = ("digits", "diabetes")
 PRUNERS = {"median": None, "folds": {"type": "folds", "n_warmup_steps": 3}}

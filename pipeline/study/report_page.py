@@ -50,8 +50,8 @@ from pipeline.study.page_figures import (
 from pipeline.study.report import N_PARAMS_ATTR, StudyReport, find_report
 from pipeline.study.rungs import describe_rungs
 from pipeline.study.spec import STUDIES_DIR, StudySpec, load_study
-from pipeline.study.trial_attrs import BASELINE_ATTR, RUNG_ATTR
 from pipeline.study.storage import open_storage, resolve_storage
+from pipeline.study.trial_attrs import BASELINE_ATTR, RUNG_ATTR
 
 logger = logging.getLogger(__name__)
 
@@ -267,6 +267,8 @@ def _margin(view: StudyView) -> str:
     if first is None or first.value is None or not rows:
         return ""
     best = rows[0]
+    if best.value is None:
+        return ""
     if best.number == first.number:
         return (f"The first trial, params.yaml's own configuration, is still the best: "
                 f"{view.metric} {first.value:.4f}.")
