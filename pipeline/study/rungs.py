@@ -14,7 +14,11 @@ spends a large part of the budget before it has beaten cheaper trials. It is asy
 ASHA (Li et al., 2020): a trial compares itself with every trial that reached the rung before
 it, on any worker, and never waits for others, so ``--workers`` and many machines stay busy.
 
-A fraction that would leave fewer than ``min_samples`` training items is raised to the whole
+When a rung trains on more data than the one before, the trial's models start afresh on it:
+the cheaper rungs only decide whether a configuration deserves more, and the model it ends
+with is what training on that data from the first epoch gives (a search without rungs would
+get the same for that configuration). Rungs on the same data continue the same models. A
+fraction that would leave fewer than ``min_samples`` training items is raised to the whole
 training part (small data: rungs over epochs only).
 
 The budget's part (:meth:`RungPlan.fits`): before a trial starts its next rung, that rung's

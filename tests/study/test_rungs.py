@@ -158,8 +158,9 @@ def test_every_trial_climbs_the_rungs_and_the_baseline_is_the_bar(
     quarter, half = int(np.ceil(n / 4)), int(np.ceil(n / 2))
     first, *others = study.trials
     # The baseline (params.yaml's seed) climbs every rung: 2 epochs on a quarter, 2 on half,
-    # then all of it, and is never stopped.
-    assert [r for s, r in seen if s == cfg.seed] == [quarter] * 2 + [half] * 2 + [n] * 4
+    # then all of it, and is never stopped; each time the data grows its model starts afresh
+    # (so the full-data model is trained for its own 8 epochs, as pipeline.train would).
+    assert [r for s, r in seen if s == cfg.seed] == [quarter] * 2 + [half] * 2 + [n] * 8
     assert first.state.name == "COMPLETE" and first.user_attrs[RUNG_ATTR] == 3
     assert {r for s, r in seen if s != cfg.seed} <= {quarter, half, n}
     # A trial stopped at the first rung did worse there than a trial that reached it before.
@@ -215,3 +216,19 @@ def test_a_trial_stopped_before_its_first_rung_ends_is_pruned(
         objective(trial)
     assert trial.user_attrs["pipeline.cut_short"] == "trial_share"
     assert trial.user_attrs["epochs"] == 1
+
+
+def test_a_trial_that_reaches_all_the_data_trains_as_it_would_without_rungs(
+    params: Params, images: Any
+) -> None:
+    """The cheap rungs only decide: the full-data model is the one training on all the data
+    from its first epoch gives (the same value as a study without rungs)."""
+    cfg = params.with_overrides({"train.max_epochs": 5, "train.early_stopping.patience": 50},
+                                origin="test")
+    values = {"model.width": 8, "train.lr": 0.005}
+    with_rungs = Objective(params=cfg, study=spec(), cache=images)
+    without = Objective(params=cfg, study=spec({"type": "none"}), cache=images)
+    climbed = optuna.trial.FixedTrial(values, number=4)
+    plain = optuna.trial.FixedTrial(values, number=4)
+    assert with_rungs(climbed) == pytest.approx(without(plain), rel=1e-6)
+    assert climbed.user_attrs["epochs"] == 2 + 2 + 5 and plain.user_attrs["epochs"] == 5
