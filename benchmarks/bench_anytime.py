@@ -13,7 +13,8 @@ that ``pipeline.prepare`` wrote once beforehand, an MLflow store of its own):
   dropout, batch norm, optimizer, learning rate, batch size, weight decay), params.yaml's
   training rules (30 epochs, early stopping patience 5, ReduceLROnPlateau), one MLflow run
   per trial with ``mlflow.pytorch.log_model`` (its pip requirements given, as MLflow's docs
-  advise for speed); it stops starting trials at the budget.
+  advise for speed); it stops starting trials at the budget, and a trial still training then
+  is dropped (as when the user stops the script).
 * **random**: the project's engine searching the shipped ``full`` space at random, without a
   pruner (the shipped study with ``sampler: {type: random}`` and ``pruner: {type: none}``).
 
@@ -160,6 +161,9 @@ def glue_main(argv: list[str]) -> int:  # noqa: C901 - one script, as users writ
                 trial.report(val_loss, epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned()
+                if time.monotonic() - started > args.budget:
+                    # The budget is spent: the user stops the script; this trial is lost.
+                    raise optuna.TrialPruned("the budget is spent")
                 if bad >= patience:
                     break
             model.load_state_dict(state)

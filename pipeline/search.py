@@ -35,7 +35,7 @@ from pipeline.errors import UserError
 from pipeline.secrets import redact
 from pipeline.study.audit import describe as describe_pruning
 from pipeline.study.pool import OPTIONS_ON_STDIN
-from pipeline.study.report import baseline_margin, leaderboard, short_params
+from pipeline.study.report import StudyReport, baseline_margin, leaderboard, short_params
 from pipeline.study.runner import SearchInterrupted, SearchResult, run_search
 from pipeline.study.setup import DRY_RUN_EPOCHS, SearchOptions
 from pipeline.study.spec import STUDIES_DIR, list_studies
@@ -54,6 +54,23 @@ def print_summary(result: SearchResult, out: TextIO) -> None:
         f"{result.wall_s:.1f} s; {report.n_trials} in the study ({counts or 'none'})",
         file=out,
     )
+    _print_state(result, out)
+    rows = leaderboard(report, [p.name for p in result.study.space])
+    if rows:
+        print(file=out)
+        print("\n".join(rows), file=out)
+    print(file=out)
+    _print_best(report, out)
+    if result.dry_run:
+        print("dry run: nothing was written (study in memory, MLflow in a temporary folder)",
+              file=out)
+        return
+    _print_where(result, out)
+
+
+def _print_state(result: SearchResult, out: TextIO) -> None:
+    """What else the study's state says: dead workers, early stops, pruning, reconcile."""
+    report = result.report
     if result.reaped:
         print(f"failed and queued again: trial(s) {result.reaped} of a worker that died",
               file=out)
@@ -65,17 +82,19 @@ def print_summary(result: SearchResult, out: TextIO) -> None:
         print(f"{report.counts['RUNNING']} trial(s) still running: on other workers, or on one "
               "that died too recently to be sure (the next search cleans up after it)",
               file=out)
+    if report.stopped_flat:
+        print(f"done: the last {report.stopped_flat['after']} trials did not beat the best "
+              "by more than its standard error (budget.patience); the study stopped early",
+              file=out)
     pruning = describe_pruning(report.pruning or {})
     if pruning:
         print(f"pruning: {pruning}", file=out)
     if result.reconciled is not None:
         print("reconcile: Optuna and MLflow agree" if not result.reconciled else
               "reconcile:\n  " + "\n  ".join(result.reconciled), file=out)
-    rows = leaderboard(report, [p.name for p in result.study.space])
-    if rows:
-        print(file=out)
-        print("\n".join(rows), file=out)
-    print(file=out)
+
+
+def _print_best(report: StudyReport, out: TextIO) -> None:
     if report.best is not None:
         best = report.best
         print(f"best: trial {best['number']} {report.metric}={best['value']:.4f} "
@@ -86,10 +105,10 @@ def print_summary(result: SearchResult, out: TextIO) -> None:
             print(f"      {margin}", file=out)
     else:
         print("best: no trial completed yet", file=out)
-    if result.dry_run:
-        print("dry run: nothing was written (study in memory, MLflow in a temporary folder)",
-              file=out)
-        return
+
+
+def _print_where(result: SearchResult, out: TextIO) -> None:
+    """Where it all is: the page, the report, the study storage, the MLflow runs."""
     if result.page is not None:
         print(f"page: {result.page} (open it in a browser: how big, which choices, what "
               "pruning cost)", file=out)

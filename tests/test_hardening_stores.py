@@ -214,12 +214,13 @@ def _own_store() -> None:
 
 def _model_output(params_path: Path, run_id: str) -> np.ndarray:
     from pipeline import tracking
+    from pipeline.registry.gate import as_array
     from pipeline.tracking.models import load_model
 
     _own_store()
     tracking.configure(load_params(params_path))
     model = load_model(f"runs:/{run_id}/model")
-    return np.asarray(model.predict(np.full((2, 1, 8, 8), 100, dtype=np.float32)))
+    return as_array(model.predict(np.full((2, 1, 8, 8), 100, dtype=np.float32)), model)
 
 
 def _train_run(params_path: Path) -> mlflow.entities.Run:

@@ -44,10 +44,6 @@ MAX_STUDY_CLASS_LINES = 120  # the search library's classes stay readable in one
 # (so the list only shrinks).
 KNOWN_BIG_COMMANDS: set[str] = set()
 KNOWN_LONG_FUNCTIONS: set[str] = {
-    "pipeline/data/build.py _build_images",
-    "pipeline/data/build.py _build_csv",
-    "pipeline/data/images.py _decode_paths",
-    "pipeline/data/images.py decode_files",
     "pipeline/tracking/models.py log_model",
 }
 KNOWN_BIG_STUDY_CLASSES: set[str] = set()

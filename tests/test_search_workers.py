@@ -212,3 +212,67 @@ def test_two_workers_at_once_on_a_fresh_project_never_repeat(proj: Path) -> None
     assert len(set(configs)) == len(configs)
     _, parents, children = mlflow_runs(proj)
     assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+
+
+@pytest.mark.slow
+def test_three_workers_stay_apart_and_find_what_one_finds(proj: Path) -> None:
+    """TPE's constant liar (running trials repel the sampler) with per-trial seeded streams:
+    3 workers on one study end, after the same number of trials, within noise of one worker's
+    best, with no configuration trained twice and nothing left RUNNING."""
+    import optuna
+
+    def study_file(sampler: dict[str, Any]) -> None:
+        _write_study(proj, budget={"n_trials": 9}, sampler=sampler, pruner={"type": "none"},
+                     space={"model.width": {"type": "int", "low": 4, "high": 32},
+                            "train.lr": {"type": "float", "low": 1e-3, "high": 0.1,
+                                         "log": True}})
+
+    study_file({"type": "tpe", "seed": 0, "n_startup_trials": 3})
+    sampler = optuna.samplers.TPESampler()
+    assert sampler._constant_liar  # Optuna's default since 5.0: what workers rely on
+    assert search(proj) == 0
+    one = load_study(proj)
+    values = [t.value for t in one.trials if t.value is not None]
+    one_best = one.best_value
+    (proj / "studies" / "tiny-digits.journal").rename(proj / "studies" / "one.journal")
+    assert search(proj, "--workers", "3") == 0
+    three = load_study(proj)
+    trials = three.trials
+    assert len(trials) == 9
+    configs = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(configs)) == len(configs)  # no configuration twice
+    assert "pipeline.duplicate_of" not in str([t.user_attrs for t in trials])
+    assert all(t.state.name == "COMPLETE" for t in trials)  # nothing RUNNING or lost
+    # Within noise: a quarter of the spread of the values one worker saw.
+    spread = max(values) - min(values)
+    assert three.best_value <= one_best + 0.25 * spread
+    _, parents, children = mlflow_runs(proj)
+    assert not [r for r in parents + children if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_workers_climb_one_set_of_rungs(proj: Path) -> None:
+    """The rung pruner is asynchronous: two worker processes compare each trial with every
+    trial that reached the rung before it, whichever worker ran it."""
+    rungs = {"type": "rungs", "reduction_factor": 2, "min_samples": 10,
+             "rungs": [{"data": 0.5, "epochs": 1}, {"data": 1.0, "epochs": 1}]}
+    _write_study(proj, budget={"n_trials": 8}, pruner=rungs)
+    _set_params(proj, max_epochs=4)
+    assert search(proj, "--workers", "2") == 0
+    trials = load_study(proj).trials
+    assert len(trials) == 8 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    assert len({t.user_attrs["pipeline.worker"] for t in trials}) == 2  # both took trials
+    baseline = [t for t in trials if t.user_attrs.get("pipeline.baseline")]
+    assert len(baseline) == 1 and baseline[0].state.name == "COMPLETE"
+    assert all("rung" in t.user_attrs for t in trials)
+    for t in trials:
+        if t.state.name == "PRUNED":
+            assert max(t.intermediate_values) in (1, 2)  # stopped at a rung's end
+            # Someone (on either worker) had done better at that rung by then.
+            step = max(t.intermediate_values)
+            rivals = [u.intermediate_values[step] for u in trials
+                      if u.number != t.number and step in u.intermediate_values
+                      and u.datetime_start < t.datetime_complete]
+            assert min(rivals) < t.intermediate_values[step]
+    _, parents, children = mlflow_runs(proj)
+    assert not [r for r in parents + children if r.info.status == "RUNNING"]

@@ -197,6 +197,12 @@ def _counts(y: np.ndarray, names: list[str]) -> dict[str, int]:
     return {name: int(counts[k]) for k, name in enumerate(names)}
 
 
+def _class_counts(
+    train_y: np.ndarray, test_y: np.ndarray, names: list[str]
+) -> dict[str, dict[str, int]]:
+    return {"train": _counts(train_y, names), "test": _counts(test_y, names)}
+
+
 # --------------------------------------------------------------------------------------------
 # Images
 # --------------------------------------------------------------------------------------------
@@ -207,31 +213,9 @@ def _build_images(
     assert isinstance(src, JpegLabelsDataset | ImageFolderDataset)
     key = f"datasets.{entry.name}"
     opts = src.image
-    root = project_root / src.root
-    listing: ImageListing
-    if isinstance(src, JpegLabelsDataset):
-        listing = list_jpeg_labels(src, root, key=key, on_bad_file=opts.on_bad_file)
-    else:
-        listing = list_image_folder(src, root, key=key)
-    logger.info(
-        "%s: decoding %d images (%d classes) from %s",
-        entry.name,
-        len(listing),
-        len(listing.class_names),
-        root,
+    listing, decoded, failures = _read_images(
+        src, root=project_root / src.root, name=entry.name, key=key, decoding=decoding
     )
-    decoded = decode_files(
-        listing.paths,
-        channels=opts.channels,
-        size=opts.size,
-        size_policy=opts.size_policy,
-        workers=decoding.workers,
-        progress=decoding.progress,
-        desc=entry.name,
-        max_pixels=decoding.max_pixels,
-    )
-    failures = _bad_files(decoded, listing, on_bad_file=opts.on_bad_file, name=entry.name)
-    _warn_same_content(listing, decoded.digests, failures, name=entry.name)
     skipped = [
         {"file": listing.sources[f.index], "kind": f.kind, "reason": f.message} for f in failures
     ]
@@ -239,27 +223,12 @@ def _build_images(
     fingerprint = Fingerprint(_settings(src, seed))
     fingerprint.add_many(listing.sources, [str(k) for k in listing.labels], decoded.digests)
 
-    good = np.ones(len(listing), dtype=bool)
-    good[[f.index for f in failures]] = False
-    index = np.flatnonzero(good)
-    if len(index) == 0:
-        raise UserError(f"{key}: every image was skipped as bad; nothing left to prepare")
+    index = _good_images(len(listing), failures, key=key)
     x = decoded.images
     y = np.asarray(listing.labels, dtype=np.int64)
-    if isinstance(src, JpegLabelsDataset) and src.test_part is not None:
-        in_test = np.array([p == src.test_part for p in listing.parts])
-        train_idx, test_idx = index[~in_test[index]], index[in_test[index]]
-        if len(train_idx) == 0 or len(test_idx) == 0:
-            raise UserError(
-                f"{key}.test_part: {src.test_part!r} leaves "
-                f"{len(train_idx)} training and {len(test_idx)} test images; expected both > 0"
-            )
-    else:
-        keep, held = _carve_test(
-            y[index], fraction=src.test_fraction, seed=seed, classification=True, key=key
-        )
-        train_idx, test_idx = index[keep], index[held]
-
+    train_idx, test_idx = _split_images(
+        src, parts=listing.parts, y=y, index=index, seed=seed, key=key
+    )
     train_x, test_x = x[train_idx], x[test_idx]
     train_y, test_y = y[train_idx], y[test_idx]
     mean, std = channel_stats(train_x)
@@ -274,7 +243,7 @@ def _build_images(
         target_name="label",
         n_train=len(train_idx),
         n_test=len(test_idx),
-        counts={"train": _counts(train_y, names), "test": _counts(test_y, names)},
+        counts=_class_counts(train_y, test_y, names),
         mean=mean,
         std=_std(std),
         target_mean=0.0,
@@ -288,6 +257,78 @@ def _build_images(
     )
     arrays = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
     return BuiltDataset(meta=meta, arrays=arrays)
+
+
+def _read_images(
+    src: JpegLabelsDataset | ImageFolderDataset,
+    *,
+    root: Path,
+    name: str,
+    key: str,
+    decoding: _Decoding,
+) -> tuple[ImageListing, DecodeResult, list[Failure]]:
+    """List and decode the images; return them with the bad files (see :func:`_bad_files`)."""
+    opts = src.image
+    listing: ImageListing
+    if isinstance(src, JpegLabelsDataset):
+        listing = list_jpeg_labels(src, root, key=key, on_bad_file=opts.on_bad_file)
+    else:
+        listing = list_image_folder(src, root, key=key)
+    logger.info(
+        "%s: decoding %d images (%d classes) from %s",
+        name,
+        len(listing),
+        len(listing.class_names),
+        root,
+    )
+    decoded = decode_files(
+        listing.paths,
+        channels=opts.channels,
+        size=opts.size,
+        size_policy=opts.size_policy,
+        workers=decoding.workers,
+        progress=decoding.progress,
+        desc=name,
+        max_pixels=decoding.max_pixels,
+    )
+    failures = _bad_files(decoded, listing, on_bad_file=opts.on_bad_file, name=name)
+    _warn_same_content(listing, decoded.digests, failures, name=name)
+    return listing, decoded, failures
+
+
+def _good_images(n: int, failures: list[Failure], *, key: str) -> np.ndarray:
+    """The indices of the images that are not bad, in order; refuses a dataset of none."""
+    good = np.ones(n, dtype=bool)
+    good[[f.index for f in failures]] = False
+    index = np.flatnonzero(good)
+    if len(index) == 0:
+        raise UserError(f"{key}: every image was skipped as bad; nothing left to prepare")
+    return index
+
+
+def _split_images(
+    src: JpegLabelsDataset | ImageFolderDataset,
+    *,
+    parts: list[str],
+    y: np.ndarray,
+    index: np.ndarray,
+    seed: int,
+    key: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices among ``index``: the declared test part, else a carved-out one."""
+    if isinstance(src, JpegLabelsDataset) and src.test_part is not None:
+        in_test = np.array([p == src.test_part for p in parts])
+        train_idx, test_idx = index[~in_test[index]], index[in_test[index]]
+        if len(train_idx) == 0 or len(test_idx) == 0:
+            raise UserError(
+                f"{key}.test_part: {src.test_part!r} leaves "
+                f"{len(train_idx)} training and {len(test_idx)} test images; expected both > 0"
+            )
+        return train_idx, test_idx
+    keep, held = _carve_test(
+        y[index], fraction=src.test_fraction, seed=seed, classification=True, key=key
+    )
+    return index[keep], index[held]
 
 
 # libjpeg's warnings that mean damaged pixels (OpenCV decodes such a file anyway, with grey or
@@ -359,27 +400,8 @@ def _build_csv(entry: DatasetEntry, *, project_root: Path, seed: int) -> BuiltDa
     key = f"datasets.{entry.name}"
     path = project_root / src.path
     table = read_table(path)
-    target = table.column(src.target, key=f"{key}.target", role="target column")
-    if src.features is None:
-        features = [i for i in range(len(table.header)) if i != target]
-    else:
-        features = [
-            table.column(name, key=f"{key}.features", role="feature column")
-            for name in src.features
-        ]
-        if target in features:
-            raise UserError(
-                f"{path}: {src.target!r} is both the target and a feature ({key}.features); "
-                "expected it in one place only"
-            )
-    if not features:
-        raise UserError(f"{path}: no feature columns besides the target {src.target!r}")
-    keep = rows_to_keep(table, [*features, target], missing=src.missing, key=f"{key}.missing")
-    dropped = int((~keep).sum())
-    if dropped:
-        logger.warning("%s: dropped %d row(s) with missing values (missing: drop)", path, dropped)
-    if not keep.any():
-        raise UserError(f"{path}: every row has a missing value; no rows left (missing: drop)")
+    target, features = _csv_columns(table, src, path=path, key=key)
+    keep = _csv_rows(table, [*features, target], missing=src.missing, path=path, key=key)
     x = numeric_columns(table, features, keep).astype(np.float32)
     task, y, class_names = _target(table, target, keep, task=src.task, key=key)
     lines = np.asarray(table.lines)[keep]
@@ -395,7 +417,7 @@ def _build_csv(entry: DatasetEntry, *, project_root: Path, seed: int) -> BuiltDa
     mean = train_x.astype(np.float64).mean(axis=0)
     std = train_x.astype(np.float64).std(axis=0)
     if classification:
-        counts = {"train": _counts(train_y, class_names), "test": _counts(test_y, class_names)}
+        counts = _class_counts(train_y, test_y, class_names)
         target_mean, target_std = 0.0, 1.0
     else:
         counts = {}
@@ -424,6 +446,41 @@ def _build_csv(entry: DatasetEntry, *, project_root: Path, seed: int) -> BuiltDa
     )
     arrays = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
     return BuiltDataset(meta=meta, arrays=arrays)
+
+
+def _csv_columns(
+    table: CsvTable, src: CsvDataset, *, path: Path, key: str
+) -> tuple[int, list[int]]:
+    """(target, features): column indices; features default to every column but the target."""
+    target = table.column(src.target, key=f"{key}.target", role="target column")
+    if src.features is None:
+        features = [i for i in range(len(table.header)) if i != target]
+    else:
+        features = [
+            table.column(name, key=f"{key}.features", role="feature column")
+            for name in src.features
+        ]
+        if target in features:
+            raise UserError(
+                f"{path}: {src.target!r} is both the target and a feature ({key}.features); "
+                "expected it in one place only"
+            )
+    if not features:
+        raise UserError(f"{path}: no feature columns besides the target {src.target!r}")
+    return target, features
+
+
+def _csv_rows(
+    table: CsvTable, columns: list[int], *, missing: str, path: Path, key: str
+) -> np.ndarray:
+    """The rows kept (a bool mask) under the ``missing`` policy; refuses a table of none."""
+    keep = rows_to_keep(table, columns, missing=missing, key=f"{key}.missing")
+    dropped = int((~keep).sum())
+    if dropped:
+        logger.warning("%s: dropped %d row(s) with missing values (missing: drop)", path, dropped)
+    if not keep.any():
+        raise UserError(f"{path}: every row has a missing value; no rows left (missing: drop)")
+    return keep
 
 
 def _target(

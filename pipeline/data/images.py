@@ -348,31 +348,17 @@ def _decode_paths(job: _Job, start: int, stop: int, *, err: _StderrPipe | None) 
     Python's per-call overhead would otherwise be a good part of the cost.
     """
     paths, out = job.paths[start:stop], job.images[start:stop]
-    channels, size, size_policy, max_pixels = (
-        job.channels,
-        job.size,
-        job.size_policy,
-        job.max_pixels,
-    )
+    channels, size, size_policy = job.channels, job.size, job.size_policy
+    max_pixels = job.max_pixels
     digests: list[bytes] = []
     failures: list[Failure] = []
     warnings: list[tuple[int, str]] = []
     fast_shape = size if channels == 1 else (*size, 3)
     gray = channels == 1
-    imdecode, frombuffer, uint8, anycolor = (
-        cv2.imdecode,
-        np.frombuffer,
-        np.uint8,
-        cv2.IMREAD_ANYCOLOR,
-    )
-    jpeg_size = _jpeg_size
-    sha256, os_open, os_read, os_close, flags = (
-        hashlib.sha256,
-        os.open,
-        os.read,
-        os.close,
-        os.O_RDONLY | getattr(os, "O_BINARY", 0),
-    )
+    imdecode, frombuffer, uint8 = cv2.imdecode, np.frombuffer, np.uint8
+    anycolor, jpeg_size, sha256 = cv2.IMREAD_ANYCOLOR, _jpeg_size, hashlib.sha256
+    os_open, os_read, os_close = os.open, os.read, os.close
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
     for i, path in enumerate(paths):
         try:
             fd = os_open(path, flags)
@@ -382,14 +368,9 @@ def _decode_paths(job: _Job, start: int, stop: int, *, err: _StderrPipe | None) 
                     data += _read_rest(fd)
             finally:
                 os_close(fd)
-        except FileNotFoundError:
-            digests.append(MISSING_DIGEST)
-            failures.append(Failure(start + i, MISSING, "file not found"))
-            out[i] = 0
-            continue
         except OSError as exc:
             digests.append(MISSING_DIGEST)
-            failures.append(Failure(start + i, MISSING, f"cannot read ({exc.strerror})"))
+            failures.append(_unreadable(start + i, exc))
             out[i] = 0
             continue
         digests.append(sha256(data).digest())
@@ -414,13 +395,23 @@ def _decode_paths(job: _Job, start: int, stop: int, *, err: _StderrPipe | None) 
         said = _one_line(err.drain()) if err is not None else ""
         if problem is not None:
             out[i] = 0
-            kind, what = problem
-            failures.append(
-                Failure(start + i, kind, what + (f" [libjpeg: {said}]" if said else ""))
-            )
+            failures.append(_failed(start + i, problem, said))
         elif said:
             warnings.append((start + i, said))
     return start, digests, failures, warnings
+
+
+# The two below run only for a bad file, so they cost the hot loop nothing on a good one.
+def _unreadable(index: int, exc: OSError) -> Failure:
+    if isinstance(exc, FileNotFoundError):
+        return Failure(index, MISSING, "file not found")
+    return Failure(index, MISSING, f"cannot read ({exc.strerror})")
+
+
+def _failed(index: int, problem: tuple[str, str], said: str) -> Failure:
+    """The failure of file ``index``, with what libjpeg said about it (if anything)."""
+    kind, what = problem
+    return Failure(index, kind, what + (f" [libjpeg: {said}]" if said else ""))
 
 
 def _one_line(text: str) -> str:
@@ -496,6 +487,74 @@ def _can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
+class _Collected:
+    """The chunks' digests, failures and warnings, gathered as they arrive in any order."""
+
+    def __init__(self, n: int, bar: tqdm) -> None:
+        self.digests: list[bytes] = [MISSING_DIGEST] * n
+        self.failures: list[Failure] = []
+        self.warnings: list[tuple[int, str]] = []
+        self._bar = bar
+
+    def add(self, result: _ChunkResult) -> None:
+        start, chunk_digests, chunk_failures, chunk_warnings = result
+        self.digests[start : start + len(chunk_digests)] = chunk_digests
+        self.failures.extend(chunk_failures)
+        self.warnings.extend(chunk_warnings)
+        self._bar.update(len(chunk_digests))
+
+
+class _HelperPool:
+    """The forked decoding processes, and the read ends of the pipes they report through."""
+
+    def __init__(self, collected: _Collected) -> None:
+        self._collected = collected
+        self._procs: list[BaseProcess] = []
+        self._conns: list[Connection] = []
+        self._live: dict[Connection, BaseProcess] = {}  # helpers that have not said "done" yet
+
+    def start(
+        self, ctx: multiprocessing.context.ForkContext, *, count: int, job: _Job, claims: _Claims
+    ) -> None:
+        for _ in range(count):
+            recv_end, send_end = ctx.Pipe(duplex=False)
+            helper = ctx.Process(
+                target=_helper, args=(job, claims, send_end, os.getpid()), daemon=True
+            )
+            helper.start()
+            send_end.close()  # the child holds the only write end: EOF when it is gone
+            self._procs.append(helper)
+            self._conns.append(recv_end)
+            self._live[recv_end] = helper
+
+    def receive(self, *, block: bool) -> None:
+        """Collect what the helpers sent; ``block``: until every one of them is done."""
+        while self._live:
+            ready = wait(list(self._live), timeout=None if block else 0)
+            if not ready:
+                return
+            for conn in ready:
+                assert isinstance(conn, Connection)
+                try:
+                    kind, payload = conn.recv()
+                except EOFError:
+                    kind, payload = "error", f"exit code {self._live[conn].exitcode}"
+                if kind == "chunk":
+                    self._collected.add(payload)
+                elif kind == "done":
+                    del self._live[conn]
+                else:
+                    raise RuntimeError(f"a decoding process failed: {payload}")
+
+    def close(self) -> None:
+        for unfinished in self._live.values():  # only after an error or an interrupt
+            unfinished.terminate()
+        for proc in self._procs:
+            proc.join()
+        for conn in self._conns:
+            conn.close()
+
+
 def decode_files(
     paths: Sequence[str],
     *,
@@ -533,43 +592,23 @@ def decode_files(
     shape = (n, channels, *size)
     images = _shared_array(shape) if helpers > 0 else np.zeros(shape, np.uint8)
     job = _Job(paths, images, chunks, channels, size, size_policy, max_pixels)
-    ctx = multiprocessing.get_context("fork") if helpers > 0 else None
-    claims = _Claims(ctx, len(chunks))
-
-    digests: list[bytes] = [MISSING_DIGEST] * n
-    failures: list[Failure] = []
-    warnings: list[tuple[int, str]] = []
     bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False)
+    try:
+        collected = _decode_job(job, helpers=helpers, collected=_Collected(n, bar))
+    finally:
+        bar.close()
+    failures = sorted(collected.failures, key=lambda f: f.index)
+    warnings = sorted(collected.warnings)
+    return DecodeResult(
+        images=images, digests=collected.digests, failures=failures, warnings=warnings
+    )
 
-    def collect(result: _ChunkResult) -> None:
-        start, chunk_digests, chunk_failures, chunk_warnings = result
-        digests[start : start + len(chunk_digests)] = chunk_digests
-        failures.extend(chunk_failures)
-        warnings.extend(chunk_warnings)
-        bar.update(len(chunk_digests))
 
-    procs: list[BaseProcess] = []
-    conns: list[Connection] = []
-    live: dict[Connection, BaseProcess] = {}  # helpers that have not said "done" yet
-
-    def receive(block: bool) -> None:
-        while live:
-            ready = wait(list(live), timeout=None if block else 0)
-            if not ready:
-                return
-            for conn in ready:
-                assert isinstance(conn, Connection)
-                try:
-                    kind, payload = conn.recv()
-                except EOFError:
-                    kind, payload = "error", f"exit code {live[conn].exitcode}"
-                if kind == "chunk":
-                    collect(payload)
-                elif kind == "done":
-                    del live[conn]
-                else:
-                    raise RuntimeError(f"a decoding process failed: {payload}")
-
+def _decode_job(job: _Job, *, helpers: int, collected: _Collected) -> _Collected:
+    """Decode every chunk of ``job``: here, and in ``helpers`` forked processes if above 0."""
+    ctx = multiprocessing.get_context("fork") if helpers > 0 else None
+    claims = _Claims(ctx, len(job.chunks))
+    pool = _HelperPool(collected)
     threads = cv2.getNumThreads()
     try:
         if ctx is not None:
@@ -577,32 +616,15 @@ def decode_files(
             # has run a parallel OpenCV call (cv2.resize on a large image starts the pool), the
             # child's next one waits forever. With one thread OpenCV never touches the pool.
             cv2.setNumThreads(1)
-            for _ in range(helpers):
-                recv_end, send_end = ctx.Pipe(duplex=False)
-                helper = ctx.Process(
-                    target=_helper, args=(job, claims, send_end, os.getpid()), daemon=True
-                )
-                helper.start()
-                send_end.close()  # the child holds the only write end: EOF when it is gone
-                procs.append(helper)
-                conns.append(recv_end)
-                live[recv_end] = helper
+            pool.start(ctx, count=helpers, job=job, claims=claims)
         while (k := claims.next()) is not None:
-            collect(_run_chunk(job, k))
-            receive(block=False)
-        receive(block=True)
+            collected.add(_run_chunk(job, k))
+            pool.receive(block=False)
+        pool.receive(block=True)
     finally:
-        for unfinished in live.values():  # only after an error or an interrupt
-            unfinished.terminate()
-        for proc in procs:
-            proc.join()
-        for conn in conns:
-            conn.close()
+        pool.close()
         cv2.setNumThreads(threads)
-        bar.close()
-    failures.sort(key=lambda f: f.index)
-    warnings.sort()
-    return DecodeResult(images=images, digests=digests, failures=failures, warnings=warnings)
+    return collected
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:

@@ -46,20 +46,21 @@ class AuditedPruner(BasePruner):
         self.inner, self.share, self.seed = inner, share, seed
 
     def prune(self, study: Any, trial: Any) -> bool:
-        if trial.user_attrs.get(AUDIT_ATTR) is not None:
-            return False  # audited: it runs to its end
         if not self.inner.prune(study, trial):
             return False
         if self.share <= 0.0 or trial.user_attrs.get(BASELINE_ATTR):
             return True
-        # A string seed is hashed with SHA-512: the same draw in every process.
-        draw = random.Random(f"audit:{self.seed}:{trial.number}").random()
-        if draw >= self.share:
+        # A string seed is hashed with SHA-512: the same draw in every process, at every
+        # step: an audited trial runs to its end.
+        if random.Random(f"audit:{self.seed}:{trial.number}").random() >= self.share:
             return True
-        step = trial.last_step
-        study._storage.set_trial_user_attr(trial._trial_id, AUDIT_ATTR, {
-            "step": step, "value": trial.intermediate_values[step],
-            "best": _best_value(study)})
+        # The trial handed to a pruner may be a cached copy: the storage's says whether the
+        # first would-be stop is recorded already.
+        if study._storage.get_trial(trial._trial_id).user_attrs.get(AUDIT_ATTR) is None:
+            step = trial.last_step
+            study._storage.set_trial_user_attr(trial._trial_id, AUDIT_ATTR, {
+                "step": step, "value": trial.intermediate_values[step],
+                "best": _best_value(study)})
         return False
 
 

@@ -16,14 +16,21 @@ while fewer than the total count or wait in the queue.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+logger = logging.getLogger(__name__)
+
+# Study user attribute: the search stopped because further trials were unlikely to beat the
+# best by more than its noise (budget.patience).
+STOPPED_FLAT_ATTR = "pipeline.stopped_flat"
 COUNTED_STATES = ("COMPLETE", "PRUNED", "RUNNING")
 # What a new trial must fit beside: a queued trial (a dead worker's retry) will run, so it
 # takes its place in the total before it does.
@@ -134,6 +141,54 @@ def stop_at_total(total: int) -> Any:
     """Optuna's callback that stops this worker once the study's counted trials reach ``total``."""
 
     return MaxTrialsCallback(total, states=tuple(TrialState[s] for s in COUNTED_STATES))
+
+
+def flat_trials(trials: Sequence[Any], direction: str) -> tuple[int, Any]:
+    """How many finished trials in a row have not beaten the best by more than its standard
+    error (its fold spread over the square root of its folds; 0 on a holdout), and the trial
+    that last did (None: no complete trial yet).
+
+    Trials are taken in the order they finished; a pruned trial counts as one that did not.
+    """
+    sign = -1.0 if direction == "maximize" else 1.0
+    finished = sorted(
+        (t for t in trials if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_complete),
+        key=lambda t: (t.datetime_complete, t.number))
+    best, flat = None, 0
+    for t in finished:
+        value = t.value if t.state.name == "COMPLETE" else None
+        if value is None or not math.isfinite(value):
+            flat += 1 if best is not None else 0
+            continue
+        if best is None or sign * value < sign * best.value - _standard_error(best):
+            best, flat = t, 0
+        else:
+            flat += 1
+            if sign * value < sign * best.value:  # better, but within the noise
+                best = t
+    return flat, best
+
+
+def _standard_error(trial: Any) -> float:
+    std, folds = trial.user_attrs.get("value_std"), trial.user_attrs.get("folds") or 1
+    return float(std) / math.sqrt(folds) if std is not None and folds > 1 else 0.0
+
+
+def stop_when_flat(patience: int, direction: str) -> Callable[[Any, Any], None]:
+    """Optuna callback: stop starting trials once ``patience`` finished trials in a row have
+    not beaten the best by more than its standard error (:func:`flat_trials`)."""
+
+    def callback(optuna_study: Any, trial: Any) -> None:
+        flat, best = flat_trials(optuna_study.get_trials(deepcopy=False), direction)
+        if best is not None and flat >= patience:
+            logger.info(
+                "stopping: the last %d trials did not beat the best (trial %d, %.4g) by more "
+                "than its standard error (%.2g); the study is done (budget.patience)",
+                flat, best.number, best.value, _standard_error(best))
+            optuna_study.set_user_attr(STOPPED_FLAT_ATTR, {"after": flat, "best": best.number})
+            optuna_study.stop()
+
+    return callback
 
 
 def stop_when_spent(budget: RunBudget) -> Callable[[Any, Any], None]:

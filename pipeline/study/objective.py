@@ -22,10 +22,11 @@ The trial's value is the mean over folds of each fold's value at its best epoch;
 Every trial is also an MLflow run (:class:`MlflowTrialTracker`), created when the trial starts
 and finished — with its history, per-fold metrics, curves, model and state — however it ends.
 
-The study's first trial, the baseline (:mod:`pipeline.study.starts`), trains as
-``pipeline.train`` would: params.yaml's seed, all the data from its first epoch. Other trials
-draw their seed from the study seed and their number, and under a rung schedule
-(``pruner: {type: rungs}``, :mod:`pipeline.study.rungs`) train on a growing share of the data.
+The study's first trial, the baseline (:mod:`pipeline.study.starts`), trains with
+params.yaml's seed, as ``pipeline.train`` would (without a rung schedule, it is exactly
+``pipeline.train``'s run). Other trials draw their seed from the study seed and their number.
+Under a rung schedule (``pruner: {type: rungs}``, :mod:`pipeline.study.rungs`) every trial,
+the baseline included, trains on a growing share of the data.
 
 Time: with a time limit, a trial still training at the budget's deadline stops after its
 current epoch and completes with what it reached (``pipeline.cut_short=deadline``). Before
@@ -61,7 +62,12 @@ from pipeline.study.folds import combine, plan_folds
 from pipeline.study.report import N_PARAMS_ATTR
 from pipeline.study.rungs import RungPlan, plan_rungs
 from pipeline.study.spec import StudySpec, check_metric_for_task, suggest
-from pipeline.study.trial_attrs import BASELINE_ATTR, EPOCH_SECONDS_ATTR, RUNG_ATTR
+from pipeline.study.trial_attrs import (
+    BASELINE_ATTR,
+    EPOCH_SECONDS_ATTR,
+    FOLD_CURVES_ATTR,
+    RUNG_ATTR,
+)
 from pipeline.study.trial_training import (
     TrialInterrupted,
     TrialProgress,
@@ -148,7 +154,7 @@ class Objective:
         self.example = np.asarray(cache.train_x[first_val], dtype=np.float32)
         self.trainer = TrialTrainer(plan=self.plan, splits=self.splits, meta=self.meta,
                                     device=self.device, metric=study.metric, budget=self.budget,
-                                    stop=stop)
+                                    stop=stop, fold_values=study.pruner.type == "folds")
 
     @property
     def on_epoch(self) -> Callable[[int, int, float], None] | None:
@@ -168,7 +174,7 @@ class Objective:
         earlier = _same_configuration(trial)
         if earlier is not None:
             return _reuse(trial, earlier)
-        # The baseline trains as pipeline.train would: params.yaml's seed, all data at once.
+        # The baseline trains with params.yaml's seed, as pipeline.train would.
         baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
         progress = TrialProgress(
             number=number, values=values, folds=self.plan.folds,
@@ -176,7 +182,7 @@ class Objective:
         )
         try:  # from the run's creation on, however the trial ends, its run is completed
             self._start_run(trial, progress)
-            self.trainer.train(trial, progress, rungs=None if baseline else self.rungs)
+            self.trainer.train(trial, progress, rungs=self.rungs)
         except optuna.TrialPruned:
             progress.state = "PRUNED"
             self._finish(trial, progress)
@@ -238,6 +244,8 @@ def finished_attrs(progress: TrialProgress, study: StudySpec) -> dict[str, Any]:
         attrs["pipeline.cut_short"] = progress.cut_short
     if progress.rung is not None:
         attrs[RUNG_ATTR] = progress.rung
+    if progress.fold_curves:
+        attrs[FOLD_CURVES_ATTR] = progress.fold_curves
     reached = [row for row in map(best_row, progress.trainers) if row]
     if progress.interrupted and reached:
         value, _ = combine(float(row[study.metric]) for row in reached)

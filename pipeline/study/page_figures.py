@@ -62,6 +62,8 @@ class TrialView:
     train_value: float | None = None  # the objective's train counterpart at the best epoch
     duration_s: float | None = None
     duplicate: bool = False  # took an earlier trial's result without training
+    baseline: bool = False  # the study's first trial: params.yaml's configuration
+    rung: int | None = None  # under a rung schedule: the rungs it completed
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class StudyView:
     pruning: dict[str, Any] | None = None  # the pruning audit's estimates (StudyReport.pruning)
     max_epochs: int | None = None  # train.max_epochs of the study's base params
     links: dict[str, str] = field(default_factory=dict)  # label -> URL (the MLflow runs table)
+    rungs: str = ""  # the study's rung schedule, in words ("" without one)
 
     @property
     def log_values(self) -> bool:

@@ -21,6 +21,7 @@ from pipeline.atomic import write_json_atomic
 from pipeline.config import Params
 from pipeline.errors import UserError
 from pipeline.study.audit import pruning_summary
+from pipeline.study.budget import STOPPED_FLAT_ATTR
 from pipeline.study.trial_attrs import BASELINE_ATTR, RUNG_ATTR
 
 TOP_TRIALS = 10  # rows of the leaderboard printed at the end of a search
@@ -77,6 +78,9 @@ class StudyReport:
     smallest_within_1se: dict[str, Any] | None = None
     # What pruning did and what the audit says it cost (pipeline.study.audit.pruning_summary).
     pruning: dict[str, Any] | None = None
+    # The search stopped because the study was done (budget.patience): after how many flat
+    # trials, and the best trial then.
+    stopped_flat: dict[str, Any] | None = None
 
     @property
     def n_trials(self) -> int:
@@ -152,6 +156,7 @@ def from_study(
         parent_run_id=parent_run_id, experiment_id=experiment_id,
         best_with_interrupted=best_any,
         pruning=pruning_summary(trials, study.direction),
+        stopped_flat=optuna_study.user_attrs.get(STOPPED_FLAT_ATTR),
         baseline=None if first is None else {
             "number": first.number, "state": first.state.name,
             "value": first.value if first.value is not None and math.isfinite(first.value)

@@ -49,8 +49,10 @@ from pipeline.study.page_figures import (
     short,
 )
 from pipeline.study.report import N_PARAMS_ATTR, StudyReport, find_report
+from pipeline.study.rungs import describe_rungs
 from pipeline.study.spec import STUDIES_DIR, StudySpec, load_study
 from pipeline.study.storage import open_storage, resolve_storage
+from pipeline.study.trial_attrs import BASELINE_ATTR, RUNG_ATTR
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +108,7 @@ class Sources:
     pruning: dict[str, Any] | None = None  # the pruning audit (StudyReport.pruning)
     max_epochs: int | None = None
     links: dict[str, str] = field(default_factory=dict)  # label -> URL
+    rungs: str = ""  # the study's rung schedule in words (StudySpec's pruner)
 
 
 def _curve(values: Mapping[int, float]) -> Curve:
@@ -171,7 +174,8 @@ def _trial_view(t: FrozenTrial, *, metric: str, sources: Sources, curves: bool) 
         n_params=None if n_params is None else int(n_params), folds=t.user_attrs.get("folds"),
         train_value=train_value if train_value is None or math.isfinite(train_value) else None,
         duration_s=t.duration.total_seconds() if t.duration is not None else None,
-        duplicate=duplicate,
+        duplicate=duplicate, baseline=bool(t.user_attrs.get(BASELINE_ATTR)),
+        rung=t.user_attrs.get(RUNG_ATTR),
     )
 
 
@@ -191,7 +195,7 @@ def collect(
                 for t in trials],
         importances=_importances(study, complete), importance_trials=len(complete),
         space=_space(trials), pruning=sources.pruning, max_epochs=sources.max_epochs,
-        links=dict(sources.links),
+        links=dict(sources.links), rungs=sources.rungs,
     )
 
 
@@ -248,10 +252,46 @@ def _intro(view: StudyView) -> list[str]:
              _p(f"{len(view.trials)} trials: {counts['COMPLETE']} complete, {counts['PRUNED']} "
                 f"pruned, {counts['FAIL']} failed. Objective: {view.metric} "
                 f"({view.direction}).")]
+    margin = _margin(view)
+    if margin:
+        parts.append(_p(margin, "answer"))
     for label, url in view.links.items():
         parts.append(f'<p>{html.escape(label)}: <a href="{html.escape(url)}">'
                      f"{html.escape(url)}</a></p>")
     return parts
+
+
+def _margin(view: StudyView) -> str:
+    """The best trial against the first one (params.yaml's configuration), in one sentence."""
+    first = next((t for t in view.trials if t.baseline), None)
+    rows = ranked(view)
+    if first is None or first.value is None or not rows:
+        return ""
+    best = rows[0]
+    if best.value is None:
+        return ""
+    if best.number == first.number:
+        return (f"The first trial, params.yaml's own configuration, is still the best: "
+                f"{view.metric} {first.value:.4f}.")
+    change = abs(best.value - first.value) / abs(first.value) if first.value else 0.0
+    return (f"The best trial ({best.number}, {view.metric} {best.value:.4f}) is {change:.1%} "
+            f"{'better' if view.sign * (best.value - first.value) < 0 else 'worse'} than the "
+            f"first, params.yaml's own configuration (trial {first.number}, "
+            f"{first.value:.4f}): what searching gained over training it by hand.")
+
+
+def _rungs(view: StudyView) -> str:
+    """The rung schedule and how many trials reached each rung ("" without rungs)."""
+    if not view.rungs:
+        return ""
+    reached = [t.rung for t in view.trials if t.rung is not None]
+    top = max(reached, default=0)
+    counts = ", ".join(f"rung {r}: {sum(x >= r for x in reached)}" for r in range(1, top + 1))
+    return _section("rungs", "Rungs: where each trial got to", _p(
+        f"Every trial climbs the rungs {view.rungs} (then trains to its end) and goes on at a "
+        f"rung only while among the best of those that reached it. Trials that completed each "
+        f"rung: {counts or 'none yet'}. The table of every trial below says how far each got.",
+        "answer"))
 
 
 def _leaderboard(view: StudyView, rows: list[TrialView], pick: int | None) -> tuple[str, Any]:
@@ -354,14 +394,19 @@ def _pruning(view: StudyView) -> tuple[str, Any]:
 
 
 def _audit_line(audit: Mapping[str, Any] | None) -> str:
-    """The pruning audit's estimate, or what is missing without it."""
+    """The pruning audit's estimate (pipeline.study.audit), or what is missing without it."""
     if not audit or audit.get("false_prune_rate") is None:
-        return ("False-prune rate: not estimated (this study's report holds no pruning "
-                "audit).")
-    line = (f"False-prune rate (pruning audit, {audit.get('audited', '?')} pruned trial(s) "
-            f"run to the end): {float(audit['false_prune_rate']):.0%}")
-    if audit.get("epochs_saved_share") is not None:
-        line += f"; epochs saved: {float(audit['epochs_saved_share']):.0%}"
+        let = (audit or {}).get("audited")
+        return ("False-prune rate: not estimated yet (" + (
+            f"{let} pruned trial(s) let finish, none with a best to beat when it would have "
+            "been stopped" if let else "no pruned trial let finish by the pruning audit, "
+            "search.prune_audit") + ").")
+    line = (f"False-prune rate (pruning audit: {audit.get('audited', '?')} trial(s) the pruner "
+            f"would have stopped were let finish; {audit.get('false_prunes', 0)} of "
+            f"{audit.get('judged', '?')} ended better than the best of their time): "
+            f"{float(audit['false_prune_rate']):.0%}")
+    if audit.get("saved_share_estimate") is not None:
+        line += f"; training time saved: about {float(audit['saved_share_estimate']):.0%}"
     return line + "."
 
 
@@ -377,9 +422,11 @@ def render(view: StudyView) -> ReportPage:
     choices, choices_png = _choices(view)
     pruning, pruning_png = _pruning(view)
     importance_png = fig.importance_png(view)
-    every = _table(["trial", "state", view.metric, "parameters", "epochs", "params"],
-                   [(t.number, t.state.lower(), "" if t.value is None else f"{t.value:.4f}",
-                     f"{t.n_params:,}" if t.n_params else "", t.epochs or "", short(t.params))
+    every = _table(["trial", "state", view.metric, "parameters", "epochs", "rungs", "params"],
+                   [(f"{t.number} (params.yaml)" if t.baseline else t.number, t.state.lower(),
+                     "" if t.value is None else f"{t.value:.4f}",
+                     f"{t.n_params:,}" if t.n_params else "", t.epochs or "",
+                     "" if t.rung is None else t.rung, short(t.params))
                     for t in view.trials], classes=[t.state for t in view.trials])
     parts = [
         *_intro(view), board, capacity,
@@ -388,7 +435,7 @@ def render(view: StudyView) -> ReportPage:
         _section("train-vs-val", "Underfitting or overfitting?",
                  _img("train_vs_val", train_val_png, "train vs validation curves",
                       "no train and validation curves in MLflow for these trials")),
-        choices, pruning,
+        choices, _rungs(view), pruning,
         _section("importance", "Parameter importance",
                  _img("importance", importance_png, "parameter importance")),
         _section("every", "Every trial", every),
@@ -457,6 +504,10 @@ def param_counter(base: Params, meta: CacheMeta | None) -> Callable[[dict[str, A
     return count
 
 
+def _rungs_of(spec: StudySpec) -> str:
+    return "" if spec.pruner.rungs is None else describe_rungs(spec.pruner.rungs.rungs)
+
+
 def page_folder(params: Params, study: str, dataset: str, default_dataset: str) -> Path:
     name = study if dataset == default_dataset else f"{study}-{dataset}"
     return params.path(params.search.reports_dir) / f"{name}{PAGE_SUFFIX}"
@@ -498,7 +549,8 @@ def publish(
     try:
         sources = Sources(runs=mlflow_runs(MlflowClient()), count_params=param_counter(
             params, meta), pruning=report.pruning, max_epochs=params.train.max_epochs,
-            links={"MLflow runs, best first": runs_url} if runs_url else {})
+            links={"MLflow runs, best first": runs_url} if runs_url else {},
+            rungs=_rungs_of(spec))
         view = collect(optuna_study, title=optuna_study.study_name,
                        description=spec.description, metric=spec.metric, sources=sources)
         index = write_page(render(view), report_file.with_name(report_file.stem + PAGE_SUFFIX))
@@ -563,7 +615,8 @@ def run_report(options: ReportOptions) -> ReportResult:
     sources = Sources(runs=mlflow_runs(MlflowClient()), count_params=param_counter(base, meta),
                       pruning=report.pruning if report else None,
                       max_epochs=base.train.max_epochs,
-                      links={"MLflow runs, best first": runs_url} if runs_url else {})
+                      links={"MLflow runs, best first": runs_url} if runs_url else {},
+                      rungs=_rungs_of(spec))
     view = collect(study, title=name, description=spec.description, metric=spec.metric,
                    sources=sources)
     return ReportResult(index=write_page(render(view), folder), n_trials=len(view.trials))

@@ -1,21 +1,25 @@
 """Budget-aware fidelity: successive halving over epochs and over fractions of the data.
 
 A study with ``pruner: {type: rungs, ...}`` trains every trial through the same rungs, e.g.
-3 epochs on 1/9 of its training part, 3 on 1/3 (a superset), 3 on all of it, 9 more on all of
-it, and then on to its end (early stopping or ``train.max_epochs``). At the end of each rung
-the trial continues only while it is among the best ``1/reduction_factor`` of the trials that
-reached that rung. The first trials stop at the cheapest rung until ``reduction_factor`` of
-them have reached it, so random start-up trials cannot spend the budget before they have
-beaten cheaper ones; above the cheapest rung, while fewer than ``reduction_factor`` trials
-have reached a rung, the best of them goes on (it was promoted once already, and stopping it
-there would waste what it cost) (:class:`RungPruner`). It is asynchronous, like ASHA (Li et
-al., 2020): a trial compares itself with every trial that reached the rung before it, on any
-worker, and never waits for others, so ``--workers`` and many machines stay busy.
+2 epochs on 1/3 of its training part, 2 on all of it, 6 more, and then on to its end (early
+stopping or ``train.max_epochs``). At the end of each rung a trial continues only while it is
+among the best ``1/reduction_factor`` of the trials that reached that rung, or, while fewer
+than ``reduction_factor`` have, only if it is the best of them (:class:`RungPruner`).
 
-A fraction that would leave fewer than ``min_samples`` training items is raised to the whole
-training part (small data: rungs over epochs only). The baseline (the params.yaml
-configuration, :mod:`pipeline.study.starts`) trains on all data from its first epoch, as
-``pipeline.train`` does, so it is never a competitor at a rung.
+The study's first trial, the baseline (the params.yaml configuration,
+:mod:`pipeline.study.starts`), climbs the same rungs and is never stopped: it is the bar every
+trial meets at each rung, at the same fidelity. So a random start-up trial spends more than
+the cheapest rung only once it has beaten the user's own configuration there, and nothing
+spends a large part of the budget before it has beaten cheaper trials. It is asynchronous, like
+ASHA (Li et al., 2020): a trial compares itself with every trial that reached the rung before
+it, on any worker, and never waits for others, so ``--workers`` and many machines stay busy.
+
+When a rung trains on more data than the one before, the trial's models start afresh on it:
+the cheaper rungs only decide whether a configuration deserves more, and the model it ends
+with is what training on that data from the first epoch gives (a search without rungs would
+get the same for that configuration). Rungs on the same data continue the same models. A
+fraction that would leave fewer than ``min_samples`` training items is raised to the whole
+training part (small data: rungs over epochs only).
 
 The budget's part (:meth:`RungPlan.fits`): before a trial starts its next rung, that rung's
 time is estimated from the trial's own measured epochs (training time scales with the data,
@@ -58,7 +62,7 @@ class RungsSpec:
     """``pruner: {type: rungs, ...}`` in a study file."""
 
     rungs: list[Rung] = field(default_factory=lambda: [
-        Rung(1 / 9, 3), Rung(1 / 3, 3), Rung(1.0, 3), Rung(1.0, 9)])
+        Rung(1 / 3, 2), Rung(1.0, 2), Rung(1.0, 6)])
     reduction_factor: int = field(default=3, metadata=bounds(2))
     min_samples: int = field(default=2000, metadata=bounds(1))
 
@@ -135,7 +139,7 @@ class RungPruner(BasePruner):
     Args:
         ends: the epochs (steps) at which rungs end.
         reduction_factor: a trial continues while in the best ``1/reduction_factor`` of the
-            trials that reached the rung, once at least that many have.
+            trials that reached the rung (the best one while fewer than that many have).
     """
 
     def __init__(self, ends: Sequence[int], reduction_factor: int = 3) -> None:
@@ -147,7 +151,7 @@ class RungPruner(BasePruner):
     def prune(self, study: Any, trial: Any) -> bool:
         step = trial.last_step
         if step is None or step not in self.ends or trial.user_attrs.get(BASELINE_ATTR):
-            return False
+            return False  # the baseline is the bar, never stopped
         value = trial.intermediate_values[step]
         if not math.isfinite(value):
             return True
@@ -158,13 +162,8 @@ class RungPruner(BasePruner):
                 deepcopy=False,
                 states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
             if t.number != trial.number and step in t.intermediate_values
-            and not t.user_attrs.get(BASELINE_ATTR)
             and math.isfinite(t.intermediate_values[step])
         ]
-        reached = len(others) + 1
         better = sum(v < sign * value for v in others)
-        if reached < self.reduction_factor:
-            # Too few to judge: the first trials stay at the cheapest rung; above it (they
-            # were promoted once already) the best so far goes on.
-            return step == self.ends[0] or better > 0
-        return better >= reached // self.reduction_factor
+        # The best 1/reduction_factor go on; with fewer than that many there, only the best.
+        return better >= max(1, (len(others) + 1) // self.reduction_factor)

@@ -13,6 +13,7 @@ Every worker holds a lease in the study and cleans up after workers that died
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import tempfile
@@ -291,6 +292,8 @@ def _run_trials(session: _Session, instruments: Instruments) -> _Outcome:
         timeout_s=setup.timeout_s, trial_time_share=setup.params.search.trial_time_share,
         epoch_cap=DRY_RUN_EPOCHS if setup.options.dry_run else None,
     ).start_clock()
+    if _done_already(session):
+        budget = dataclasses.replace(budget, n_trials=0)
     logger.info("budget: %s", budget.describe(done))
     objective = _objective(session, budget, instruments)
     _log_parent_params(session, objective.plan.describe(), budget)
@@ -314,6 +317,21 @@ def _run_trials(session: _Session, instruments: Instruments) -> _Outcome:
     return _Outcome(ending=ending, budget=budget, progress=progress, reaped=reaped,
                     failed_records=failed_records, storage_error=storage_error,
                     wall_s=time.perf_counter() - t0)
+
+
+def _done_already(session: _Session) -> bool:
+    """With ``budget.patience``: whether the study's last trials already show it is done."""
+    spec = session.setup.study
+    if spec.budget.patience is None:
+        return False
+    flat, best = budgets.flat_trials(session.optuna_study.get_trials(deepcopy=False),
+                                     spec.direction)
+    if best is None or flat < spec.budget.patience:
+        return False
+    logger.info("the study is done: its last %d trials did not beat the best (trial %d) by "
+                "more than its standard error (budget.patience: %d); no new trial",
+                flat, best.number, spec.budget.patience)
+    return True
 
 
 def _start_study(session: _Session) -> None:
@@ -418,6 +436,9 @@ def _optimize(session: _Session, objective: Any, budget: budgets.RunBudget,
     callbacks: list[Any] = [progress, lambda s, t: _reap_quietly(session),
                             budgets.stop_when_spent(budget),
                             functools.partial(_stop_when_asked, session)]
+    patience = session.setup.study.budget.patience
+    if patience is not None:
+        callbacks.append(budgets.stop_when_flat(patience, session.setup.study.direction))
     admission: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if budget.total is not None:
         callbacks.append(budgets.stop_at_total(budget.total))

@@ -69,6 +69,7 @@ from pipeline.config import (
     read_yaml,
 )
 from pipeline.errors import UserError
+from pipeline.study.fold_pruning import FoldPruner
 from pipeline.study.rungs import RungPruner, RungsSpec, describe_rungs, rung_ends
 
 logger = logging.getLogger(__name__)
@@ -192,6 +193,9 @@ class Budget:
     timeout_s: float | None = field(
         default=None, metadata=bounds(0, lo_open=True, what="a number of seconds")
     )
+    # Stop when it is done: once this many trials in a row have finished without beating the
+    # best by more than its standard error (budget.flat_trials); None: never.
+    patience: int | None = field(default=None, metadata=bounds(1))
 
 
 @dataclass(frozen=True)
@@ -203,8 +207,8 @@ class SamplerSpec:
 
 @dataclass(frozen=True)
 class PrunerSpec:
-    type: Literal[
-        "none", "median", "percentile", "successive_halving", "hyperband", "rungs"] = "none"
+    type: Literal["none", "median", "percentile", "successive_halving", "hyperband", "rungs",
+                  "folds"] = "none"
     options: dict[str, Any] = field(default_factory=dict)  # an Optuna pruner's settings
     rungs: RungsSpec | None = None  # type rungs: the schedule (pipeline.study.rungs)
 
@@ -258,6 +262,7 @@ class StudySpec:
             "study.direction": self.direction,
             "study.n_trials": str(self.budget.n_trials),
             "study.timeout_s": str(self.budget.timeout_s),
+            "study.patience": str(self.budget.patience),
             "study.sampler": self.sampler.type,
             "study.sampler_seed": str(self.sampler.seed),
             "study.pruner": self.pruner.type,
@@ -292,6 +297,7 @@ _PRUNERS: dict[str, type[BasePruner]] = {
     "successive_halving": SuccessiveHalvingPruner,
     "hyperband": HyperbandPruner,
     "rungs": RungPruner,  # ours: successive halving over data and epochs (study/rungs.py)
+    "folds": FoldPruner,  # ours: fold-aware, forgiving (study/fold_pruning.py)
 }
 # Constructor arguments that are not settings: the seed has its own key, a grid's values come
 # from the space.

@@ -3,8 +3,9 @@
 - **The baseline.** A new study's first trial is the configuration the user would have trained
   by hand: ``params.yaml`` with the dataset's ``overrides:``, the searched keys at their
   defaults (:func:`baseline_values`), trained with the seed of ``params.yaml`` as
-  ``pipeline.train`` would. So a search is never worse than not searching, and the summary and
-  the report page state the margin over it. It carries the trial attribute
+  ``pipeline.train`` would (under a rung schedule it climbs the rungs like every trial, as
+  their bar, and is never stopped). So a search is never worse than not searching, and the
+  summary and the report page state the margin over it. It carries the trial attribute
   :data:`BASELINE_ATTR`.
 - **A warm start** (``--warm-start STUDY[:DATASET]``): the best configurations of an earlier
   study (another dataset, an earlier space) are queued before anything is sampled

@@ -6,9 +6,12 @@ them together: K :class:`~pipeline.training.Trainer` objects, or one
 :class:`~pipeline.training.BatchedFolds` for an MLP's folds where ``search.fold_batching``
 says so. Each lockstep epoch gives every fold's new history row, or its best row once it is
 done (its kept weights), so the fold mean always averages K models. Under a rung schedule
-(:mod:`pipeline.study.rungs`) each fold trains on a growing, nested share of its training part:
-the first rows of one permutation per fold, seeded by the cache's split seed, so every trial
-of a study sees the same rows at the same rung.
+(:mod:`pipeline.study.rungs`) the first rungs may train on a share of each fold's training
+part (the first rows of one permutation per fold, seeded by the cache's split seed, so every
+trial of a study sees the same rows at the same rung); when a rung trains on more data than
+the one before, the trial's models start afresh on it (:class:`TrialTrainer`): the cheaper
+rungs only decide whether it deserves more, and its model is what training on that data from
+the first epoch gives, the same as a search without rungs would get for that configuration.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pipeline.data.cache import CacheMeta
 from pipeline.study.budget import CUT_SHORT, RunBudget
 from pipeline.study.folds import FoldPlan, combine, combine_rows
 from pipeline.study.rungs import RungPlan
+from pipeline.study.trial_attrs import FOLDS_NOW_ATTR
 from pipeline.training.batched import BatchedFolds, can_batch_folds, fold_batching_wins
 from pipeline.training.engine import ModelRun, Split, Trainer
 from pipeline.training.memory import check_fits
@@ -67,6 +71,8 @@ class TrialProgress:
     run_id: str | None = None
     fold_batching: bool = False  # the folds trained as one batched model
     rung: int | None = None  # under a rung schedule: the rungs completed
+    # Each epoch's value per fold, when a fold-aware pruner reads them (else empty).
+    fold_curves: list[list[float | None]] = field(default_factory=list)
 
     @property
     def epochs(self) -> int:
@@ -86,6 +92,10 @@ class TrialProgress:
             if value is not None and math.isfinite(value):
                 scored.append((value if direction == "minimize" else -value, i))
         return min(scored)[1] if scored else None
+
+
+def _finite_or_none(value: Any) -> float | None:
+    return float(value) if value is not None and math.isfinite(float(value)) else None
 
 
 def best_row(trainer: ModelRun) -> dict[str, float]:
@@ -108,7 +118,8 @@ def averaged_row(rows: Sequence[dict[str, float]], epoch: int, metric: str) -> d
 
 
 class FoldTraining:
-    """A trial's fold models in training (see the module docstring).
+    """A trial's fold models in training on ``fraction`` of each fold's training part (see
+    the module docstring).
 
     Args:
         cfg: the trial's resolved params.
@@ -116,34 +127,35 @@ class FoldTraining:
         splits: one train/validation split per fold.
         device: where to train.
         seeds: one seed per fold.
-        rungs: the trial's rung schedule (None: all data from the first epoch).
+        fraction: the share of each fold's training rows to train on (a rung's).
     """
 
     def __init__(self, *, cfg: Params, meta: CacheMeta, splits: Sequence[Split],
-                 device: torch.device, seeds: Sequence[int], rungs: RungPlan | None) -> None:
-        self.rungs = rungs
-        self._fraction = 1.0
+                 device: torch.device, seeds: Sequence[int], fraction: float = 1.0) -> None:
+        self.fraction = fraction
         check_fits(cfg.model, cfg.train, meta, device=device, models=len(seeds))
         models = []
         for seed in seeds:
             with _MODEL_INIT_LOCK:
                 torch.manual_seed(seed)
                 models.append(build_model(cfg.model, meta, root=cfg.root))
-        subsets = rungs is not None and any(r.data < 1.0 for r in rungs.rungs)
-        self.batched = not subsets and _batch_folds(cfg, meta, len(splits), device)
+        self.batched = fraction >= 1.0 and _batch_folds(cfg, meta, len(splits), device)
         self._group: BatchedFolds | None = None
         self._trainers: list[Trainer] = []
         if self.batched:
             self._group = BatchedFolds(models=models, cfg=cfg.train, meta=meta, splits=splits,
                                        device=device, seeds=list(seeds))
             self.trainers: list[ModelRun] = list(self._group.folds)
-        else:
-            self._trainers = [Trainer(model=m, cfg=cfg.train, meta=meta, split=split,
-                                      device=device, seed=seed)
-                              for m, split, seed in zip(models, splits, seeds, strict=True)]
-            self.trainers = list(self._trainers)
-        self._orders = [np.random.default_rng(derive_seed(meta.split_seed, _ROWS_STREAM, i))
-                        .permutation(len(split.y_train)) for i, split in enumerate(splits)]
+            return
+        self._trainers = [Trainer(model=m, cfg=cfg.train, meta=meta, split=split,
+                                  device=device, seed=seed)
+                          for m, split, seed in zip(models, splits, seeds, strict=True)]
+        self.trainers = list(self._trainers)
+        if fraction < 1.0:
+            for i, (trainer, split) in enumerate(zip(self._trainers, splits, strict=True)):
+                order = np.random.default_rng(derive_seed(meta.split_seed, _ROWS_STREAM, i))
+                rows = order.permutation(len(split.y_train))
+                trainer.use_rows(np.sort(rows[:max(1, math.ceil(fraction * len(rows)))]))
 
     @property
     def done(self) -> bool:
@@ -154,15 +166,8 @@ class FoldTraining:
         """Seconds the last epoch's validation took, over the folds."""
         return sum(getattr(t, "last_val_s", 0.0) for t in self.trainers)
 
-    def epoch(self, epoch: int) -> list[dict[str, float]]:
-        """Run lockstep epoch ``epoch`` (1-based): each fold's new row, or its best row once
-        it is done."""
-        fraction = 1.0 if self.rungs is None else self.rungs.fraction(epoch)
-        if fraction != self._fraction:
-            self._fraction = fraction
-            for trainer, order in zip(self._trainers, self._orders, strict=True):
-                keep = max(1, math.ceil(fraction * len(order)))
-                trainer.use_rows(None if fraction >= 1.0 else np.sort(order[:keep]))
+    def epoch(self) -> list[dict[str, float]]:
+        """Run one lockstep epoch: each fold's new row, or its best row once it is done."""
         if self._group is not None:
             rows = self._group.run_epoch()
             return [r if r is not None else best_row(f)
@@ -200,9 +205,11 @@ class TrialTrainer:
 
     def __init__(self, *, plan: FoldPlan, splits: Sequence[Split], meta: CacheMeta,
                  device: torch.device, metric: str, budget: RunBudget,
-                 stop: threading.Event | None) -> None:
+                 stop: threading.Event | None, fold_values: bool = False) -> None:
         self.plan, self.splits, self.meta, self.device = plan, splits, meta, device
         self.metric, self.budget, self.stop = metric, budget, stop
+        # Each epoch's value per fold on the trial, for a fold-aware pruner (FoldPruner).
+        self.fold_values = fold_values and plan.folds > 1
         # Called after every lockstep epoch with (trial number, epoch, value): the search's
         # progress bar shows where a long trial is, not only how many trials are done.
         self.on_epoch: Callable[[int, int, float], None] | None = None
@@ -218,20 +225,15 @@ class TrialTrainer:
         started = time.monotonic()
         try:
             set_seed(progress.seed)
-            n = self.plan.folds
-            seeds = [progress.seed if n == 1 else derive_seed(progress.seed, i)
-                     for i in range(n)]
-            training = FoldTraining(cfg=cfg, meta=self.meta, splits=self.splits,
-                                    device=self.device, seeds=seeds, rungs=rungs)
-            progress.trainers.extend(training.trainers)
-            progress.fold_batching = training.batched
+            training = self._fresh(progress, 1.0 if rungs is None else rungs.fraction(1))
             epoch = 0
-            while not training.done:
+            while not training.done or _grows(rungs, epoch, training):
                 if self.budget.epoch_cap is not None and epoch >= self.budget.epoch_cap:
                     break  # a dry run's few epochs
                 if self.stop is not None and self.stop.is_set():
                     raise TrialInterrupted(f"trial {progress.number} interrupted")
-                progress.cut_short = _cut_short(self.budget, progress, training, started, epoch)
+                progress.cut_short = _cut_short(self.budget, progress, training, rungs, started,
+                                                epoch)
                 if progress.cut_short is not None:
                     why = CUT_SHORT[progress.cut_short]
                     if rungs is not None and epoch < rungs.ends[0]:
@@ -242,8 +244,18 @@ class TrialTrainer:
                                 progress.number, epoch, why)
                     break
                 epoch += 1
-                row = averaged_row(training.epoch(epoch), epoch, self.metric)
+                if _grows(rungs, epoch - 1, training):
+                    # More data: the trial starts afresh on it, so that its model is what
+                    # training on that data from the first epoch gives.
+                    assert rungs is not None
+                    training = self._fresh(progress, rungs.fraction(epoch))
+                rows = training.epoch()
+                row = averaged_row(rows, epoch, self.metric)
                 progress.history.append(row)
+                if self.fold_values:
+                    values = [_finite_or_none(r.get(self.metric)) for r in rows]
+                    progress.fold_curves.append(values)
+                    trial.set_user_attr(FOLDS_NOW_ATTR, values)
                 self._epoch_done(trial, progress, row)
             progress.value, progress.value_std = combine(
                 float(best_row(t)[self.metric]) for t in progress.trainers
@@ -252,6 +264,18 @@ class TrialTrainer:
             progress.train_s = time.perf_counter() - t0
             if rungs is not None:
                 progress.rung = rungs.reached(progress.epochs)
+
+    def _fresh(self, progress: TrialProgress, fraction: float) -> FoldTraining:
+        """The trial's fold models, built anew under their seeds, on ``fraction`` of the data
+        (``progress.trainers`` now names them)."""
+        assert progress.params is not None
+        n = self.plan.folds
+        seeds = [progress.seed if n == 1 else derive_seed(progress.seed, i) for i in range(n)]
+        training = FoldTraining(cfg=progress.params, meta=self.meta, splits=self.splits,
+                                device=self.device, seeds=seeds, fraction=fraction)
+        progress.trainers[:] = training.trainers
+        progress.fold_batching = training.batched
+        return training
 
     def _epoch_done(self, trial: Any, progress: TrialProgress,
                     row: dict[str, float]) -> None:
@@ -270,12 +294,17 @@ class TrialTrainer:
             raise optuna.TrialPruned(f"pruned after epoch {epoch}: {metric} {value:.4g}")
 
 
+def _grows(rungs: RungPlan | None, epoch: int, training: FoldTraining) -> bool:
+    """Whether the epoch after ``epoch`` trains on more data than ``training`` holds."""
+    return rungs is not None and rungs.fraction(epoch + 1) > training.fraction
+
+
 def _cut_short(budget: RunBudget, progress: TrialProgress, training: FoldTraining,
-               started: float, epoch: int) -> str | None:
+               rungs: RungPlan | None, started: float, epoch: int) -> str | None:
     """Why a trial that is not done stops before epoch ``epoch + 1``, or None to go on."""
     now = time.monotonic()
     reason = budget.trial_cut(now=now, trial_started=started, epochs=epoch)
-    if reason is None and epoch and training.rungs is not None and not training.rungs.fits(
+    if reason is None and epoch and rungs is not None and not rungs.fits(
             epoch=epoch, train_s=progress.history[-1]["time_s"] - training.val_s,
             val_s=training.val_s, now=now, deadline=budget.deadline):
         reason = "budget"

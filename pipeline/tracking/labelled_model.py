@@ -39,7 +39,9 @@ class LabelledClassifier(PythonModel):
         self.network = mlflow.pytorch.load_model(path)
         self.classes = [str(c) for c in (Model.load(path).metadata or {})["class_names"]]
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> pd.DataFrame:
+    # ``model_input`` has no type hint on purpose: MLflow would try to read a schema from it
+    # when the model is logged, and warn that it cannot.
+    def predict(self, context: Any, model_input, params: Any = None) -> pd.DataFrame:
         if isinstance(model_input, pd.DataFrame):
             model_input = model_input.to_numpy()
         x = np.ascontiguousarray(model_input, dtype=np.float32)

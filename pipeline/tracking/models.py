@@ -246,6 +246,8 @@ _SAFE_FLAVORS = {"pytorch", "python_function"}
 LABELLED_CODE = Path(labelled_model.__file__)
 LABELLED_CODE_SHA256 = frozenset({
     "0e8da86b1b42f4eb9f19e8f538ffd6e47eb2da706a6666716016cec5e5544876",
+    # predict's model_input without a type hint:
+    "d2e2a5aecbecba9def33f30994ae25e8e1dc8ccd80988e6c42b80e6f2d1c2cc2",
 })
 _FROM_CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
 _PT2_FILE = "model.pt2"  # the program's file in the PyTorch flavor's data folder (MLflow's name)

@@ -252,13 +252,6 @@ class ModelRun:
         elif self.epoch >= self.cfg.max_epochs:
             self.done, self.stop_reason = True, "max_epochs"
 
-    def fresh_patience(self) -> None:
-        """Count bad epochs afresh for early stopping and the LR schedule (the data grew: a
-        rung of a search over fractions of the data); the best epoch so far stays."""
-        self._bad_epochs = 0
-        if self.scheduler is not None:
-            self.scheduler.num_bad_epochs = 0
-
     def final_model(self) -> nn.Module:
         """The trained network in eval mode, with the best epoch's weights when configured.
 
@@ -353,11 +346,10 @@ class Trainer(ModelRun):
     # Data
     # ----------------------------------------------------------------------------------------
     def use_rows(self, rows: np.ndarray | None) -> None:
-        """Train on these rows of the training part from the next epoch on (None: all of it),
-        counting bad epochs afresh (:meth:`fresh_patience`)."""
+        """Train on these rows of the training part from the next epoch on (None: all of
+        it): a rung of a search that screens configurations on a share of the data."""
         self._rows = None if rows is None else torch.as_tensor(
             np.asarray(rows, dtype=np.int64)).to(self.device)
-        self.fresh_patience()
 
     def _targets(self, y: torch.Tensor) -> torch.Tensor:
         return training_targets(y, self.meta, self.device)

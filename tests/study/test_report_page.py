@@ -19,6 +19,7 @@ from optuna.trial import TrialState, create_trial
 from pipeline import tracking
 from pipeline.study import page_figures as fig
 from pipeline.study import report_page
+from pipeline.study.audit import pruning_summary
 from pipeline.study.report import N_PARAMS_ATTR
 from pipeline.study.report_page import RunData, Sources, StudyView, collect, render, write_page
 
@@ -205,11 +206,16 @@ def test_what_pruning_cost_from_the_trials_and_the_audit_when_there_is_one() -> 
     assert "Stopped at: epoch 3 (1), epoch 4 (1) of at most 30." in html
     assert "1 pruned trial(s) were, when stopped, better than the worst complete" in html
     assert "False-prune rate: not estimated" in html
-    audited = collect(study, title="t", description="", metric="val/loss", sources=Sources(
-        pruning={"false_prune_rate": 0.25, "audited": 4, "epochs_saved_share": 0.4}))
+    # The audit's summary as the search writes it (pipeline.study.audit), from real trials.
+    from tests.study.test_pruning_trust import audited_study
+
+    pruning = pruning_summary(audited_study().trials, "minimize")
+    audited = collect(study, title="t", description="", metric="val/loss",
+                      sources=Sources(pruning=pruning))
     html = render(audited).html
-    assert ("False-prune rate (pruning audit, 4 pruned trial(s) run to the end): 25%; "
-            "epochs saved: 40%") in html
+    assert ("False-prune rate (pruning audit: 2 trial(s) the pruner would have stopped were "
+            "let finish; 0 of 1 ended better than the best of their time): 0%; training time "
+            f"saved: about {pruning['saved_share_estimate']:.0%}.") in html
 
 
 def test_diverged_values_are_clipped_not_allowed_to_flatten_the_rest() -> None:

@@ -46,8 +46,8 @@ def test_the_plan_says_each_epochs_data_and_raises_small_fractions() -> None:
     assert [plan.fraction(e) for e in (1, 3, 4, 6, 7, 18, 19, 30)] == [
         1 / 9, 1 / 9, 1 / 3, 1 / 3, 1.0, 1.0, 1.0, 1.0]
     assert [plan.reached(e) for e in (2, 3, 8, 9, 30)] == [0, 1, 2, 3, 4]
-    small = plan_rungs(RungsSpec(), n_train=1_150)  # digits' folds: 1/9 and 1/3 are too few
-    assert [r.data for r in small.rungs] == [1.0, 1.0, 1.0, 1.0]
+    small = plan_rungs(RungsSpec(), n_train=1_150)  # digits' folds: a third is too few
+    assert [r.data for r in small.rungs] == [1.0, 1.0, 1.0] and small.ends == (2, 4, 10)
 
 
 def test_a_rung_that_would_end_past_the_deadline_does_not_fit() -> None:
@@ -94,29 +94,28 @@ def at_rung(study: optuna.Study, value: float, *, step: int = 2, baseline: bool 
     return pruned
 
 
-def test_the_first_trials_stay_at_the_cheap_rung_then_the_best_third_goes_on() -> None:
+def test_a_trial_goes_on_only_while_among_the_best_third_of_those_at_the_rung() -> None:
     study = optuna.create_study(pruner=RungPruner([2, 4], reduction_factor=3))
-    assert not at_rung(study, 9.0, baseline=True)  # the baseline is never stopped, nor compared
-    assert at_rung(study, 0.5) and at_rung(study, 0.4)  # too few to judge: stopped
-    assert not at_rung(study, 0.3)  # 3 reached the rung: the best of them goes on
-    assert at_rung(study, 0.45)  # 4 reached: only the best one (4 // 3) goes on
-    assert not at_rung(study, 0.2)  # the new best
+    assert not at_rung(study, 0.5, baseline=True)  # the baseline: the bar, never stopped
+    assert at_rung(study, 0.6)  # fewer than 3 there: only the best goes on
+    assert not at_rung(study, 0.4)  # it beats the baseline
+    assert at_rung(study, 0.45)  # 4 there: the best one (4 // 3) goes on
+    assert not at_rung(study, 0.2)
     for _ in range(3):
         at_rung(study, 1.0)
-    assert not at_rung(study, 0.35)  # 9 reached: the best 3 go on; 0.35 is third
-    assert at_rung(study, 0.36)
+    assert not at_rung(study, 0.35)  # 9 there: the best 3 go on; it is second
+    assert at_rung(study, 0.44)  # 10 there: fifth
     trial = study.ask()
     trial.report(5.0, 3)  # not a rung's end: never stopped there
     assert not trial.should_prune()
-    # Above the cheapest rung, with fewer than 3 there, the best so far goes on.
+    # Each rung on its own: the first at the second rung goes on, then only the best.
     assert not at_rung(study, 0.3, step=4)
     assert at_rung(study, 0.31, step=4) and not at_rung(study, 0.29, step=4)
 
 
 def test_a_maximised_metric_keeps_the_highest() -> None:
     study = optuna.create_study(direction="maximize", pruner=RungPruner([2]))
-    for value in (0.5, 0.6):
-        at_rung(study, value)
+    assert not at_rung(study, 0.5, baseline=True)
     assert not at_rung(study, 0.9) and at_rung(study, 0.1)
 
 
@@ -135,7 +134,7 @@ def images(tmp_path: Path) -> Any:
     return load_cache(tmp_path / "c" / "img")
 
 
-def test_trials_train_on_a_growing_share_and_the_baseline_on_all(
+def test_every_trial_climbs_the_rungs_and_the_baseline_is_the_bar(
     params: Params, images: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pipeline.training import engine
@@ -154,20 +153,22 @@ def test_trials_train_on_a_growing_share_and_the_baseline_on_all(
     objective = Objective(params=cfg, study=spec(), cache=images)
     study = optuna.create_study(pruner=make_pruner(spec()))
     study.enqueue_trial({"model.width": 8, "train.lr": 0.005}, user_attrs={BASELINE_ATTR: True})
-    study.optimize(objective, n_trials=4)
+    study.optimize(objective, n_trials=5)
     n = len(objective.splits[0].y_train)
+    quarter, half = int(np.ceil(n / 4)), int(np.ceil(n / 2))
     first, *others = study.trials
-    baseline_rows = [r for s, r in seen if s == cfg.seed]
-    assert baseline_rows == [n] * 8  # the baseline: all data from its first epoch, 8 epochs
-    assert RUNG_ATTR not in first.user_attrs and first.state.name == "COMPLETE"
-    # The others: 2 epochs on a quarter, then (if it goes on) 2 on half, then all of it.
-    rows = [r for s, r in seen if s != cfg.seed]
-    assert rows[:2] == [int(np.ceil(n / 4))] * 2
-    assert set(rows) <= {int(np.ceil(n / 4)), int(np.ceil(n / 2)), n}
-    # Trials 1 and 2 are the first at rung 0 (too few to judge): stopped there.
-    assert [t.state.name for t in others[:2]] == ["PRUNED", "PRUNED"]
-    assert [max(t.intermediate_values) for t in others[:2]] == [2, 2]
-    assert [t.user_attrs[RUNG_ATTR] for t in others[:2]] == [1, 1]
+    # The baseline (params.yaml's seed) climbs every rung: 2 epochs on a quarter, 2 on half,
+    # then all of it, and is never stopped; each time the data grows its model starts afresh
+    # (so the full-data model is trained for its own 8 epochs, as pipeline.train would).
+    assert [r for s, r in seen if s == cfg.seed] == [quarter] * 2 + [half] * 2 + [n] * 8
+    assert first.state.name == "COMPLETE" and first.user_attrs[RUNG_ATTR] == 3
+    assert {r for s, r in seen if s != cfg.seed} <= {quarter, half, n}
+    # A trial stopped at the first rung did worse there than a trial that reached it before.
+    for t in others:
+        if t.state.name == "PRUNED" and max(t.intermediate_values) == 2:
+            earlier = [u.intermediate_values[2] for u in study.trials[:t.number]]
+            assert t.intermediate_values[2] > min(earlier)
+            assert t.user_attrs[RUNG_ATTR] == 1
 
 
 @pytest.fixture
@@ -215,3 +216,19 @@ def test_a_trial_stopped_before_its_first_rung_ends_is_pruned(
         objective(trial)
     assert trial.user_attrs["pipeline.cut_short"] == "trial_share"
     assert trial.user_attrs["epochs"] == 1
+
+
+def test_a_trial_that_reaches_all_the_data_trains_as_it_would_without_rungs(
+    params: Params, images: Any
+) -> None:
+    """The cheap rungs only decide: the full-data model is the one training on all the data
+    from its first epoch gives (the same value as a study without rungs)."""
+    cfg = params.with_overrides({"train.max_epochs": 5, "train.early_stopping.patience": 50},
+                                origin="test")
+    values = {"model.width": 8, "train.lr": 0.005}
+    with_rungs = Objective(params=cfg, study=spec(), cache=images)
+    without = Objective(params=cfg, study=spec({"type": "none"}), cache=images)
+    climbed = optuna.trial.FixedTrial(values, number=4)
+    plain = optuna.trial.FixedTrial(values, number=4)
+    assert with_rungs(climbed) == pytest.approx(without(plain), rel=1e-6)
+    assert climbed.user_attrs["epochs"] == 2 + 2 + 5 and plain.user_attrs["epochs"] == 5
