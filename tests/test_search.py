@@ -187,6 +187,10 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
     assert parent.data.tags["best.run_id"] == rep["best"]["run_id"]
     assert parent.data.metrics["best_value"] == pytest.approx(best.value)
     assert rep["counts"] == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 0 + 1}
+    # Counts are tags (no one-bar chart sections in MLflow's chart view), metrics keep no "/".
+    assert parent.data.tags["trials/complete"] == "2" and parent.data.tags["trials/pruned"] == "1"
+    assert float(parent.data.tags["search/wall_s"]) > 0
+    assert not [k for k in parent.data.metrics if "/" in k], parent.data.metrics
     assert [t["run_id"] for t in rep["trials"]] == [
         t.user_attrs["mlflow_run_id"] for t in trials]
     assert rep["parent_run_id"] == parent.info.run_id

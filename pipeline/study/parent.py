@@ -49,17 +49,26 @@ def log_parent_params(client: Any, run_id: str, values: dict[str, Any]) -> None:
 
 def finish_parent(
     client: Any, run_id: str, optuna_study: Any, *, report: StudyReport,
-    report_name: str, metrics: dict[str, float], interrupted: bool,
+    report_name: str, summary: dict[str, float], interrupted: bool,
 ) -> None:
-    """Best-trial summary, Optuna's plots and the report on the parent run; then end it."""
+    """Best-trial summary, Optuna's plots and the report on the parent run; then end it.
+
+    ``summary``: this invocation's own figures (``trials/this_run``, ``search/wall_s``), set
+    as tags beside the study's trial counts and the pruning audit's estimate."""
     from mlflow.entities import Metric, Param
 
     now = int(time.time() * 1000)
-    metrics = {**{f"trials/{k.lower()}": float(v) for k, v in report.counts.items()}, **metrics}
+    # Counts and one-off figures are tags, not metrics: as metrics MLflow's chart view drew each
+    # as a one-bar chart in a section of its own (trials/, search/, pruning/) beside the trials'
+    # curves. Tags are replaced on every run's end, so a resumed search updates them.
+    summary = {**{f"trials/{k.lower()}": v for k, v in report.counts.items()}, **summary}
     for key in ("false_prune_rate", "saved_share_estimate", "audited"):
         value = (report.pruning or {}).get(key)
         if value is not None:
-            metrics[f"pruning/{key}"] = float(value)
+            summary[f"pruning/{key}"] = value
+    for key, value in summary.items():
+        client.set_tag(run_id, key, _tag_value(value))
+    metrics: dict[str, float] = {}
     best = report.best
     params: list[Any] = []
     if best is not None:
@@ -88,6 +97,12 @@ def finish_parent(
         write_json_atomic(path, report.to_json())
         client.log_artifact(run_id, str(path))
     end_parent_run(client, run_id, status="KILLED" if interrupted else "FINISHED")
+
+
+def _tag_value(value: float | int) -> str:
+    """A count as an integer, a share or a duration to 4 significant digits."""
+    number = float(value)
+    return str(int(number)) if number.is_integer() else f"{number:.4g}"
 
 
 def _log_optuna_plots(client: Any, run_id: str, optuna_study: Any) -> None:

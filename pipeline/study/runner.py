@@ -556,7 +556,7 @@ def _finish(session: _Session, outcome: _Outcome) -> SearchResult:
         parent.finish_parent(
             session.client, session.parent_id, session.optuna_study, report=report,
             report_name=path.name, interrupted=interrupted,
-            metrics={"trials/this_run": float(len(outcome.progress.numbers)),
+            summary={"trials/this_run": float(len(outcome.progress.numbers)),
                      "search/wall_s": outcome.wall_s},
         )
     return SearchResult(
