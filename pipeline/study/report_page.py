@@ -368,8 +368,8 @@ def _pruning(view: StudyView) -> tuple[str, Any]:
     png = fig.pruning_png(view)
     title = "What pruning cost"
     if cost.pruned == 0:
-        return _section("pruning", title, _p("No trial was pruned.", "answer"),
-                        _img("pruning", png, "pruning picture")), png
+        return _section("pruning", title, _p("No trial was pruned. " + _audit_line(
+            view.pruning), "answer"), _img("pruning", png, "pruning picture")), png
     stops = ", ".join(f"epoch {e} ({n})" for e, n in cost.stopped_at)
     lines = [
         f"{cost.pruned} trial(s) pruned after {cost.epochs_run} epochs in all; run to the end "
