@@ -143,27 +143,31 @@ def stop_at_total(total: int) -> Any:
     return MaxTrialsCallback(total, states=tuple(TrialState[s] for s in COUNTED_STATES))
 
 
-def flat_trials(trials: Sequence[Any], direction: str) -> tuple[int, Any]:
+def flat_trials(trials: Sequence[Any], direction: str, *, warmup: int = 0) -> tuple[int, Any]:
     """How many finished trials in a row have not beaten the best by more than its standard
     error (its fold spread over the square root of its folds; 0 on a holdout), and the trial
     that last did (None: no complete trial yet).
 
     Trials are taken in the order they finished; a pruned trial counts as one that did not.
+    The first ``warmup`` finished trials never count as flat (they may set the best): trials a
+    sampler draws at random before it models the space (TPE's start-up trials) failing to beat
+    the first trial say nothing about what the modelled ones will find (bench_patience.py).
     """
     sign = -1.0 if direction == "maximize" else 1.0
     finished = sorted(
         (t for t in trials if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_complete),
         key=lambda t: (t.datetime_complete, t.number))
     best, flat = None, 0
-    for t in finished:
+    for i, t in enumerate(finished):
+        counts = 1 if i >= warmup else 0
         value = t.value if t.state.name == "COMPLETE" else None
         if value is None or not math.isfinite(value):
-            flat += 1 if best is not None else 0
+            flat += counts if best is not None else 0
             continue
         if best is None or sign * value < sign * best.value - _standard_error(best):
             best, flat = t, 0
         else:
-            flat += 1
+            flat += counts
             if sign * value < sign * best.value:  # better, but within the noise
                 best = t
     return flat, best
@@ -174,12 +178,15 @@ def _standard_error(trial: Any) -> float:
     return float(std) / math.sqrt(folds) if std is not None and folds > 1 else 0.0
 
 
-def stop_when_flat(patience: int, direction: str) -> Callable[[Any, Any], None]:
-    """Optuna callback: stop starting trials once ``patience`` finished trials in a row have
-    not beaten the best by more than its standard error (:func:`flat_trials`)."""
+def stop_when_flat(patience: int, direction: str, *, warmup: int = 0
+                   ) -> Callable[[Any, Any], None]:
+    """Optuna callback: stop starting trials once ``patience`` finished trials in a row (after
+    the first ``warmup``) have not beaten the best by more than its standard error
+    (:func:`flat_trials`)."""
 
     def callback(optuna_study: Any, trial: Any) -> None:
-        flat, best = flat_trials(optuna_study.get_trials(deepcopy=False), direction)
+        flat, best = flat_trials(optuna_study.get_trials(deepcopy=False), direction,
+                                 warmup=warmup)
         if best is not None and flat >= patience:
             logger.info(
                 "stopping: the last %d trials did not beat the best (trial %d, %.4g) by more "

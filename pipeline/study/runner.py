@@ -325,7 +325,7 @@ def _done_already(session: _Session) -> bool:
     if spec.budget.patience is None:
         return False
     flat, best = budgets.flat_trials(session.optuna_study.get_trials(deepcopy=False),
-                                     spec.direction)
+                                     spec.direction, warmup=spec.sampler.startup_trials)
     if best is None or flat < spec.budget.patience:
         return False
     logger.info("the study is done: its last %d trials did not beat the best (trial %d) by "
@@ -438,7 +438,8 @@ def _optimize(session: _Session, objective: Any, budget: budgets.RunBudget,
                             functools.partial(_stop_when_asked, session)]
     patience = session.setup.study.budget.patience
     if patience is not None:
-        callbacks.append(budgets.stop_when_flat(patience, session.setup.study.direction))
+        callbacks.append(budgets.stop_when_flat(patience, session.setup.study.direction,
+                                                warmup=session.setup.study.sampler.startup_trials))
     admission: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if budget.total is not None:
         callbacks.append(budgets.stop_at_total(budget.total))

@@ -204,6 +204,15 @@ class SamplerSpec:
     seed: int | None = None  # None: params.yaml `seed`
     options: dict[str, Any] = field(default_factory=dict)  # the sampler's own settings
 
+    @property
+    def startup_trials(self) -> int:
+        """Trials drawn at random before the sampler models the space (TPE's
+        ``n_startup_trials``, Optuna's default when unset); 0 for random and grid."""
+        if self.type != "tpe":
+            return 0
+        default = inspect.signature(TPESampler).parameters["n_startup_trials"].default
+        return int(self.options.get("n_startup_trials", default))
+
 
 @dataclass(frozen=True)
 class PrunerSpec:

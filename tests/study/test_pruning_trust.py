@@ -162,3 +162,33 @@ def test_flat_trials_count_what_did_not_beat_the_best_beyond_its_noise() -> None
     assert best.value == 0.29 and flat == 2
     assert flat_trials([], "minimize") == (0, None)
     assert math.isclose(trials[4].value, 0.30)
+
+
+def test_the_samplers_start_up_trials_never_count_as_flat() -> None:
+    """Random start-up trials that do not beat the first trial say nothing about what the
+    modelled trials will find: with warmup=W they may set the best but are never counted."""
+    study = optuna.create_study()
+    for value in (0.30, 0.50, 0.40, 0.35, 0.45, 0.33, 0.31):
+        study.add_trial(finished(0, value))
+    trials = study.trials
+    base = datetime.datetime(2026, 1, 1)
+    for i, t in enumerate(trials):
+        t.datetime_complete = base + datetime.timedelta(seconds=i)
+    assert flat_trials(trials, "minimize")[0] == 6
+    assert flat_trials(trials, "minimize", warmup=5)[0] == 2
+    assert flat_trials(trials, "minimize", warmup=7) == (0, trials[0])
+    study.add_trial(finished(0, 0.20))  # a modelled trial that beats the best starts afresh
+    later = study.trials
+    later[-1].datetime_complete = base + datetime.timedelta(seconds=10)
+    for i, t in enumerate(later[:-1]):
+        t.datetime_complete = base + datetime.timedelta(seconds=i)
+    flat, best = flat_trials(later, "minimize", warmup=5)
+    assert flat == 0 and best.value == 0.20
+
+
+def test_a_tpe_study_counts_its_start_up_trials_as_warmup() -> None:
+    from pipeline.study.spec import SamplerSpec
+
+    assert SamplerSpec("tpe", 1, {"n_startup_trials": 6}).startup_trials == 6
+    assert SamplerSpec("tpe", 1, {}).startup_trials == 10  # Optuna's default
+    assert SamplerSpec("random", 1, {}).startup_trials == 0
