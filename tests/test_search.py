@@ -184,12 +184,16 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
     assert rep["best"]["number"] == best.number
     assert rep["best"]["run_id"] == best.user_attrs["mlflow_run_id"]
     assert rep["best"]["model_uri"] == f"runs:/{rep['best']['run_id']}/trial-{best.number}"
+    from pipeline.registry.gate import load_scorer
+    from pipeline.tracking.plain import PlainModel
+
+    assert isinstance(load_scorer(rep["best"]["model_uri"]), PlainModel)  # scored without pt2
     assert parent.data.tags["best.run_id"] == rep["best"]["run_id"]
     assert parent.data.metrics["best_value"] == pytest.approx(best.value)
     assert rep["counts"] == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 0 + 1}
     # Counts are tags (no one-bar chart sections in MLflow's chart view), metrics keep no "/".
     assert parent.data.tags["trials/complete"] == "2" and parent.data.tags["trials/pruned"] == "1"
-    assert float(parent.data.tags["search/wall_s"]) > 0
+    assert float(parent.data.tags["search/wall_s"]) > 0 and "trials/this_run" in parent.data.tags
     assert not [k for k in parent.data.metrics if "/" in k], parent.data.metrics
     assert [t["run_id"] for t in rep["trials"]] == [
         t.user_attrs["mlflow_run_id"] for t in trials]

@@ -72,6 +72,14 @@ def test_train_logs_one_complete_run(digits: Path, project: Path,
     assert list(served.columns) == ["label", "0", "1", "2"]  # the label, then probabilities
     probs = served[["0", "1", "2"]].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    # promote, evaluate and predict score this model through its plain network, not the program
+    from pipeline.registry.gate import load_scorer, predict
+    from pipeline.tracking.plain import PlainModel
+
+    scorer = load_scorer(f"runs:/{run.info.run_id}/model")
+    assert isinstance(scorer, PlainModel)
+    np.testing.assert_allclose(predict(scorer, np.full((5, 1, 8, 8), 100, dtype=np.float32)),
+                               probs, rtol=1e-4, atol=1e-6)
 
 
 def test_regression_summary_reports_mean_baseline(project: Path, empty_store: Path,

@@ -609,6 +609,6 @@ def importance_png(view: StudyView) -> bytes | None:
     items = sorted(view.importances.items(), key=lambda kv: kv[1])
     fig, ax = _subplots(figsize=(8, 0.45 * len(items) + 1.2))
     ax.barh([k for k, _ in items], [v for _, v in items], color="#59a14f")
-    ax.set_xlabel("importance (fANOVA)")
+    ax.set_xlabel("importance (PED-ANOVA)")
     ax.set_title(f"Parameter importance, based on {view.importance_trials} complete trials")
     return _png(fig)

@@ -9,6 +9,7 @@ interrupted).
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import math
 import tempfile
@@ -21,7 +22,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from pipeline.atomic import write_json_atomic
-from pipeline.study import importance  # noqa: F401  (before Optuna's plots: no scikit-learn)
+from pipeline.study import importance  # before Optuna's plots: no scikit-learn
 from pipeline.study.report import StudyReport
 from pipeline.tracking.endings import end_parent_run
 
@@ -100,9 +101,9 @@ def finish_parent(
 
 
 def _tag_value(value: float | int) -> str:
-    """A count as an integer, a share or a duration to 4 significant digits."""
+    """A count as an integer, anything else (a share, seconds) in plain digits."""
     number = float(value)
-    return str(int(number)) if number.is_integer() else f"{number:.4g}"
+    return str(int(number)) if number.is_integer() else f"{number:.4f}".rstrip("0")
 
 
 def _log_optuna_plots(client: Any, run_id: str, optuna_study: Any) -> None:
@@ -120,7 +121,8 @@ def _log_optuna_plots(client: Any, run_id: str, optuna_study: Any) -> None:
     plots: dict[str, tuple[Callable[..., Any], bool]] = {
         "optimization_history": (ovm.plot_optimization_history, bool(complete)),
         "param_importances": (
-            ovm.plot_param_importances, len(complete) >= 2 and len(searched) > 1
+            functools.partial(ovm.plot_param_importances, evaluator=importance.evaluator()),
+            len(complete) >= 2 and len(searched) > 1,
         ),
         "parallel_coordinate": (ovm.plot_parallel_coordinate, bool(complete)),
         "intermediate_values": (
