@@ -192,8 +192,11 @@ def test_complete_pruned_and_failed_trials_in_both_systems(
     assert parent.data.metrics["best_value"] == pytest.approx(best.value)
     assert rep["counts"] == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 0 + 1}
     # Counts are tags (no one-bar chart sections in MLflow's chart view), metrics keep no "/".
-    assert parent.data.tags["trials/complete"] == "2" and parent.data.tags["trials/pruned"] == "1"
-    assert float(parent.data.tags["search/wall_s"]) > 0 and "trials/this_run" in parent.data.tags
+    from pipeline.study.parent import TRIALS_TAG, WALL_TAG
+
+    tags = parent.data.tags
+    assert tags[f"{TRIALS_TAG}complete"] == "2" and tags[f"{TRIALS_TAG}pruned"] == "1"
+    assert float(tags[WALL_TAG]) > 0 and tags[f"{TRIALS_TAG}this_run"] == "4"
     assert not [k for k in parent.data.metrics if "/" in k], parent.data.metrics
     assert [t["run_id"] for t in rep["trials"]] == [
         t.user_attrs["mlflow_run_id"] for t in trials]

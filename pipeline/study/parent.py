@@ -48,27 +48,38 @@ def log_parent_params(client: Any, run_id: str, values: dict[str, Any]) -> None:
                      synchronous=True)
 
 
-def finish_parent(
-    client: Any, run_id: str, optuna_study: Any, *, report: StudyReport,
-    report_name: str, summary: dict[str, float], interrupted: bool,
-) -> None:
-    """Best-trial summary, Optuna's plots and the report on the parent run; then end it.
+# The parent run's summary tags: counts and one-off figures are tags, not metrics, because as
+# metrics MLflow's chart view drew each as a one-bar chart in a section of its own beside the
+# trials' curves. Tags are replaced at every run's end, so a resumed search updates them.
+TRIALS_TAG = "trials/"  # + a trial state in lower case (the study's counts), or "this_run"
+WALL_TAG = "search/wall_s"  # this invocation's wall time
+PRUNING_TAG = "pruning/"  # + a key of the pruning audit's summary (StudyReport.pruning)
+_AUDIT_KEYS = ("false_prune_rate", "saved_share_estimate", "audited")
 
-    ``summary``: this invocation's own figures (``trials/this_run``, ``search/wall_s``), set
-    as tags beside the study's trial counts and the pruning audit's estimate."""
-    from mlflow.entities import Metric, Param
 
-    now = int(time.time() * 1000)
-    # Counts and one-off figures are tags, not metrics: as metrics MLflow's chart view drew each
-    # as a one-bar chart in a section of its own (trials/, search/, pruning/) beside the trials'
-    # curves. Tags are replaced on every run's end, so a resumed search updates them.
-    summary = {**{f"trials/{k.lower()}": v for k, v in report.counts.items()}, **summary}
-    for key in ("false_prune_rate", "saved_share_estimate", "audited"):
+def summary_tags(report: StudyReport, *, this_run: int, wall_s: float) -> dict[str, str]:
+    """The parent run's summary tags: the study's trial counts, this invocation's trials and
+    wall time, and the pruning audit's estimate (where it has one)."""
+    values: dict[str, float] = {f"{TRIALS_TAG}{k.lower()}": v for k, v in report.counts.items()}
+    values[f"{TRIALS_TAG}this_run"] = this_run
+    values[WALL_TAG] = wall_s
+    for key in _AUDIT_KEYS:
         value = (report.pruning or {}).get(key)
         if value is not None:
-            summary[f"pruning/{key}"] = value
-    for key, value in summary.items():
-        client.set_tag(run_id, key, _tag_value(value))
+            values[PRUNING_TAG + key] = value
+    return {key: _tag_value(value) for key, value in values.items()}
+
+
+def finish_parent(
+    client: Any, run_id: str, optuna_study: Any, *, report: StudyReport,
+    report_name: str, this_run: int, wall_s: float, interrupted: bool,
+) -> None:
+    """Best-trial summary, Optuna's plots and the report on the parent run; then end it."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    tags = [RunTag(k, v) for k, v in summary_tags(report, this_run=this_run,
+                                                   wall_s=wall_s).items()]
     metrics: dict[str, float] = {}
     best = report.best
     params: list[Any] = []
@@ -89,6 +100,7 @@ def finish_parent(
         run_id,
         metrics=[Metric(k, v, now, 0) for k, v in metrics.items() if math.isfinite(v)],
         params=params,
+        tags=tags,
         synchronous=True,
     )
     if not interrupted:

@@ -557,8 +557,7 @@ def _finish(session: _Session, outcome: _Outcome) -> SearchResult:
         parent.finish_parent(
             session.client, session.parent_id, session.optuna_study, report=report,
             report_name=path.name, interrupted=interrupted,
-            summary={"trials/this_run": float(len(outcome.progress.numbers)),
-                     "search/wall_s": outcome.wall_s},
+            this_run=len(outcome.progress.numbers), wall_s=outcome.wall_s,
         )
     return SearchResult(
         study=setup.study, optuna_study=session.optuna_study.study_name, dataset=setup.dataset,
