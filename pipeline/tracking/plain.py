@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from mlflow.models import Model
 from torch import nn
+from torch._export.serde.schema import Layout, ScalarType
 
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
@@ -50,6 +51,11 @@ REBUILT_ARCHS = ("mlp", "cnn")
 # differently answers differently by orders of magnitude more.
 RTOL, ATOL = 1e-4, 1e-6
 
+_DTYPES = {
+    ScalarType.FLOAT: torch.float32, ScalarType.DOUBLE: torch.float64,
+    ScalarType.HALF: torch.float16, ScalarType.BFLOAT16: torch.bfloat16,
+    ScalarType.LONG: torch.int64, ScalarType.INT: torch.int32, ScalarType.BOOL: torch.bool,
+}
 _WEIGHTS_CONFIG = "data/weights/model_weights_config.json"  # of the program named "model"
 
 
@@ -133,31 +139,12 @@ def _check_example(net: nn.Module, mlmodel: Model, folder: Path, expected: Any) 
         raise NotPlain("the rebuilt network disagrees with the logged example output")
 
 
-@dataclass(frozen=True)
-class _Kinds:
-    """The archive schema's codes this reader knows: dense layout, dtypes (code → torch)."""
-
-    strided: int
-    dtypes: dict[int, torch.dtype]
-
-
 def read_weights(archive: Path) -> dict[str, torch.Tensor]:
     """The state dict stored in a ``pt2`` archive, read as raw tensor storage (never unpickled).
 
     Raises:
         NotPlain: the archive is not one this reader knows, or a weight in it is pickled.
     """
-    try:
-        # torch's private schema of the archive, imported here: should a torch release move it,
-        # only this path falls back to the program, not every command at import.
-        from torch._export.serde.schema import Layout, ScalarType
-    except ImportError as exc:
-        raise NotPlain(f"this torch has no pt2 schema this reader knows ({exc})") from None
-    kinds = _Kinds(strided=int(Layout.Strided), dtypes={
-        ScalarType.FLOAT: torch.float32, ScalarType.DOUBLE: torch.float64,
-        ScalarType.HALF: torch.float16, ScalarType.BFLOAT16: torch.bfloat16,
-        ScalarType.LONG: torch.int64, ScalarType.INT: torch.int32, ScalarType.BOOL: torch.bool,
-    })
     try:
         with zipfile.ZipFile(archive) as zf:
             names = [n for n in zf.namelist() if n.endswith("/" + _WEIGHTS_CONFIG)]
@@ -166,20 +153,19 @@ def read_weights(archive: Path) -> dict[str, torch.Tensor]:
             root = names[0][: -len(_WEIGHTS_CONFIG)]
             config = json.loads(zf.read(names[0]))["config"]
             storages: dict[str, torch.Tensor] = {}
-            return {fqn: _tensor(zf, root, entry, storages, kinds)
-                    for fqn, entry in config.items()}
+            return {fqn: _tensor(zf, root, entry, storages) for fqn, entry in config.items()}
     except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError) as exc:
         raise NotPlain(f"{archive.name} cannot be read as raw weights ({exc})") from None
 
 
 def _tensor(zf: zipfile.ZipFile, root: str, entry: dict[str, Any],
-            storages: dict[str, torch.Tensor], kinds: _Kinds) -> torch.Tensor:
+            storages: dict[str, torch.Tensor]) -> torch.Tensor:
     """One weight: a strided view of its storage file (shared by views of one storage)."""
     meta = entry["tensor_meta"]
     if entry.get("use_pickle", True):
         raise NotPlain(f"weight {entry['path_name']} is pickled")
-    dtype = kinds.dtypes.get(int(meta["dtype"]))
-    if dtype is None or meta["layout"] != kinds.strided or meta["device"]["type"] != "cpu":
+    dtype = _DTYPES.get(ScalarType(meta["dtype"]))
+    if dtype is None or meta["layout"] != Layout.Strided or meta["device"]["type"] != "cpu":
         raise NotPlain(f"weight {entry['path_name']} is not a dense CPU tensor this reader knows")
     path = entry["path_name"]
     if path not in storages:
