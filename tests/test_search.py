@@ -557,3 +557,29 @@ def test_warm_start_queues_an_earlier_studys_best_once(
     assert "--warm-start: no study 'nothing-digits'" in capsys.readouterr().err
     assert other_search("--n-trials", "1", "--warm-start", "../x") == 2
     assert "--warm-start: expected STUDY or STUDY:DATASET" in capsys.readouterr().err
+
+
+def test_patience_ends_a_study_that_is_done_not_counting_start_up_trials(
+    proj: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """budget.patience: trials that do not beat the best count towards it, except the sampler's
+    start-up trials; the search stops, says so in its summary, and a rerun adds nothing."""
+    spec = {**TINY, "budget": {"n_trials": 20, "patience": 2},
+            "sampler": {"type": "tpe", "seed": 0, "n_startup_trials": 2}}
+    (proj / "studies" / "tiny.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert search(proj, "--n-trials", "1") == 0  # the first trial: params.yaml's own
+    study = load_study(proj)
+    first = study.trials[0]
+    for _ in range(8):  # repeats take the first trial's value: none beats it
+        study.enqueue_trial(dict(first.params))
+    capsys.readouterr()
+    assert search(proj) == 0
+    out = capsys.readouterr().out
+    done = [t for t in load_study(proj).trials if t.state.name == "COMPLETE"]
+    # Finished in order: 0 (the best), 1 (a start-up trial: not counted), 2 and 3 (flat: 2).
+    # Counting the start-up trial would have stopped after trial 2.
+    assert [t.number for t in done] == [0, 1, 2, 3], [t.number for t in done]
+    assert "done: the last 2 trials did not beat the best" in out, out
+    assert report(proj)["stopped_flat"]["after"] == 2
+    assert search(proj) == 0  # a rerun sees the study is done and trains nothing
+    assert len(load_study(proj).get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 4
