@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_anytime import run  # noqa: E402
-from bench_pruning import project, trials_of  # noqa: E402
+from bench_pruning import prepared_cache, project, trials_of  # noqa: E402
 
 
 def replay(trials: list[Any], patience: int, warmup: int) -> dict[str, Any]:
@@ -66,26 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["digits", "diabetes"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    study = yaml.safe_load((REPO / "studies" / "capacity.yaml").read_text())
-    shipped = study["pruner"]
-    from pipeline.study.spec import SamplerSpec
+    from pipeline.config import load_params
+    from pipeline.study.spec import load_study
 
-    sampler = study["sampler"]
+    shipped = yaml.safe_load((REPO / "studies" / "capacity.yaml").read_text())["pruner"]
+    spec = load_study("capacity", REPO / "studies", load_params(REPO / "params.yaml"))
     # The rule as the search applies it (TPE's start-up trials not counted), and without that.
-    warmups = sorted({0, SamplerSpec(sampler["type"], sampler.get("seed"), {
-        k: v for k, v in sampler.items() if k not in ("type", "seed")}).startup_trials})
+    warmups = sorted({0, spec.sampler.startup_trials})
     tmp = Path(tempfile.mkdtemp(prefix="bench-patience-"))
     rows: list[dict[str, Any]] = []
     try:
-        base = tmp / "base"
-        base.mkdir()
-        shutil.copy(REPO / "params.yaml", base / "params.yaml")
-        run([PY, "-m", "pipeline.fetch"], base, tmp / "fetch.log")
-        run([PY, "-m", "pipeline.prepare"], base, tmp / "prepare.log")
+        cache = prepared_cache(tmp)
         for dataset in args.datasets:
             for seed in args.seeds:
-                root = project(tmp / f"{dataset}-{seed}", base / "data" / "cache", dataset,
-                               shipped, seed)
+                root = project(tmp / f"{dataset}-{seed}", cache, dataset, shipped, seed)
                 run([PY, "-m", "pipeline.search", "--study", "capacity", "--n-trials",
                      str(args.n_trials), "--timeout", "1e9"], root, root / "search.log")
                 trials = trials_of(root, dataset)

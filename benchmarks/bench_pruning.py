@@ -62,6 +62,16 @@ def project(root: Path, cache: Path, dataset: str, pruner: dict[str, Any], seed:
     return root
 
 
+def prepared_cache(tmp: Path) -> Path:
+    """The built-in data fetched and prepared once in ``tmp/base``: its tensor cache folder."""
+    base = tmp / "base"
+    base.mkdir()
+    shutil.copy(REPO / "params.yaml", base / "params.yaml")
+    run([PY, "-m", "pipeline.fetch"], base, tmp / "fetch.log")
+    run([PY, "-m", "pipeline.prepare"], base, tmp / "prepare.log")
+    return base / "data" / "cache"
+
+
 def storage(root: Path, dataset: str) -> Any:
     from pipeline.study.storage import StorageChoice, open_storage
 
@@ -127,12 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-pruning-"))
     results: list[dict[str, Any]] = []
     try:
-        base = tmp / "base"
-        base.mkdir()
-        shutil.copy(REPO / "params.yaml", base / "params.yaml")
-        run([PY, "-m", "pipeline.fetch"], base, tmp / "fetch.log")
-        run([PY, "-m", "pipeline.prepare"], base, tmp / "prepare.log")
-        cache = base / "data" / "cache"
+        cache = prepared_cache(tmp)
         for dataset in args.datasets:
             for seed in args.seeds:
                 root = project(tmp / f"{dataset}-{seed}-none", cache, dataset,

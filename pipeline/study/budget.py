@@ -26,11 +26,11 @@ from typing import Any
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from pipeline.study.report import standard_error, trial_choice
+from pipeline.study.trial_attrs import STOPPED_FLAT_ATTR
+
 logger = logging.getLogger(__name__)
 
-# Study user attribute: the search stopped because further trials were unlikely to beat the
-# best by more than its noise (budget.patience).
-STOPPED_FLAT_ATTR = "pipeline.stopped_flat"
 COUNTED_STATES = ("COMPLETE", "PRUNED", "RUNNING")
 # What a new trial must fit beside: a queued trial (a dead worker's retry) will run, so it
 # takes its place in the total before it does.
@@ -145,8 +145,8 @@ def stop_at_total(total: int) -> Any:
 
 def flat_trials(trials: Sequence[Any], direction: str, *, warmup: int = 0) -> tuple[int, Any]:
     """How many finished trials in a row have not beaten the best by more than its standard
-    error (its fold spread over the square root of its folds; 0 on a holdout), and the trial
-    that last did (None: no complete trial yet).
+    error (:func:`pipeline.study.report.standard_error`: 0 on a holdout), and the trial that
+    last did (None: no complete trial yet).
 
     Trials are taken in the order they finished; a pruned trial counts as one that did not.
     The first ``warmup`` finished trials never count as flat (they may set the best): trials a
@@ -174,20 +174,32 @@ def flat_trials(trials: Sequence[Any], direction: str, *, warmup: int = 0) -> tu
 
 
 def _standard_error(trial: Any) -> float:
-    std, folds = trial.user_attrs.get("value_std"), trial.user_attrs.get("folds") or 1
-    return float(std) / math.sqrt(folds) if std is not None and folds > 1 else 0.0
+    return standard_error(trial_choice(trial, trial.value))
 
 
-def stop_when_flat(patience: int, direction: str, *, warmup: int = 0
-                   ) -> Callable[[Any, Any], None]:
-    """Optuna callback: stop starting trials once ``patience`` finished trials in a row (after
-    the first ``warmup``) have not beaten the best by more than its standard error
-    (:func:`flat_trials`)."""
+@dataclass(frozen=True)
+class PatienceRule:
+    """``budget.patience``: the study is done once ``patience`` finished trials in a row (the
+    sampler's first ``warmup`` not counted) have not beaten the best by more than its standard
+    error (:func:`flat_trials`)."""
 
-    def callback(optuna_study: Any, trial: Any) -> None:
-        flat, best = flat_trials(optuna_study.get_trials(deepcopy=False), direction,
-                                 warmup=warmup)
-        if best is not None and flat >= patience:
+    patience: int
+    direction: str
+    warmup: int = 0
+
+    def done(self, trials: Sequence[Any]) -> tuple[int, Any] | None:
+        """(flat trials, the best) when the study is done, else None."""
+        flat, best = flat_trials(trials, self.direction, warmup=self.warmup)
+        return (flat, best) if best is not None and flat >= self.patience else None
+
+    def callback(self) -> Callable[[Any, Any], None]:
+        """Optuna callback: stop starting trials once the study is done, recording why."""
+
+        def callback(optuna_study: Any, trial: Any) -> None:
+            done = self.done(optuna_study.get_trials(deepcopy=False))
+            if done is None:
+                return
+            flat, best = done
             logger.info(
                 "stopping: the last %d trials did not beat the best (trial %d, %.4g) by more "
                 "than its standard error (%.2g); the study is done (budget.patience)",
@@ -195,7 +207,7 @@ def stop_when_flat(patience: int, direction: str, *, warmup: int = 0
             optuna_study.set_user_attr(STOPPED_FLAT_ATTR, {"after": flat, "best": best.number})
             optuna_study.stop()
 
-    return callback
+        return callback
 
 
 def stop_when_spent(budget: RunBudget) -> Callable[[Any, Any], None]:

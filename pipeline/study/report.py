@@ -21,8 +21,7 @@ from pipeline.atomic import write_json_atomic
 from pipeline.config import Params
 from pipeline.errors import UserError
 from pipeline.study.audit import pruning_summary
-from pipeline.study.budget import STOPPED_FLAT_ATTR
-from pipeline.study.trial_attrs import BASELINE_ATTR, RUNG_ATTR
+from pipeline.study.trial_attrs import BASELINE_ATTR, RUNG_ATTR, STOPPED_FLAT_ATTR
 
 TOP_TRIALS = 10  # rows of the leaderboard printed at the end of a search
 # Study user attributes ``pipeline.record_lost.<trial number>``: why that trial's MLflow record

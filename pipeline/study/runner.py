@@ -292,7 +292,8 @@ def _run_trials(session: _Session, instruments: Instruments) -> _Outcome:
         timeout_s=setup.timeout_s, trial_time_share=setup.params.search.trial_time_share,
         epoch_cap=DRY_RUN_EPOCHS if setup.options.dry_run else None,
     ).start_clock()
-    if _done_already(session):
+    patience = _patience_rule(setup.study)
+    if patience is not None and _done_already(session, patience):
         budget = dataclasses.replace(budget, n_trials=0)
     logger.info("budget: %s", budget.describe(done))
     objective = _objective(session, budget, instruments)
@@ -303,7 +304,7 @@ def _run_trials(session: _Session, instruments: Instruments) -> _Outcome:
     ending: Ending = "done"
     storage_error: BaseException | None = None
     try:
-        ending, storage_error = _optimize(session, objective, budget, progress)
+        ending, storage_error = _optimize(session, objective, budget, progress, patience)
     finally:
         progress.close()
         failed_records = session.tracker.flush()  # every trial's run is complete now
@@ -319,18 +320,23 @@ def _run_trials(session: _Session, instruments: Instruments) -> _Outcome:
                     wall_s=time.perf_counter() - t0)
 
 
-def _done_already(session: _Session) -> bool:
-    """With ``budget.patience``: whether the study's last trials already show it is done."""
-    spec = session.setup.study
+def _patience_rule(spec: StudySpec) -> budgets.PatienceRule | None:
+    """The study's stop rule (``budget.patience``), the sampler's start-up trials not counted."""
     if spec.budget.patience is None:
+        return None
+    return budgets.PatienceRule(spec.budget.patience, spec.direction,
+                                warmup=spec.sampler.startup_trials)
+
+
+def _done_already(session: _Session, patience: budgets.PatienceRule) -> bool:
+    """Whether the study's last trials already show it is done (``budget.patience``)."""
+    done = patience.done(session.optuna_study.get_trials(deepcopy=False))
+    if done is None:
         return False
-    flat, best = budgets.flat_trials(session.optuna_study.get_trials(deepcopy=False),
-                                     spec.direction, warmup=spec.sampler.startup_trials)
-    if best is None or flat < spec.budget.patience:
-        return False
+    flat, best = done
     logger.info("the study is done: its last %d trials did not beat the best (trial %d) by "
                 "more than its standard error (budget.patience: %d); no new trial",
-                flat, best.number, spec.budget.patience)
+                flat, best.number, patience.patience)
     return True
 
 
@@ -428,7 +434,8 @@ def _log_parent_params(session: _Session, validation: str, budget: budgets.RunBu
 
 
 def _optimize(session: _Session, objective: Any, budget: budgets.RunBudget,
-              progress: SearchProgress) -> tuple[Ending, BaseException | None]:
+              progress: SearchProgress, patience: budgets.PatienceRule | None
+              ) -> tuple[Ending, BaseException | None]:
     """Optuna's loop over trials; how it ended, and the lost storage's error if that was it."""
     if budget.n_trials == 0:
         return "done", None
@@ -436,10 +443,8 @@ def _optimize(session: _Session, objective: Any, budget: budgets.RunBudget,
     callbacks: list[Any] = [progress, lambda s, t: _reap_quietly(session),
                             budgets.stop_when_spent(budget),
                             functools.partial(_stop_when_asked, session)]
-    patience = session.setup.study.budget.patience
     if patience is not None:
-        callbacks.append(budgets.stop_when_flat(patience, session.setup.study.direction,
-                                                warmup=session.setup.study.sampler.startup_trials))
+        callbacks.append(patience.callback())
     admission: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if budget.total is not None:
         callbacks.append(budgets.stop_at_total(budget.total))

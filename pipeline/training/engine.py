@@ -345,11 +345,10 @@ class Trainer(ModelRun):
     # ----------------------------------------------------------------------------------------
     # Data
     # ----------------------------------------------------------------------------------------
-    def use_rows(self, rows: np.ndarray | None) -> None:
-        """Train on these rows of the training part from the next epoch on (None: all of
-        it): a rung of a search that screens configurations on a share of the data."""
-        self._rows = None if rows is None else torch.as_tensor(
-            np.asarray(rows, dtype=np.int64)).to(self.device)
+    def use_rows(self, rows: np.ndarray) -> None:
+        """Train on these rows of the training part only: a rung of a search that screens
+        configurations on a share of the data."""
+        self._rows = torch.as_tensor(np.asarray(rows, dtype=np.int64)).to(self.device)
 
     def _targets(self, y: torch.Tensor) -> torch.Tensor:
         return training_targets(y, self.meta, self.device)

@@ -8,7 +8,7 @@ import logging
 import pickle
 import shutil
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -23,15 +23,10 @@ from pipeline.tracking import configure, experiment, log_model
 from pipeline.tracking.models import load_model, load_scorer
 from pipeline.tracking.plain import CONFIG_KEY, EXAMPLE_OUTPUT_KEY, PlainModel, read_weights
 from pipeline.training import build_model
-from tests.tracking.test_runs import empty_store_template
-
-
-@pytest.fixture(autouse=True)
-def fast_store(project: Path) -> Iterator[None]:
-    shutil.copyfile(empty_store_template(), project / "mlruns" / "mlflow.db")
-    yield
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
+from tests.tracking.test_runs import (  # noqa: F401 - the store fixtures
+    empty_store,
+    fast_store,
+)
 
 
 def _logged(params: Params, folder: Path, meta: CacheMeta, cfg: ModelConfig | None,
