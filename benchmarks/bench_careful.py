@@ -24,7 +24,8 @@ are above ``search.cv_threshold``, so the study validates on a holdout, not k fo
 
 Per side: the wall from the raw JPEGs to a scored best model; the wall to the same best
 validation loss (the worse of the two sides' bests, so both reach it: the time, since the side
-started, at which a finished trial first reached it); the best trial's test accuracy;
+started, at which a finished trial first reached it), and the same at each best-so-far value
+the glue reached on its way (when the project first reached it); the best trial's test accuracy;
 trial-epochs; the trials' own time per trial-epoch; and the fixed costs around the trials.
 
     python /work/shared/data/fashion_mnist.py DIR     # writes DIR/fashion (~1 min)
@@ -280,9 +281,23 @@ def time_to(trials: list[dict[str, Any]], target: float) -> float:
     return min(t["t"] for t in trials if t["value"] is not None and t["value"] <= target)
 
 
+def levels(leader: list[dict[str, Any]], other: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each best-so-far value ``leader`` reached, when it did, and when ``other`` first reached
+    it (None: never): the same-best figure at every level, not only at the final one."""
+    out, best = [], math.inf
+    for t in sorted((t for t in leader if t["value"] is not None), key=lambda t: t["t"]):
+        if t["value"] < best:
+            best = t["value"]
+            reached = [o["t"] for o in other if o["value"] is not None and o["value"] <= best]
+            out.append({"value": best, "leader_s": t["t"],
+                        "other_s": min(reached) if reached else None})
+    return out
+
+
 def figures(project: dict[str, Any], glue: dict[str, Any]) -> dict[str, Any]:
     target = max(best_value(project["trials"]), best_value(glue["trials"]))
-    out: dict[str, Any] = {"target": target}
+    out: dict[str, Any] = {"target": target,
+                           "glue_levels": levels(glue["trials"], project["trials"])}
     for name, r in (("project", project), ("glue", glue)):
         own = sum(t["trial_s"] for t in r["trials"])
         epochs = sum(t["epochs"] for t in r["trials"])
@@ -329,6 +344,13 @@ def table(f: dict[str, Any]) -> list[str]:
          f"{p['per_trial_epoch_s']:.3f} s ({p['trials_s']:.1f} s)",
          f"{g['per_trial_epoch_s']:.3f} s ({g['trials_s']:.1f} s)"),
         ("fixed costs", fixed(p), fixed(g)),
+        ("each best-so-far value the glue reached: the project's time to it, the glue's",
+         "; ".join(f"{lv['value']:.4f}: " + ("never" if lv["other_s"] is None else
+                                              f"{lv['other_s']:.1f} s")
+                   for lv in f["glue_levels"]),
+         "; ".join(f"{lv['leader_s']:.1f} s" + ("" if lv["other_s"] is None else
+                                                f" ({lv['leader_s'] / lv['other_s']:.2f}x)")
+                   for lv in f["glue_levels"])),
     ]
     return ["| | project | careful glue |", "|---|---|---|",
             *(f"| {a} | {b} | {c} |" for a, b, c in rows)]

@@ -46,6 +46,7 @@ from pipeline.training import (  # noqa: E402
     Trainer,
     build_model,
     onednn_linear_available,
+    onednn_preferred,
 )
 
 SIDE = 28
@@ -272,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     sizes = [int(b) for b in args.sweep.split(",")]
-    trainers = {bs: engine_trainer(x, y, xv, yv, meta, bs, fast_linear=onednn) for bs in sizes}
+    default_route = onednn and onednn_preferred()  # what the engine does here by default
+    results["default_linear"] = "onednn" if default_route else "mkl"
+    trainers = {bs: engine_trainer(x, y, xv, yv, meta, bs, fast_linear=default_route)
+                for bs in sizes}
     sweep_times: dict[int, list[float]] = {bs: [] for bs in sizes}
     for trainer in trainers.values():
         trainer.run_epoch()  # warm-up
@@ -280,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         for bs, trainer in trainers.items():
             sweep_times[bs].append(timed(engine_epoch_fn(trainer)))
     sweep: dict[int, float] = {}
-    print(f"\nengine{' (oneDNN linear)' if onednn else ''}: training samples/s by batch size "
+    route = "oneDNN" if default_route else "MKL"
+    print(f"\nengine ({route} linear, its default here): training samples/s by batch size "
           f"(epoch incl. validation; median of {args.rounds}):")
     for bs in sizes:
         med = statistics.median(sweep_times[bs])

@@ -358,6 +358,11 @@ def test_every_command_has_one_shape() -> None:
                  if isinstance(n, ast.Call)}
         if f"run_{module.split('.')[-1]}" not in calls:
             wrong.append(f"{where}: does not call its library side run_{module.split('.')[-1]}()")
+        first = next(n for n in tree.body if isinstance(n, ast.ImportFrom)
+                     and (n.module or "").split(".")[0] == "pipeline")
+        if not (first.module == "pipeline" and "cli" in {a.name for a in first.names}):
+            wrong.append(f"{where}:{first.lineno}: its first pipeline import is not "
+                         "`from pipeline import cli` (the collector set-up, cli.lighten_gc)")
         literal = [n.lineno for n in ast.walk(tree)
                    if isinstance(n, ast.Constant) and n.value == "params.yaml"]
         wrong += [f"{where}:{line}: 'params.yaml' (use PARAMS_FILE)" for line in literal]

@@ -1,7 +1,8 @@
 """MLflow: where runs go and what every run records. The only package that talks to MLflow's
 tracking API for the training and study layers (``registry/`` talks to the Model Registry).
 
-Modules by job: ``store`` (the store, experiments, quieting MLflow), ``runs`` (tags and
+Modules by job: ``store`` (the store, experiments, quieting MLflow; ``store_template``: a new
+SQLite store from an empty one kept per MLflow version), ``runs`` (tags and
 metrics; history→metrics once), ``endings`` (how every run ends: status, end tags, trial run
 names), ``models`` (logging a servable model), ``plots`` (curves),
 ``train_run`` (one tracked training run, the library side of ``pipeline.train``), ``records``

@@ -38,6 +38,7 @@ from pipeline.atomic import check_writable
 from pipeline.config import Params
 from pipeline.errors import UserError, caused_by, first_line
 from pipeline.secrets import redact
+from pipeline.tracking import store_template
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ def _prepare_sqlite_store(uri: str, *, artifacts: Path | None, anchor: Path) -> 
     db = Path(uri[len("sqlite:///") :])
     with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        if not db.exists():
+            store_template.start_new_store(db)
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         # Only a store that moved together with its artifacts: a database outside the
         # project, shared by several copies of it, keeps its locations.

@@ -1,7 +1,10 @@
 """oneDNN linear layers for the CPU: nn.Linear routed through oneDNN's GEMM during training.
 
-nn.Linear on the CPU runs MKL sgemm; on this project's machines (AMD EPYC, AVX-512) oneDNN's
-float32 GEMM is faster (ENVIRONMENT.md; benchmarks/bench_engine.py). During training and
+nn.Linear on the CPU runs MKL sgemm. MKL picks its fastest kernels on Intel CPUs only; on other
+CPUs (the AMD EPYC of ENVIRONMENT.md, AVX-512) oneDNN's float32 GEMM, which dispatches on the
+instruction set alone, measured 1.5x faster in training, while on an Intel Xeon MKL was the
+faster one at every training shape but the widest (BENCHMARKS.md, benchmarks/bench_engine.py).
+So the route is taken on CPUs that are not Intel's (:func:`onednn_preferred`). During training and
 validation every 2-D Linear call is routed through oneDNN's dense-in/dense-out linear
 (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor uses on the CPU) with a hand
 written backward that is also three oneDNN GEMMs. It is still IEEE float32 (no bf16/tf32), so
@@ -62,6 +65,28 @@ class _OneDnnLinear(nn.Linear):
 
 
 _ONEDNN_OK: bool | None = None
+_CPUINFO = "/proc/cpuinfo"
+_INTEL = "GenuineIntel"
+
+
+def cpu_vendor(cpuinfo: str) -> str | None:
+    """The ``vendor_id`` of a ``/proc/cpuinfo`` text (None where it names none)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "vendor_id":
+            return value.strip()
+    return None
+
+
+def onednn_preferred() -> bool:
+    """Whether the oneDNN route is the faster GEMM on this CPU: everywhere but on Intel's CPUs,
+    where MKL runs its own best kernels. A CPU whose vendor cannot be read keeps the route."""
+    try:
+        with open(_CPUINFO, encoding="utf-8", errors="replace") as f:
+            vendor = cpu_vendor(f.read())
+    except OSError:
+        vendor = None
+    return vendor != _INTEL
 
 
 def onednn_linear_available() -> bool:

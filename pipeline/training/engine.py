@@ -36,7 +36,11 @@ from torch import nn
 from pipeline.config import TrainConfig
 from pipeline.data.cache import Cache, CacheMeta
 from pipeline.errors import UserError
-from pipeline.training._onednn import onednn_linear_available, routed_linears
+from pipeline.training._onednn import (
+    onednn_linear_available,
+    onednn_preferred,
+    routed_linears,
+)
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.models import input_affine
 from pipeline.training.runtime import derive_seed
@@ -281,7 +285,7 @@ class Trainer(ModelRun):
         fast_linear: bool | None = None,
     ) -> None:
         """Args: as the attributes; ``fast_linear`` routes nn.Linear through oneDNN (default:
-        on the CPU, when available)."""
+        on a CPU where oneDNN is the faster GEMM, when available)."""
         check_split(split, meta)
         super().__init__(model=model, cfg=cfg, device=device)
         self.meta = meta
@@ -304,7 +308,7 @@ class Trainer(ModelRun):
             self._flip = False
 
         if fast_linear is None:
-            fast_linear = self.device.type == "cpu"
+            fast_linear = self.device.type == "cpu" and onednn_preferred()
         self.fast_linear = bool(fast_linear) and onednn_linear_available()
         self._gather_x = _row_gatherer(self._x_train)
 

@@ -317,12 +317,34 @@ def test_empty_validation_split_is_a_user_error(images: tuple[Split, CacheMeta])
 
 
 def test_fast_and_default_linear_train_alike(images: tuple[Split, CacheMeta]) -> None:
-    fast = make_trainer(images, max_epochs=3)  # oneDNN on the CPU where available
+    from pipeline.training._onednn import onednn_linear_available
+
+    fast = make_trainer(images, max_epochs=3)
+    fast.fast_linear = onednn_linear_available()  # the oneDNN route, whatever this CPU prefers
     slow = make_trainer(images, max_epochs=3)
     slow.fast_linear = False
     a, b = fit(fast), fit(slow)
     for ra, rb in zip(a, b, strict=True):
         assert ra["val/loss"] == pytest.approx(rb["val/loss"], rel=1e-3, abs=1e-4)
+
+
+def test_the_linear_route_follows_the_cpu_vendor(images: tuple[Split, CacheMeta],
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    from pipeline.training import _onednn
+
+    intel = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon\n"
+    amd = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: EPYC\n"
+    assert _onednn.cpu_vendor(intel) == "GenuineIntel"
+    assert _onednn.cpu_vendor("processor\t: 0\n") is None
+    for text, routed in ((intel, False), (amd, True), ("", True)):
+        (tmp_path / "cpuinfo").write_text(text)
+        monkeypatch.setattr(_onednn, "_CPUINFO", str(tmp_path / "cpuinfo"))
+        assert _onednn.onednn_preferred() is routed
+        assert make_trainer(images).fast_linear is (routed and
+                                                    _onednn.onednn_linear_available())
+    monkeypatch.setattr(_onednn, "_CPUINFO", str(tmp_path / "absent"))
+    assert _onednn.onednn_preferred()  # unknown: the route stays
 
 
 # --------------------------------------------------------------------------------------------

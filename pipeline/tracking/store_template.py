@@ -1,0 +1,106 @@
+"""A new SQLite tracking store, made from an empty one kept per MLflow version.
+
+MLflow makes a new SQLite store by creating its first tables and then running every schema
+migration since its first release, one by one (alembic): about a second, paid by the first
+command of every new project, every clone and every ``make run`` from an empty ``mlruns/``,
+while opening an existing store takes a few milliseconds. The result of those migrations is
+the same for every store of one MLflow version, so the first new store made with a version
+also leaves an empty copy, made by MLflow's own table set-up, in the user's cache
+(``$PIPELINE_CACHE``, else ``$XDG_CACHE_HOME/pipeline``, else ``~/.cache/pipeline``); later new
+stores start as that copy. The copy holds the schema only: MLflow adds its ``Default``
+experiment, with this store's artifact location, when it opens the store. A kept copy that is
+damaged, not empty or of another schema revision than the installed MLflow's is made anew
+before it is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import mlflow
+import sqlalchemy
+from mlflow.exceptions import MlflowException
+from mlflow.store.db.utils import _get_latest_schema_revision, _initialize_tables
+from sqlalchemy.exc import SQLAlchemyError
+
+logger = logging.getLogger(__name__)
+
+ENV_CACHE = "PIPELINE_CACHE"
+
+
+def cache_folder() -> Path:
+    """Where the empty stores are kept."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pipeline"
+
+
+def template_path() -> Path:
+    """The empty store of the installed MLflow version."""
+    return cache_folder() / f"mlflow-{mlflow.__version__}-empty.db"
+
+
+def start_new_store(db: Path) -> bool:
+    """Make the new store ``db`` (which does not exist yet) as a copy of the empty store of
+    this MLflow version, made first where the cache has none; False where there is none to
+    copy (MLflow then makes the store itself)."""
+    template = template_path()
+    if template.is_file() and not _usable(template):
+        logger.warning("the cached empty MLflow store %s is damaged or of another schema; "
+                       "making it anew", template)
+        with contextlib.suppress(OSError):
+            template.unlink()
+    if not keep_template():
+        return False
+    staged = db.with_name(f".{db.name}.new")
+    try:
+        shutil.copyfile(template, staged)
+        os.replace(staged, db)  # never a half-copied database under the store's name
+    except OSError as exc:
+        logger.debug("empty store %s not copied: %s", template, exc)
+        staged.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _usable(template: Path) -> bool:
+    """Whether ``template`` is whole, empty and of the schema the installed MLflow expects."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{template}?mode=ro", uri=True)) as con:
+            whole = con.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+            revision = con.execute("SELECT version_num FROM alembic_version").fetchall()
+            experiments = con.execute("SELECT COUNT(*) FROM experiments").fetchone()
+    except sqlite3.Error:
+        return False
+    return whole and revision == [(_get_latest_schema_revision(),)] and experiments == (0,)
+
+
+def keep_template() -> bool:
+    """Make the empty store of this MLflow version in the cache unless it is there; False where
+    it cannot be made (a cache that cannot be written costs each new store its migrations,
+    nothing else)."""
+    template = template_path()
+    if template.is_file():
+        return True
+    staged = template.with_name(f".{template.name}.{os.getpid()}.new")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        staged.unlink(missing_ok=True)
+        engine = sqlalchemy.create_engine(f"sqlite:///{staged}")
+        try:
+            _initialize_tables(engine)  # what MLflow runs for a new store
+        finally:
+            engine.dispose()
+        os.replace(staged, template)
+    except (OSError, MlflowException, SQLAlchemyError) as exc:
+        logger.debug("no empty store kept in %s: %s", template.parent, exc)
+        with contextlib.suppress(OSError):
+            staged.unlink(missing_ok=True)
+        return False
+    return True
