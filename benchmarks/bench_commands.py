@@ -90,7 +90,16 @@ def classify_frame(filename: str, name: str) -> str | None:
 PRIORITY = {c: i for i, c in enumerate(("imports", "training", "scoring", "data", "tracking"))}
 # Spans a sample counts toward whatever its category: a search's trials (everything a trial
 # does, its record and its first-use imports included).
-WITHIN = {"trials": ("pipeline/study/objective.py", "__call__")}
+WITHIN = {"trials": ("pipeline/study/objective.py", "__call__"),
+          # Named parts of the fixed cost (their lazy imports included), for the components
+          # line: the served model's export, the curves PNG, the split, the report page and
+          # the rest of the search's ending, the store's opening.
+          "model logging (pt2 export)": ("pipeline/tracking/models.py", "log_model"),
+          "curves PNG": ("pipeline/tracking/runs.py", "log_curves"),
+          "holdout split": ("pipeline/data/splits.py", "holdout_split"),
+          "report page": ("pipeline/study/report_page.py", "publish"),
+          "parent run's end": ("pipeline/study/parent.py", "finish_parent"),
+          "store opening": ("pipeline/tracking/store.py", "configure")}
 
 
 def within(frame: Any) -> list[str]:
@@ -147,7 +156,9 @@ def child(mode: str, module: str, argv: list[str], out: Path) -> int:
             frame = sys._current_frames().get(main_id)
             if frame is not None:
                 shares[classify_stack(frame)] += now - last
-                for label in within(frame):
+                labels = within(frame)
+                # Named parts are counted outside a search's trials (what it pays beyond them).
+                for label in ["trials"] if "trials" in labels else labels:
                     spans[label] += now - last
             last = now
 
@@ -500,6 +511,10 @@ def print_report(name: str, results: dict[str, dict[str, Any]],
       "/torch, /pass: wall over the baseline's")
     for cmd, r in results.items():
         p()
+        named = {k: v for k, v in r["spans"].items() if k != "trials" and v >= 0.005}
+        p(f"[{cmd}] named parts beyond the work, s (lazy imports included; outside a search's "
+          "trials; may overlap): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in named.items()))
         imps = ", ".join(f"{n} {ms / 1000:.2f}" for n, ms in r["top_imports"])
         p(f"[{cmd}] import time by package (s, -X importtime self times): {imps}")
         if "profile_top" in r:
