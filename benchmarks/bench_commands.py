@@ -92,9 +92,12 @@ PRIORITY = {c: i for i, c in enumerate(("imports", "training", "scoring", "data"
 # does, its record and its first-use imports included).
 WITHIN = {"trials": ("pipeline/study/objective.py", "__call__"),
           # Named parts of the fixed cost (their lazy imports included), for the components
-          # line: the served model's export, the curves PNG, the split, the report page and
-          # the rest of the search's ending, the store's opening.
+          # line: the served model's export, the memory check, the curves PNG, the split, the
+          # report page and the rest of the search's ending, the store's opening.
           "model logging (pt2 export)": ("pipeline/tracking/models.py", "log_model"),
+          # Its meta-device forward loads the torch modules torch.export needs: the first of
+          # the two pays for both.
+          "memory check": ("pipeline/training/memory.py", "estimate"),
           "curves PNG": ("pipeline/tracking/runs.py", "log_curves"),
           "holdout split": ("pipeline/data/splits.py", "holdout_split"),
           "report page": ("pipeline/study/report_page.py", "publish"),

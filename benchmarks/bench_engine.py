@@ -46,7 +46,6 @@ from pipeline.training import (  # noqa: E402
     Trainer,
     build_model,
     onednn_linear_available,
-    onednn_preferred,
 )
 
 SIDE = 28
@@ -151,7 +150,7 @@ def bare_epoch_fn(x: np.ndarray, y: np.ndarray, meta: CacheMeta,
 
 
 def engine_trainer(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray,
-                   meta: CacheMeta, batch_size: int, fast_linear: bool) -> Trainer:
+                   meta: CacheMeta, batch_size: int, fast_linear: bool | None) -> Trainer:
     split = Split(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xv),
                   torch.from_numpy(yv))
     cfg = TrainConfig(batch_size=batch_size, max_epochs=10**6,
@@ -273,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     sizes = [int(b) for b in args.sweep.split(",")]
-    default_route = onednn and onednn_preferred()  # what the engine does here by default
+    default_route = engine_trainer(x, y, xv, yv, meta, args.batch_size,
+                                   fast_linear=None).fast_linear  # the engine's own choice
     results["default_linear"] = "onednn" if default_route else "mkl"
     trainers = {bs: engine_trainer(x, y, xv, yv, meta, bs, fast_linear=default_route)
                 for bs in sizes}

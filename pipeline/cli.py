@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
-import gc
 import logging
 import os
 import re
@@ -12,6 +10,7 @@ from collections.abc import Callable
 
 from tqdm.contrib.logging import _TqdmLoggingHandler
 
+from pipeline import gc_policy
 from pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -36,30 +35,6 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# A command imports torch, MLflow and their kin: ~750,000 objects the cyclic garbage collector
-# walks again at every full collection (a search made 9 of them) and once more while the
-# interpreter shuts down. Collecting the young generation after this many new container
-# objects instead of 700 makes full collections rare; the objects still alive at exit are
-# frozen (left out of the shutdown collections; the process's memory goes back to the system
-# whole). Measured in BENCHMARKS.md ("Fixed costs"); garbage is still collected, only later.
-_GC_YOUNG_THRESHOLD = 50_000
-_gc_frozen_at_exit = False
-
-
-def lighten_gc() -> None:
-    """Make the garbage collector's fixed cost small for a command's process (idempotent).
-
-    Called when this module is imported: every command imports it before anything heavy
-    (``tests/test_layout.py`` checks), so the collector is set before torch and MLflow load.
-    """
-    global _gc_frozen_at_exit
-    _young, *older = gc.get_threshold()
-    gc.set_threshold(_GC_YOUNG_THRESHOLD, *older)
-    if not _gc_frozen_at_exit:
-        atexit.register(gc.freeze)
-        _gc_frozen_at_exit = True
-
-
 def run(body: Callable[[], int | None]) -> int:
     """Run a stage body, turning user errors into one line on stderr and a non-zero exit code."""
     try:
@@ -74,4 +49,5 @@ def run(body: Callable[[], int | None]) -> int:
         return EXIT_INTERRUPTED
 
 
-lighten_gc()
+# Every command imports this module before the libraries it works with load.
+gc_policy.for_command()

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import optuna
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline import tracking
+from pipeline import gc_policy, tracking
 from pipeline.config import Params
 from pipeline.errors import TrackingUnreachable, UserError, caused_by, first_line
 from pipeline.secrets import redact, redact_text
@@ -287,6 +287,7 @@ def _run_trials(session: _Session, instruments: Instruments) -> _Outcome:
     if setup.extra_trials != 0:
         _start_study(session)
     done = budgets.counted(t.state.name for t in session.optuna_study.get_trials(deepcopy=False))
+    gc_policy.settle()  # start-up done: the libraries stay out of later collections
     budget = budgets.run_budget(
         extra=setup.extra_trials, total=setup.study_total, done=done,
         timeout_s=setup.timeout_s, trial_time_share=setup.params.search.trial_time_share,

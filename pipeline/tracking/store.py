@@ -163,7 +163,7 @@ def check_database(db: Path) -> None:
         UserError: the database is damaged.
     """
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        with contextlib.closing(store_template.connect_read_only(db)) as con:
             found = [str(row[0]) for row in con.execute("PRAGMA quick_check").fetchall()]
     except sqlite3.OperationalError as exc:  # locked by a writer, cannot be opened: not damage
         logger.debug("%s: not checked (%s)", db, exc)

@@ -23,6 +23,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline import gc_policy
 from pipeline.atomic import check_writable, write_bytes_atomic
 from pipeline.config import Params, parse_set_option
 from pipeline.data.cache import Cache, CacheMeta, load_cache
@@ -307,6 +308,7 @@ def run_train(options: TrainOptions) -> TrainResult:
         write_bytes_atomic(prep.ckpt_dir / RUN_ID_FILE, (run.info.run_id + "\n").encode())
         if run_id is None:
             mlflow.log_params({k: v for k, v in prep.ckpt_meta.items() if k != "fingerprint"})
+        gc_policy.settle()  # start-up done: the libraries stay out of later collections
         history = _fit(trainer, options, prep.ckpt_dir / CHECKPOINT_FILE, prep.ckpt_meta)
         net = trainer.final_model()
         log_history(history)

@@ -2,9 +2,9 @@
 
 nn.Linear on the CPU runs MKL sgemm. MKL picks its fastest kernels on Intel CPUs only; on other
 CPUs (the AMD EPYC of ENVIRONMENT.md, AVX-512) oneDNN's float32 GEMM, which dispatches on the
-instruction set alone, measured 1.5x faster in training, while on an Intel Xeon MKL was the
-faster one at every training shape but the widest (BENCHMARKS.md, benchmarks/bench_engine.py).
-So the route is taken on CPUs that are not Intel's (:func:`onednn_preferred`). During training and
+instruction set alone, trained faster, while on an Intel Xeon MKL's was the faster one
+(BENCHMARKS.md, "Training engine" and "Fixed costs"; benchmarks/bench_engine.py). So the route
+is taken on CPUs that are not Intel's (:func:`onednn_preferred`). During training and
 validation every 2-D Linear call is routed through oneDNN's dense-in/dense-out linear
 (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor uses on the CPU) with a hand
 written backward that is also three oneDNN GEMMs. It is still IEEE float32 (no bf16/tf32), so
@@ -15,6 +15,7 @@ parameters outside the routed block, so state_dicts, export and packaging never 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -78,6 +79,7 @@ def cpu_vendor(cpuinfo: str) -> str | None:
     return None
 
 
+@functools.cache  # one CPU per process
 def onednn_preferred() -> bool:
     """Whether the oneDNN route is the faster GEMM on this CPU: everywhere but on Intel's CPUs,
     where MKL runs its own best kernels. A CPU whose vendor cannot be read keeps the route."""

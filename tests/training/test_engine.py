@@ -340,11 +340,14 @@ def test_the_linear_route_follows_the_cpu_vendor(images: tuple[Split, CacheMeta]
     for text, routed in ((intel, False), (amd, True), ("", True)):
         (tmp_path / "cpuinfo").write_text(text)
         monkeypatch.setattr(_onednn, "_CPUINFO", str(tmp_path / "cpuinfo"))
+        _onednn.onednn_preferred.cache_clear()
         assert _onednn.onednn_preferred() is routed
         assert make_trainer(images).fast_linear is (routed and
                                                     _onednn.onednn_linear_available())
     monkeypatch.setattr(_onednn, "_CPUINFO", str(tmp_path / "absent"))
+    _onednn.onednn_preferred.cache_clear()
     assert _onednn.onednn_preferred()  # unknown: the route stays
+    _onednn.onednn_preferred.cache_clear()  # this machine's answer for the tests after
 
 
 # --------------------------------------------------------------------------------------------
