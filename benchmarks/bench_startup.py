@@ -68,7 +68,7 @@ import mlflow, mlflow.store.tracking.sqlalchemy_store  # imports are not what is
 from pipeline.tracking import store_template
 from pipeline.tracking.store import _prepare_sqlite_store
 if os.environ["BENCH_STORE"] == "mlflow":
-    store_template.keep_template = lambda: False
+    store_template.keep_template = lambda: None
 db = Path(sys.argv[1])
 t = time.perf_counter()
 _prepare_sqlite_store(f"sqlite:///{db}", artifacts=None, anchor=db.parent)

@@ -35,6 +35,8 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def run(body: Callable[[], int | None]) -> int:
     """Run a stage body, turning user errors into one line on stderr and a non-zero exit code."""
     try:

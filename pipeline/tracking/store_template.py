@@ -63,11 +63,11 @@ def start_new_store(db: Path) -> bool:
     of this MLflow version, made first where the cache has none; False where there is none to
     copy (MLflow then makes the store itself)."""
     try:
-        template = template_path()
-        if not keep_template():
-            return False
+        template = keep_template()
     except (OSError, RuntimeError) as exc:  # a cache folder that cannot be searched, no home
         logger.debug("no empty store to copy: %s", exc)
+        return False
+    if template is None:
         return False
     staged = db.with_name(f".{db.name}.new")
     try:
@@ -108,13 +108,13 @@ def _usable(db: Path) -> bool:
     return whole and revision == [(_get_latest_schema_revision(),)] and experiments == (0,)
 
 
-def keep_template() -> bool:
-    """Make the empty store of this MLflow version in the cache unless it is there; False where
+def keep_template() -> Path | None:
+    """The empty store of this MLflow version in the cache, made unless it is there; None where
     it cannot be made (a cache that cannot be written costs each new store its migrations,
     nothing else)."""
     template = template_path()
     if template.is_file():
-        return True
+        return template
     staged = template.with_name(f".{template.name}.{os.getpid()}.new")
     try:
         template.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -129,5 +129,5 @@ def keep_template() -> bool:
         logger.debug("no empty store kept in %s: %s", template.parent, exc)
         with contextlib.suppress(OSError):
             staged.unlink(missing_ok=True)
-        return False
-    return True
+        return None
+    return template

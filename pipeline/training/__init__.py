@@ -1,6 +1,6 @@
 """Training: models, the epoch engine, checkpoints, seeds and devices. No MLflow, no Optuna."""
 
-from pipeline.training._onednn import onednn_linear_available, onednn_preferred
+from pipeline.training._onednn import onednn_linear_available
 from pipeline.training.batched import (
     BatchedFold,
     BatchedFolds,
@@ -51,7 +51,6 @@ __all__ = [
     "make_split",
     "model_metadata",
     "onednn_linear_available",
-    "onednn_preferred",
     "package_model",
     "resolve_device",
     "save_checkpoint",
